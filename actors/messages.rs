@@ -1,0 +1,167 @@
+//! Every message that crosses an actor boundary, in one place.
+//!
+//! Grouped by direction. Messages between the runtime's own actors are
+//! crate-private; the ones an application sends to a worker are public.
+
+use actix::prelude::*;
+use livekit_protocol::{Job, ServerInfo, UpdateJobStatus, WorkerStatus, worker_message};
+
+// ---------------------------------------------------------------------------
+// ConnectionActor → WorkerActor
+
+/// The server accepted the registration; the connection is live.
+#[derive(Message, Debug)]
+#[rtype(result = "()")]
+pub(crate) struct Registered {
+    /// The id the server gave this registration (`AW_…`, new on every one).
+    pub worker_id: String,
+    /// The server's description of itself.
+    pub server_info: Option<ServerInfo>,
+}
+
+/// A registered connection was lost. Jobs go on; statuses queue until the
+/// next [`Registered`].
+#[derive(Message, Debug)]
+#[rtype(result = "()")]
+pub(crate) struct Disconnected {
+    /// Why, for the log.
+    pub reason: String,
+}
+
+/// The server asks whether this worker takes a job.
+#[derive(Message, Debug)]
+#[rtype(result = "()")]
+pub(crate) struct AvailabilityAsked {
+    /// The job on offer.
+    pub job: Job,
+    /// True when the job moves from another worker.
+    pub resuming: bool,
+}
+
+/// The server assigned an accepted job.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub(crate) struct JobAssigned {
+    /// The job.
+    pub job: Job,
+    /// Where to join the room, if not the server's own URL.
+    pub url: Option<String>,
+    /// The room token for the accepted participant identity.
+    pub token: String,
+}
+
+/// The server ended a job (its dispatch was deleted, or the agent left).
+#[derive(Message, Debug)]
+#[rtype(result = "()")]
+pub(crate) struct TerminationRequested {
+    /// The job to end.
+    pub job_id: String,
+}
+
+/// Messages the connection could not put on the wire (it was down). Job
+/// statuses among them go back to the outbox.
+#[derive(Message, Debug)]
+#[rtype(result = "()")]
+pub(crate) struct Undelivered(pub Vec<worker_message::Message>);
+
+// ---------------------------------------------------------------------------
+// WorkerActor → ConnectionActor
+
+/// Put these messages on the wire, in order, if registered; otherwise they
+/// come back as [`Undelivered`].
+#[derive(Message, Debug)]
+#[rtype(result = "()")]
+pub(crate) struct SendToServer(pub Vec<worker_message::Message>);
+
+// ---------------------------------------------------------------------------
+// JobActor → WorkerActor
+
+/// A job's handler has started.
+#[derive(Message, Debug)]
+#[rtype(result = "()")]
+pub(crate) struct JobStarted {
+    /// The job.
+    pub job_id: String,
+}
+
+/// A job has ended; exactly one per job.
+#[derive(Message, Debug)]
+#[rtype(result = "()")]
+pub(crate) struct JobExited {
+    /// The job.
+    pub job_id: String,
+    /// How it ended.
+    pub outcome: JobOutcome,
+}
+
+/// How a job ended.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum JobOutcome {
+    /// The handler returned `Ok`.
+    Succeeded,
+    /// The handler returned an error, with its text.
+    Failed(String),
+    /// The handler panicked, with the panic's message.
+    Panicked(String),
+    /// The server terminated the job and the handler wound down (or its grace
+    /// period ran out).
+    Terminated,
+}
+
+impl JobOutcome {
+    /// The `update_job` that reports this outcome.
+    pub fn to_update(&self, job_id: &str) -> UpdateJobStatus {
+        use livekit_protocol::JobStatus;
+        let (status, error) = match self {
+            JobOutcome::Succeeded | JobOutcome::Terminated => (JobStatus::JsSuccess, String::new()),
+            JobOutcome::Failed(text) => (JobStatus::JsFailed, text.clone()),
+            JobOutcome::Panicked(text) => (JobStatus::JsFailed, format!("handler panicked: {text}")),
+        };
+        UpdateJobStatus {
+            job_id: job_id.to_owned(),
+            status: status as i32,
+            error: crate::truncate_utf8(error, MAX_ERROR_TEXT),
+        }
+    }
+}
+
+/// The longest error text sent to the server; a handler's error can be
+/// arbitrarily long, a frame cannot.
+pub(crate) const MAX_ERROR_TEXT: usize = 16 * 1024;
+
+// ---------------------------------------------------------------------------
+// WorkerActor → JobActor
+
+/// The server terminated this job: cancel it, call `on_terminated` once.
+#[derive(Message, Debug)]
+#[rtype(result = "()")]
+pub(crate) struct TerminateJob;
+
+// ---------------------------------------------------------------------------
+// Application → WorkerActor
+
+/// Asks a worker for a snapshot of its state.
+#[derive(Message, Debug, Default)]
+#[rtype(result = "WorkerState")]
+pub struct GetState;
+
+/// A snapshot of a worker, as answered to [`GetState`].
+#[derive(Clone, Debug, PartialEq)]
+pub struct WorkerState {
+    /// The id of the current registration, if registered now.
+    pub worker_id: Option<String>,
+    /// True while registered with the server.
+    pub connected: bool,
+    /// How many times the worker has registered (1 + reconnects).
+    pub registrations: u64,
+    /// The ids of the jobs running now.
+    pub running_jobs: Vec<String>,
+    /// Slots reserved for accepted jobs that have not been assigned yet.
+    pub reserved: usize,
+    /// The status last reported.
+    pub status: WorkerStatus,
+    /// The load last reported.
+    pub load: f32,
+    /// Job statuses waiting for a connection.
+    pub outbox: usize,
+}

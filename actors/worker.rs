@@ -1,0 +1,549 @@
+//! WorkerActor: the supervisor, and the only owner of worker state.
+//!
+//! It decides — availability answers, job start and end, what to report — and
+//! routes: frames arrive from the ConnectionActor as typed messages, jobs run
+//! in JobActors, and everything for the server goes back through the
+//! connection. While the connection is down, job statuses wait in an
+//! [`Outbox`] and go out, in order, after the next registration, preceded by
+//! `migrate_job` for the jobs that kept running.
+
+use std::collections::HashMap;
+use std::panic::AssertUnwindSafe;
+use std::sync::{Arc, Once};
+
+use actix::prelude::*;
+use actix::{Supervisor, fut::wrap_future};
+use futures_util::FutureExt as _;
+use livekit_protocol::{
+    AvailabilityResponse, Job, JobStatus, MigrateJobRequest, UpdateJobStatus, UpdateWorkerStatus,
+    worker_message,
+};
+use tracing::{debug, error, info, warn};
+
+use super::connection::ConnectionActor;
+use super::job::{JobActor, panic_message};
+use super::messages::*;
+use crate::handler::{Decision, DynHandler, JobContext, JobHandler, JobRequest};
+use crate::load::{LoadReport, Slots};
+use crate::options::{OptionsError, WorkerOptions};
+use crate::outbox::{Evicted, Outbox};
+
+/// Starts workers: `Worker::builder(options).handler(agent).start()`.
+pub struct Worker;
+
+impl Worker {
+    /// A builder for a worker with these options.
+    pub fn builder(options: WorkerOptions) -> WorkerBuilder {
+        WorkerBuilder {
+            options,
+            handler: None,
+        }
+    }
+}
+
+/// Why a worker could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// An option is missing or invalid; the error names it.
+    #[error(transparent)]
+    Options(#[from] OptionsError),
+    /// No handler was given: call `.handler(...)`.
+    #[error("no job handler: call .handler(...) before .start()")]
+    NoHandler,
+}
+
+/// Configures and starts a worker.
+pub struct WorkerBuilder {
+    options: WorkerOptions,
+    handler: Option<Arc<dyn DynHandler>>,
+}
+
+impl WorkerBuilder {
+    /// Sets the agent name (empty: the default agent).
+    pub fn agent_name(mut self, name: impl Into<String>) -> Self {
+        self.options.agent_name = name.into();
+        self
+    }
+
+    /// Sets the job type.
+    pub fn job_type(mut self, job_type: livekit_protocol::JobType) -> Self {
+        self.options.job_type = job_type;
+        self
+    }
+
+    /// Sets the most jobs run at once.
+    pub fn max_jobs(mut self, max_jobs: usize) -> Self {
+        self.options.max_jobs = max_jobs;
+        self
+    }
+
+    /// Sets the handler that runs every job.
+    pub fn handler<H: JobHandler>(mut self, handler: H) -> Self {
+        self.handler = Some(Arc::new(handler));
+        self
+    }
+
+    /// Validates the options and starts the worker inside the current actix
+    /// `System`. It connects at once and keeps reconnecting until stopped.
+    pub fn start(self) -> Result<Addr<WorkerActor>, StartError> {
+        self.options.validate()?;
+        let handler = self.handler.ok_or(StartError::NoHandler)?;
+        install_crypto_provider();
+        let options = Arc::new(self.options);
+        Ok(WorkerActor::create(|_| WorkerActor::new(options, handler)))
+    }
+}
+
+/// rustls needs a process-wide crypto provider before awc builds its TLS
+/// config; install ring's unless the application installed one already.
+fn install_crypto_provider() {
+    static ONCE: Once = Once::new();
+    ONCE.call_once(|| {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+    });
+}
+
+struct RunningJob {
+    addr: Addr<JobActor>,
+}
+
+/// The arbiters jobs run on, stopped when the worker goes away.
+struct JobThreads {
+    arbiters: Vec<Arbiter>,
+    next: usize,
+}
+
+impl JobThreads {
+    fn new(count: usize) -> Self {
+        let count = if count == 0 {
+            std::thread::available_parallelism().map_or(1, |n| n.get())
+        } else {
+            count
+        };
+        Self {
+            arbiters: (0..count).map(|_| Arbiter::new()).collect(),
+            next: 0,
+        }
+    }
+
+    fn pick(&mut self) -> ArbiterHandle {
+        let handle = self.arbiters[self.next % self.arbiters.len()].handle();
+        self.next = self.next.wrapping_add(1);
+        handle
+    }
+}
+
+impl Drop for JobThreads {
+    fn drop(&mut self) {
+        for arbiter in &self.arbiters {
+            arbiter.stop();
+        }
+    }
+}
+
+/// The worker: see the module docs. Start it with [`Worker::builder`].
+pub struct WorkerActor {
+    options: Arc<WorkerOptions>,
+    handler: Arc<dyn DynHandler>,
+    connection: Option<Addr<ConnectionActor>>,
+    threads: Option<JobThreads>,
+    worker_id: Option<String>,
+    registrations: u64,
+    jobs: HashMap<String, RunningJob>,
+    /// Slots held for jobs being decided on or accepted but not yet assigned,
+    /// with the participant identity they were accepted under.
+    reserved: HashMap<String, Reservation>,
+    outbox: Outbox,
+    last_report: Option<LoadReport>,
+    seq: u64,
+}
+
+struct Reservation {
+    identity: Option<String>,
+    expiry: Option<SpawnHandle>,
+}
+
+impl WorkerActor {
+    fn new(options: Arc<WorkerOptions>, handler: Arc<dyn DynHandler>) -> Self {
+        // each job holds at most one queued status, and jobs are bounded by
+        // max_jobs; the slack covers jobs that end while others start
+        let outbox = Outbox::new(options.max_jobs.saturating_mul(4).saturating_add(64));
+        Self {
+            options,
+            handler,
+            connection: None,
+            threads: None,
+            worker_id: None,
+            registrations: 0,
+            jobs: HashMap::new(),
+            reserved: HashMap::new(),
+            outbox,
+            last_report: None,
+            seq: 0,
+        }
+    }
+
+    fn connected(&self) -> bool {
+        self.worker_id.is_some()
+    }
+
+    fn slots(&self) -> Slots {
+        Slots {
+            active: self.jobs.len(),
+            reserved: self.reserved.len(),
+            max: self.options.max_jobs,
+        }
+    }
+
+    fn send(&self, messages: Vec<worker_message::Message>) {
+        if let Some(connection) = &self.connection {
+            connection.do_send(SendToServer(messages));
+        }
+    }
+
+    /// Sends a job status now, or queues it until the next registration.
+    fn report_job(&mut self, update: UpdateJobStatus) {
+        if self.connected() {
+            self.send(vec![worker_message::Message::UpdateJob(update)]);
+        } else {
+            let job_id = update.job_id.clone();
+            log_eviction(self.outbox.push(update));
+            debug!(job_id, queued = self.outbox.len(), "status queued until reconnect");
+        }
+    }
+
+    /// Sends `update_worker` when the report changed (or `force`).
+    fn report_load(&mut self, force: bool) {
+        let report = self.slots().report();
+        if !self.connected() || (!force && self.last_report == Some(report)) {
+            return;
+        }
+        self.last_report = Some(report);
+        self.seq += 1;
+        self.send(vec![worker_message::Message::UpdateWorker(UpdateWorkerStatus {
+            status: Some(report.status as i32),
+            load: report.load,
+            job_count: report.job_count,
+            draining: false,
+            seq: self.seq,
+        })]);
+    }
+
+    fn answer(&mut self, job_id: &str, accepted: Option<&crate::handler::Participant>) {
+        let response = match accepted {
+            Some(participant) => AvailabilityResponse {
+                job_id: job_id.to_owned(),
+                available: true,
+                participant_identity: participant.identity.clone(),
+                participant_name: participant.name.clone(),
+                participant_metadata: participant.metadata.clone(),
+                participant_attributes: participant.attributes.clone(),
+                ..Default::default()
+            },
+            None => AvailabilityResponse {
+                job_id: job_id.to_owned(),
+                available: false,
+                ..Default::default()
+            },
+        };
+        self.send(vec![worker_message::Message::Availability(response)]);
+    }
+
+    fn release(&mut self, job_id: &str, ctx: &mut Context<Self>) {
+        if let Some(reservation) = self.reserved.remove(job_id) {
+            if let Some(handle) = reservation.expiry {
+                ctx.cancel_future(handle);
+            }
+            self.report_load(false);
+        }
+    }
+
+    fn on_decision(&mut self, job_id: String, decision: Decision, ctx: &mut Context<Self>) {
+        if !self.reserved.contains_key(&job_id) {
+            return; // released meanwhile (terminated, or the worker stopped)
+        }
+        match decision {
+            Decision::Accept(participant) => {
+                info!(job_id, identity = participant.identity, "accepting job");
+                self.answer(&job_id, Some(&participant));
+                let timeout = self.options.assignment_timeout;
+                let id = job_id.clone();
+                let expiry = ctx.run_later(timeout, move |act, ctx| {
+                    if act.reserved.contains_key(&id) {
+                        warn!(job_id = id, ?timeout, "no assignment after accepting: releasing the slot");
+                        act.release(&id, ctx);
+                    }
+                });
+                if let Some(reservation) = self.reserved.get_mut(&job_id) {
+                    reservation.identity = Some(participant.identity);
+                    reservation.expiry = Some(expiry);
+                }
+            }
+            Decision::Reject { reason } => {
+                info!(job_id, reason, "declining job");
+                self.answer(&job_id, None);
+                self.release(&job_id, ctx);
+            }
+        }
+    }
+
+    fn start_job(&mut self, job: Job, url: String, token: String, identity: Option<String>, ctx: &mut Context<Self>) {
+        let job_id = job.id.clone();
+        let mut context = JobContext::new(job, url, token);
+        if let Some(identity) = identity {
+            context = context.with_identity(&identity);
+        }
+        let handler = self.handler.clone();
+        let worker = ctx.address();
+        let grace = self.options.termination_grace;
+        let threads = self.threads.get_or_insert_with(|| JobThreads::new(self.options.job_threads));
+        let addr = JobActor::start_in_arbiter(&threads.pick(), move |_| {
+            JobActor::new(context, handler, worker, grace)
+        });
+        self.jobs.insert(job_id, RunningJob { addr });
+        self.report_load(false);
+    }
+}
+
+fn log_eviction(evicted: Evicted) {
+    match evicted {
+        Evicted::None => {}
+        Evicted::Running(job_id) => warn!(job_id, "outbox full: dropped a queued RUNNING status"),
+        Evicted::Terminal(job_id) => error!(job_id, "outbox full: dropped a queued final status"),
+    }
+}
+
+impl Actor for WorkerActor {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Self::Context) {
+        info!(
+            url = self.options.url,
+            agent_name = self.options.agent_name,
+            max_jobs = self.options.max_jobs,
+            "worker starting"
+        );
+        let options = self.options.clone();
+        let me = ctx.address();
+        self.connection = Some(Supervisor::start(move |_| ConnectionActor::new(options, me)));
+    }
+}
+
+impl Handler<Registered> for WorkerActor {
+    type Result = ();
+
+    fn handle(&mut self, msg: Registered, _ctx: &mut Self::Context) {
+        self.registrations += 1;
+        self.worker_id = Some(msg.worker_id);
+        self.last_report = None;
+        if let Some(info) = &msg.server_info {
+            debug!(version = info.version, region = info.region, "server info");
+        }
+        let mut messages = Vec::new();
+        if self.registrations > 1 && !self.jobs.is_empty() {
+            let job_ids: Vec<String> = self.jobs.keys().cloned().collect();
+            info!(jobs = job_ids.len(), "reclaiming running jobs after reconnect");
+            messages.push(worker_message::Message::MigrateJob(MigrateJobRequest { job_ids }));
+        }
+        let queued = self.outbox.drain();
+        if !queued.is_empty() {
+            info!(statuses = queued.len(), "flushing statuses queued during the outage");
+        }
+        messages.extend(queued.into_iter().map(worker_message::Message::UpdateJob));
+        if !messages.is_empty() {
+            self.send(messages);
+        }
+        self.report_load(true);
+    }
+}
+
+impl Handler<Disconnected> for WorkerActor {
+    type Result = ();
+
+    fn handle(&mut self, msg: Disconnected, ctx: &mut Self::Context) {
+        warn!(
+            reason = msg.reason,
+            running = self.jobs.len(),
+            "disconnected from the server; jobs keep running"
+        );
+        self.worker_id = None;
+        self.last_report = None;
+        // the server forgot its offers with the connection
+        let pending: Vec<String> = self.reserved.keys().cloned().collect();
+        for job_id in pending {
+            self.release(&job_id, ctx);
+        }
+    }
+}
+
+impl Handler<Undelivered> for WorkerActor {
+    type Result = ();
+
+    fn handle(&mut self, msg: Undelivered, _ctx: &mut Self::Context) {
+        let statuses: Vec<UpdateJobStatus> = msg
+            .0
+            .into_iter()
+            .filter_map(|message| match message {
+                worker_message::Message::UpdateJob(update) => Some(update),
+                _ => None, // loads are recomputed, answers are moot after a disconnect
+            })
+            .collect();
+        if statuses.is_empty() {
+            return;
+        }
+        if self.connected() {
+            // the connection came back before the bounce reached us
+            self.send(statuses.into_iter().map(worker_message::Message::UpdateJob).collect());
+        } else {
+            for evicted in self.outbox.requeue(statuses) {
+                log_eviction(evicted);
+            }
+        }
+    }
+}
+
+impl Handler<AvailabilityAsked> for WorkerActor {
+    type Result = ();
+
+    fn handle(&mut self, msg: AvailabilityAsked, ctx: &mut Self::Context) {
+        let job_id = msg.job.id.clone();
+        if self.jobs.contains_key(&job_id) || self.reserved.contains_key(&job_id) {
+            warn!(job_id, "availability asked twice for the same job: declining the repeat");
+            self.answer(&job_id, None);
+            return;
+        }
+        if self.slots().is_full() {
+            info!(job_id, "declining job: at capacity");
+            self.answer(&job_id, None);
+            self.report_load(false);
+            return;
+        }
+        // reserve before deciding, so a burst of requests cannot overbook
+        self.reserved.insert(
+            job_id.clone(),
+            Reservation {
+                identity: None,
+                expiry: None,
+            },
+        );
+        self.report_load(false);
+        let request = JobRequest::new(msg.job, msg.resuming);
+        let decide = AssertUnwindSafe(self.handler.clone().on_request(request)).catch_unwind();
+        let timeout = self.options.request_timeout;
+        let decide = async move { actix_rt::time::timeout(timeout, decide).await };
+        ctx.spawn(wrap_future(decide).map(move |result, act: &mut Self, ctx| {
+            let decision = match result {
+                Ok(Ok(decision)) => decision,
+                Ok(Err(panic)) => Decision::reject(format!("on_request panicked: {}", panic_message(&*panic))),
+                Err(_) => Decision::reject(format!("on_request took longer than {timeout:?}")),
+            };
+            act.on_decision(job_id, decision, ctx);
+        }));
+    }
+}
+
+impl Handler<JobAssigned> for WorkerActor {
+    type Result = ();
+
+    fn handle(&mut self, msg: JobAssigned, ctx: &mut Self::Context) {
+        let job_id = msg.job.id.clone();
+        if self.jobs.contains_key(&job_id) {
+            warn!(job_id, "ignoring a second assignment of a running job");
+            return;
+        }
+        let identity = match self.reserved.remove(&job_id) {
+            Some(reservation) => {
+                if let Some(handle) = reservation.expiry {
+                    ctx.cancel_future(handle);
+                }
+                reservation.identity
+            }
+            None if self.slots().is_full() => {
+                warn!(job_id, "assigned a job that was not accepted, at capacity: failing it");
+                self.report_job(UpdateJobStatus {
+                    job_id,
+                    status: JobStatus::JsFailed as i32,
+                    error: "worker at capacity".into(),
+                });
+                return;
+            }
+            None => {
+                info!(job_id, "assigned a job that was not offered first: running it");
+                None
+            }
+        };
+        let url = msg.url.filter(|u| !u.is_empty()).unwrap_or_else(|| self.options.url.clone());
+        info!(job_id, "job assigned");
+        self.start_job(msg.job, url, msg.token, identity, ctx);
+    }
+}
+
+impl Handler<JobStarted> for WorkerActor {
+    type Result = ();
+
+    fn handle(&mut self, msg: JobStarted, _ctx: &mut Self::Context) {
+        if !self.jobs.contains_key(&msg.job_id) {
+            return;
+        }
+        self.report_job(UpdateJobStatus {
+            job_id: msg.job_id,
+            status: JobStatus::JsRunning as i32,
+            error: String::new(),
+        });
+    }
+}
+
+impl Handler<JobExited> for WorkerActor {
+    type Result = ();
+
+    fn handle(&mut self, msg: JobExited, _ctx: &mut Self::Context) {
+        if self.jobs.remove(&msg.job_id).is_none() {
+            return;
+        }
+        match &msg.outcome {
+            JobOutcome::Succeeded | JobOutcome::Terminated => {
+                info!(job_id = msg.job_id, outcome = ?msg.outcome, "job ended")
+            }
+            JobOutcome::Failed(_) | JobOutcome::Panicked(_) => {
+                warn!(job_id = msg.job_id, outcome = ?msg.outcome, "job failed")
+            }
+        }
+        self.report_job(msg.outcome.to_update(&msg.job_id));
+        self.report_load(false);
+    }
+}
+
+impl Handler<TerminationRequested> for WorkerActor {
+    type Result = ();
+
+    fn handle(&mut self, msg: TerminationRequested, ctx: &mut Self::Context) {
+        if let Some(job) = self.jobs.get(&msg.job_id) {
+            job.addr.do_send(TerminateJob);
+        } else if self.reserved.contains_key(&msg.job_id) {
+            info!(job_id = msg.job_id, "terminated before assignment: releasing the slot");
+            self.release(&msg.job_id, ctx);
+        } else {
+            debug!(job_id = msg.job_id, "termination for an unknown job");
+        }
+    }
+}
+
+impl Handler<GetState> for WorkerActor {
+    type Result = MessageResult<GetState>;
+
+    fn handle(&mut self, _msg: GetState, _ctx: &mut Self::Context) -> Self::Result {
+        let report = self.last_report.unwrap_or_else(|| self.slots().report());
+        let mut running_jobs: Vec<String> = self.jobs.keys().cloned().collect();
+        running_jobs.sort();
+        MessageResult(WorkerState {
+            worker_id: self.worker_id.clone(),
+            connected: self.connected(),
+            registrations: self.registrations,
+            running_jobs,
+            reserved: self.reserved.len(),
+            status: report.status,
+            load: report.load,
+            outbox: self.outbox.len(),
+        })
+    }
+}

@@ -1,0 +1,363 @@
+//! The user's side of a job: the [`JobHandler`] trait and what it is given.
+//!
+//! The server offers a job ([`JobRequest`]); the handler decides whether to
+//! take it ([`Decision`]) and under which participant identity; once the job
+//! is assigned, [`JobHandler::on_job`] does the work with a [`JobContext`]
+//! that holds the room's URL and token and a cancellation signal. The runtime
+//! reports the outcome to the server: the handler returning `Ok` is SUCCESS,
+//! an error or a panic is FAILED with its text.
+//!
+//! The trait uses `async fn`s, so an implementation reads like plain async
+//! code; the runtime boxes the futures behind [`DynHandler`] so that one
+//! worker can hold any handler without being generic over it.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+
+use livekit_protocol::{Job, JobType, ParticipantInfo};
+use tokio_util::sync::CancellationToken;
+
+/// A job the server offers this worker.
+#[derive(Clone, Debug)]
+pub struct JobRequest {
+    job: Job,
+    resuming: bool,
+}
+
+impl JobRequest {
+    /// Wraps the server's offer.
+    pub fn new(job: Job, resuming: bool) -> Self {
+        Self { job, resuming }
+    }
+
+    /// The job as the server describes it.
+    pub fn job(&self) -> &Job {
+        &self.job
+    }
+
+    /// The job id (`AJ_…`).
+    pub fn id(&self) -> &str {
+        &self.job.id
+    }
+
+    /// The room's name, empty if the server sent no room.
+    pub fn room_name(&self) -> &str {
+        self.job.room.as_ref().map_or("", |room| room.name.as_str())
+    }
+
+    /// The dispatch's metadata, as given to the server (often JSON).
+    pub fn metadata(&self) -> &str {
+        &self.job.metadata
+    }
+
+    /// Room, participant or publisher job.
+    pub fn job_type(&self) -> JobType {
+        JobType::try_from(self.job.r#type).unwrap_or(JobType::JtRoom)
+    }
+
+    /// The participant a participant or publisher job is about.
+    pub fn participant(&self) -> Option<&ParticipantInfo> {
+        self.job.participant.as_ref()
+    }
+
+    /// True when the server moves a job that another worker started.
+    pub fn resuming(&self) -> bool {
+        self.resuming
+    }
+}
+
+/// How the agent appears in the room when it accepts a job.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Participant {
+    /// The participant identity the room token is minted for.
+    pub identity: String,
+    /// The display name.
+    pub name: String,
+    /// Participant metadata.
+    pub metadata: String,
+    /// Participant attributes (the server adds `lk.agent_name`).
+    pub attributes: HashMap<String, String>,
+}
+
+/// The answer to a [`JobRequest`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Decision {
+    /// Take the job, joining the room as this participant.
+    Accept(Participant),
+    /// Decline; the server offers the job to another worker. The reason is
+    /// logged, not sent.
+    Reject {
+        /// Why, for the worker's log.
+        reason: String,
+    },
+}
+
+impl Decision {
+    /// Accept with the default identity `agent-<job id>`.
+    pub fn accept(request: &JobRequest) -> Self {
+        Self::Accept(Participant {
+            identity: format!("agent-{}", request.id()),
+            ..Participant::default()
+        })
+    }
+
+    /// Accept as the given participant.
+    pub fn accept_as(participant: Participant) -> Self {
+        Self::Accept(participant)
+    }
+
+    /// Decline, saying why in the worker's log.
+    pub fn reject(reason: impl Into<String>) -> Self {
+        Self::Reject {
+            reason: reason.into(),
+        }
+    }
+}
+
+/// Why a job ended without success. Its text is what the server records.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum JobError {
+    /// The job failed; the text says why.
+    #[error("{0}")]
+    Failed(String),
+}
+
+impl JobError {
+    /// A failure with the given text.
+    pub fn failed(reason: impl Into<String>) -> Self {
+        Self::Failed(reason.into())
+    }
+}
+
+impl From<String> for JobError {
+    fn from(reason: String) -> Self {
+        Self::Failed(reason)
+    }
+}
+
+impl From<&str> for JobError {
+    fn from(reason: &str) -> Self {
+        Self::Failed(reason.to_owned())
+    }
+}
+
+/// Everything a running job needs.
+///
+/// Clones share the cancellation signal. `Debug` leaves the room token out.
+#[derive(Clone)]
+pub struct JobContext {
+    job: Arc<Job>,
+    url: String,
+    token: String,
+    participant_identity: String,
+    cancel: CancellationToken,
+}
+
+impl JobContext {
+    /// Builds a context. The runtime does this for assigned jobs; tests of a
+    /// handler can do it too.
+    pub fn new(job: Job, url: impl Into<String>, token: impl Into<String>) -> Self {
+        let participant_identity = job
+            .state
+            .as_ref()
+            .map(|state| state.participant_identity.clone())
+            .unwrap_or_default();
+        Self {
+            job: Arc::new(job),
+            url: url.into(),
+            token: token.into(),
+            participant_identity,
+            cancel: CancellationToken::new(),
+        }
+    }
+
+    pub(crate) fn with_identity(mut self, identity: &str) -> Self {
+        if self.participant_identity.is_empty() {
+            self.participant_identity = identity.to_owned();
+        }
+        self
+    }
+
+    /// The job as the server assigned it.
+    pub fn job(&self) -> &Job {
+        &self.job
+    }
+
+    /// The job id.
+    pub fn id(&self) -> &str {
+        &self.job.id
+    }
+
+    /// The room's name.
+    pub fn room_name(&self) -> &str {
+        self.job.room.as_ref().map_or("", |room| room.name.as_str())
+    }
+
+    /// The dispatch's metadata.
+    pub fn metadata(&self) -> &str {
+        &self.job.metadata
+    }
+
+    /// The participant a participant or publisher job is about.
+    pub fn participant(&self) -> Option<&ParticipantInfo> {
+        self.job.participant.as_ref()
+    }
+
+    /// The URL to join the room at (the server's own URL unless the
+    /// assignment named another).
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+
+    /// The room token minted for this job's participant identity.
+    pub fn token(&self) -> &str {
+        &self.token
+    }
+
+    /// The identity the agent joins the room as.
+    pub fn participant_identity(&self) -> &str {
+        &self.participant_identity
+    }
+
+    /// True once the job has been asked to stop (a termination from the
+    /// server or the worker shutting down).
+    pub fn is_cancelled(&self) -> bool {
+        self.cancel.is_cancelled()
+    }
+
+    /// Resolves when the job is asked to stop: `select!` on it beside the
+    /// work, and return soon after.
+    pub async fn cancelled(&self) {
+        self.cancel.cancelled().await
+    }
+
+    pub(crate) fn cancel(&self) {
+        self.cancel.cancel()
+    }
+}
+
+impl fmt::Debug for JobContext {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("JobContext")
+            .field("job_id", &self.job.id)
+            .field("room", &self.room_name())
+            .field("url", &self.url)
+            .field("participant_identity", &self.participant_identity)
+            .field("cancelled", &self.is_cancelled())
+            .finish_non_exhaustive()
+    }
+}
+
+/// What an agent does. One value serves every job of a worker, so it is
+/// `Send + Sync` and per-job state lives in `on_job`'s future.
+///
+/// ```
+/// use lkagent::{JobContext, JobError, JobHandler};
+///
+/// struct Echo;
+///
+/// impl JobHandler for Echo {
+///     async fn on_job(&self, ctx: JobContext) -> Result<(), JobError> {
+///         tracing::info!(room = ctx.room_name(), "joined");
+///         ctx.cancelled().await; // run until the server ends the job
+///         Ok(())
+///     }
+/// }
+/// ```
+pub trait JobHandler: Send + Sync + 'static {
+    /// Decides whether to take an offered job. The default accepts with
+    /// identity `agent-<job id>`. The server waits only about 3 s for the
+    /// answer; past the worker's `request_timeout` it declines.
+    fn on_request(&self, request: &JobRequest) -> impl Future<Output = Decision> + Send {
+        std::future::ready(Decision::accept(request))
+    }
+
+    /// Does the job. Returning `Ok` reports SUCCESS; an error or a panic
+    /// reports FAILED with its text. Watch [`JobContext::cancelled`] to stop
+    /// early when the job is terminated.
+    fn on_job(&self, ctx: JobContext) -> impl Future<Output = Result<(), JobError>> + Send;
+
+    /// Called once when the server terminates the job, right after its
+    /// cancellation signal fires. Keep it quick: it runs on the job's thread.
+    fn on_terminated(&self, job: &Job) {
+        let _ = job;
+    }
+}
+
+/// A boxed future, as the runtime stores handler calls.
+pub type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send + 'static>>;
+
+/// [`JobHandler`] with boxed futures, so that the runtime can hold any handler
+/// as `Arc<dyn DynHandler>`. Implemented for every `JobHandler`.
+pub trait DynHandler: Send + Sync + 'static {
+    /// See [`JobHandler::on_request`].
+    fn on_request(self: Arc<Self>, request: JobRequest) -> BoxFuture<Decision>;
+    /// See [`JobHandler::on_job`].
+    fn on_job(self: Arc<Self>, ctx: JobContext) -> BoxFuture<Result<(), JobError>>;
+    /// See [`JobHandler::on_terminated`].
+    fn on_terminated(&self, job: &Job);
+}
+
+impl<H: JobHandler> DynHandler for H {
+    fn on_request(self: Arc<Self>, request: JobRequest) -> BoxFuture<Decision> {
+        Box::pin(async move { JobHandler::on_request(&*self, &request).await })
+    }
+
+    fn on_job(self: Arc<Self>, ctx: JobContext) -> BoxFuture<Result<(), JobError>> {
+        Box::pin(async move { JobHandler::on_job(&*self, ctx).await })
+    }
+
+    fn on_terminated(&self, job: &Job) {
+        JobHandler::on_terminated(self, job)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use livekit_protocol::Room;
+
+    fn job(id: &str) -> Job {
+        Job {
+            id: id.into(),
+            room: Some(Room {
+                name: "lobby".into(),
+                ..Default::default()
+            }),
+            metadata: r#"{"k":1}"#.into(),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn default_acceptance_uses_the_job_id_as_identity() {
+        let request = JobRequest::new(job("AJ_abc"), false);
+        match Decision::accept(&request) {
+            Decision::Accept(p) => assert_eq!(p.identity, "agent-AJ_abc"),
+            other => panic!("unexpected {other:?}"),
+        }
+        assert_eq!(request.room_name(), "lobby");
+        assert_eq!(request.metadata(), r#"{"k":1}"#);
+    }
+
+    #[test]
+    fn context_debug_leaves_the_token_out() {
+        let ctx = JobContext::new(job("AJ_1"), "ws://h", "eyJ-room-token-value");
+        let shown = format!("{ctx:?}");
+        assert!(!shown.contains("eyJ-room-token-value"), "{shown}");
+        assert!(shown.contains("AJ_1"));
+    }
+
+    #[test]
+    fn cancellation_is_shared_by_clones() {
+        let ctx = JobContext::new(job("AJ_1"), "ws://h", "t");
+        let clone = ctx.clone();
+        assert!(!clone.is_cancelled());
+        ctx.cancel();
+        assert!(clone.is_cancelled());
+    }
+}

@@ -1,0 +1,91 @@
+//! # lkagent
+//!
+//! An actor-model runtime, on actix, for LiveKit agent workers. A worker
+//! connects to a LiveKit server, registers, reports its load, answers the
+//! server's availability requests, and runs one job per dispatched room (or
+//! participant, or publisher) — here each job is an actor, not a process.
+//!
+//! ## The map
+//!
+//! The pure core, no actors, tested with plain `#[test]`s:
+//! - `protocol`: frames ↔ typed messages, the 2 MiB limit, the `/agent` URL.
+//! - `auth`: credentials and the short-lived tokens minted per connection;
+//!   the secret never prints.
+//! - `options`: [`WorkerOptions`], from code or from `LIVEKIT_*`.
+//! - `handler`: what a user writes — [`JobHandler`], [`JobRequest`],
+//!   [`Decision`], [`JobContext`].
+//! - `backoff`: reconnect delays; `outbox`: statuses kept through an outage;
+//!   `load`: what is reported to the server.
+//!
+//! The actors (`actors/`, wired in here), which call into the core and do
+//! the I/O: [`WorkerActor`] supervises a `ConnectionActor` (the websocket) and
+//! one `JobActor` per job. Start one with [`Worker::builder`].
+//!
+//! ```no_run
+//! use lkagent::{JobContext, JobError, JobHandler, Worker, WorkerOptions};
+//!
+//! struct Agent;
+//!
+//! impl JobHandler for Agent {
+//!     async fn on_job(&self, ctx: JobContext) -> Result<(), JobError> {
+//!         ctx.cancelled().await;
+//!         Ok(())
+//!     }
+//! }
+//!
+//! #[actix::main]
+//! async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//!     let _worker = Worker::builder(WorkerOptions::from_env()?)
+//!         .max_jobs(500)
+//!         .handler(Agent)
+//!         .start()?;
+//!     actix_rt::signal::ctrl_c().await?;
+//!     Ok(())
+//! }
+//! ```
+
+mod auth;
+mod backoff;
+mod handler;
+mod load;
+mod options;
+mod outbox;
+pub mod protocol;
+
+#[path = "../actors/mod.rs"]
+mod actors;
+
+pub use actors::{GetState, JobOutcome, StartError, Worker, WorkerActor, WorkerBuilder, WorkerState};
+pub use auth::{ApiSecret, AuthError, Credentials};
+pub use backoff::Backoff;
+pub use handler::{Decision, DynHandler, JobContext, JobError, JobHandler, JobRequest, Participant};
+pub use load::{LoadReport, Slots};
+pub use options::{
+    ENV_AGENT_NAME, ENV_API_KEY, ENV_API_SECRET, ENV_URL, OptionsError, WorkerOptions,
+};
+pub use outbox::{Evicted, Outbox};
+
+/// The LiveKit protocol types the public API speaks in.
+pub use livekit_protocol as proto;
+
+/// Cuts `text` to at most `max` bytes on a character boundary.
+pub(crate) fn truncate_utf8(mut text: String, max: usize) -> String {
+    if text.len() > max {
+        let mut end = max;
+        while !text.is_char_boundary(end) {
+            end -= 1;
+        }
+        text.truncate(end);
+    }
+    text
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn truncation_respects_character_boundaries() {
+        assert_eq!(super::truncate_utf8("héllo".into(), 2), "h");
+        assert_eq!(super::truncate_utf8("héllo".into(), 3), "hé");
+        assert_eq!(super::truncate_utf8("abc".into(), 10), "abc");
+    }
+}

@@ -1,0 +1,332 @@
+//! What a worker needs to know: where the server is, who it is, and its limits.
+//!
+//! [`WorkerOptions::new`] takes the three things there is no default for (URL,
+//! API key, API secret); everything else has a default that suits a fleet and
+//! a chainable setter. [`WorkerOptions::from_env`] reads the usual `LIVEKIT_*`
+//! variables. Either way, [`WorkerOptions::validate`] runs before a worker
+//! starts, and its errors name the variable or option at fault.
+
+use std::time::Duration;
+
+use livekit_protocol::JobType;
+
+use crate::auth::{ApiSecret, Credentials};
+use crate::backoff::Backoff;
+use crate::protocol;
+
+/// The environment variable holding the server URL.
+pub const ENV_URL: &str = "LIVEKIT_URL";
+/// The environment variable holding the API key.
+pub const ENV_API_KEY: &str = "LIVEKIT_API_KEY";
+/// The environment variable holding the API secret.
+pub const ENV_API_SECRET: &str = "LIVEKIT_API_SECRET";
+/// The environment variable holding the agent name (optional).
+pub const ENV_AGENT_NAME: &str = "LIVEKIT_AGENT_NAME";
+
+/// A configuration value that is missing or unusable. `name` is the
+/// environment variable when the value came from the environment, else the
+/// option's name.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum OptionsError {
+    /// A required value was not given.
+    #[error("{name} is not set")]
+    Missing {
+        /// The variable or option.
+        name: &'static str,
+    },
+    /// A value was given but cannot be used; `reason` says why.
+    #[error("{name} is invalid: {reason}")]
+    Invalid {
+        /// The variable or option.
+        name: &'static str,
+        /// What is wrong with it.
+        reason: String,
+    },
+}
+
+/// The configuration of one worker.
+///
+/// `Debug` is safe to log: the secret prints as `[redacted]`.
+#[derive(Clone, Debug)]
+pub struct WorkerOptions {
+    /// The LiveKit server, as `http(s)://` or `ws(s)://`.
+    pub url: String,
+    /// The API key and secret the worker signs its tokens with.
+    pub credentials: Credentials,
+    /// The agent name; empty means the default agent, which receives rooms
+    /// that have no explicit dispatch.
+    pub agent_name: String,
+    /// Which jobs this worker takes: one per room, per participant, or per
+    /// publisher.
+    pub job_type: JobType,
+    /// An optional namespace that further groups workers on the server.
+    pub namespace: Option<String>,
+    /// The version string sent at registration.
+    pub version: String,
+    /// The most jobs this worker runs at once; at this many it reports FULL
+    /// and declines further requests.
+    pub max_jobs: usize,
+    /// How often the worker sends a protocol ping.
+    pub ping_interval: Duration,
+    /// How long without a pong (or any frame) before the connection is taken
+    /// for dead and re-established.
+    pub ping_timeout: Duration,
+    /// How long the server may take to answer the registration.
+    pub register_timeout: Duration,
+    /// Reconnect delays: exponential with jitter, between its bounds.
+    pub reconnect: Backoff,
+    /// How long `on_request` may take before the worker answers
+    /// `available: false`; the server gives up waiting after about 3 s.
+    pub request_timeout: Duration,
+    /// How long a slot stays reserved after answering `available: true`
+    /// while the assignment has not arrived.
+    pub assignment_timeout: Duration,
+    /// How long a terminated job's handler may take to wind down after its
+    /// cancellation signal before it is dropped.
+    pub termination_grace: Duration,
+    /// How many arbiters (threads) run jobs; 0 means one per core.
+    pub job_threads: usize,
+}
+
+impl WorkerOptions {
+    /// Options for the server at `url` with the given key and secret, and
+    /// defaults for everything else.
+    pub fn new(url: impl Into<String>, api_key: impl Into<String>, api_secret: impl Into<String>) -> Self {
+        Self {
+            url: url.into(),
+            credentials: Credentials::new(api_key, api_secret),
+            agent_name: String::new(),
+            job_type: JobType::JtRoom,
+            namespace: None,
+            version: env!("CARGO_PKG_VERSION").to_owned(),
+            max_jobs: 100,
+            ping_interval: Duration::from_secs(10),
+            ping_timeout: Duration::from_secs(30),
+            register_timeout: Duration::from_secs(10),
+            reconnect: Backoff::default(),
+            request_timeout: Duration::from_millis(2500),
+            assignment_timeout: Duration::from_millis(7500),
+            termination_grace: Duration::from_secs(10),
+            job_threads: 0,
+        }
+    }
+
+    /// Reads `LIVEKIT_URL`, `LIVEKIT_API_KEY`, `LIVEKIT_API_SECRET` (all
+    /// required) and `LIVEKIT_AGENT_NAME` (optional) from the environment.
+    pub fn from_env() -> Result<Self, OptionsError> {
+        Self::from_lookup(|name| std::env::var(name).ok())
+    }
+
+    /// Like [`from_env`](Self::from_env), reading variables through `lookup`.
+    pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Result<Self, OptionsError> {
+        let required = |name: &'static str| -> Result<String, OptionsError> {
+            match lookup(name) {
+                Some(value) if !value.trim().is_empty() => Ok(value.trim().to_owned()),
+                _ => Err(OptionsError::Missing { name }),
+            }
+        };
+        let url = required(ENV_URL)?;
+        protocol::agent_url(&url).map_err(|e| OptionsError::Invalid {
+            name: ENV_URL,
+            reason: e.to_string(),
+        })?;
+        let key = required(ENV_API_KEY)?;
+        let secret = required(ENV_API_SECRET)?;
+        let mut options = Self::new(url, key, secret);
+        if let Some(name) = lookup(ENV_AGENT_NAME) {
+            options.agent_name = name.trim().to_owned();
+        }
+        Ok(options)
+    }
+
+    /// Sets the agent name.
+    pub fn agent_name(mut self, name: impl Into<String>) -> Self {
+        self.agent_name = name.into();
+        self
+    }
+
+    /// Sets the job type.
+    pub fn job_type(mut self, job_type: JobType) -> Self {
+        self.job_type = job_type;
+        self
+    }
+
+    /// Sets the namespace.
+    pub fn namespace(mut self, namespace: impl Into<String>) -> Self {
+        self.namespace = Some(namespace.into());
+        self
+    }
+
+    /// Sets the most jobs run at once.
+    pub fn max_jobs(mut self, max_jobs: usize) -> Self {
+        self.max_jobs = max_jobs;
+        self
+    }
+
+    /// Sets the keepalive: a ping every `interval`, dead after `timeout` of
+    /// silence.
+    pub fn keepalive(mut self, interval: Duration, timeout: Duration) -> Self {
+        self.ping_interval = interval;
+        self.ping_timeout = timeout;
+        self
+    }
+
+    /// Sets the reconnect backoff.
+    pub fn reconnect(mut self, backoff: Backoff) -> Self {
+        self.reconnect = backoff;
+        self
+    }
+
+    /// Sets how long a terminated job may take to wind down.
+    pub fn termination_grace(mut self, grace: Duration) -> Self {
+        self.termination_grace = grace;
+        self
+    }
+
+    /// The API secret (redacted when printed).
+    pub fn api_secret(&self) -> &ApiSecret {
+        &self.credentials.api_secret
+    }
+
+    /// Checks that the options can run a worker.
+    pub fn validate(&self) -> Result<(), OptionsError> {
+        let invalid = |name, reason: &str| {
+            Err(OptionsError::Invalid {
+                name,
+                reason: reason.to_owned(),
+            })
+        };
+        if self.url.trim().is_empty() {
+            return Err(OptionsError::Missing { name: "url" });
+        }
+        protocol::agent_url(&self.url).map_err(|e| OptionsError::Invalid {
+            name: "url",
+            reason: e.to_string(),
+        })?;
+        if self.credentials.api_key.is_empty() {
+            return Err(OptionsError::Missing { name: "api_key" });
+        }
+        if self.credentials.api_secret.is_empty() {
+            return Err(OptionsError::Missing { name: "api_secret" });
+        }
+        if self.max_jobs == 0 {
+            return invalid("max_jobs", "must be at least 1");
+        }
+        if self.job_type != JobType::JtRoom
+            && self.job_type != JobType::JtPublisher
+            && self.job_type != JobType::JtParticipant
+        {
+            return invalid("job_type", "unknown job type");
+        }
+        if self.ping_interval.is_zero() || self.ping_timeout <= self.ping_interval {
+            return invalid(
+                "ping_timeout",
+                "the ping interval must be non-zero and shorter than the timeout",
+            );
+        }
+        for (name, value) in [
+            ("register_timeout", self.register_timeout),
+            ("request_timeout", self.request_timeout),
+            ("assignment_timeout", self.assignment_timeout),
+        ] {
+            if value.is_zero() {
+                return invalid(name, "must be non-zero");
+            }
+        }
+        self.reconnect.validate().map_err(|reason| OptionsError::Invalid {
+            name: "reconnect",
+            reason,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    fn lookup(vars: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> {
+        let map: HashMap<String, String> = vars
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        move |name| map.get(name).cloned()
+    }
+
+    const FULL: [(&str, &str); 4] = [
+        (ENV_URL, "ws://localhost:7880"),
+        (ENV_API_KEY, "devkey"),
+        (ENV_API_SECRET, "secret"),
+        (ENV_AGENT_NAME, "support-bot"),
+    ];
+
+    #[test]
+    fn reads_every_variable() {
+        let options = WorkerOptions::from_lookup(lookup(&FULL)).unwrap();
+        assert_eq!(options.url, "ws://localhost:7880");
+        assert_eq!(options.credentials.api_key, "devkey");
+        assert_eq!(options.api_secret().expose(), "secret");
+        assert_eq!(options.agent_name, "support-bot");
+        options.validate().unwrap();
+    }
+
+    #[test]
+    fn the_agent_name_is_optional() {
+        let options = WorkerOptions::from_lookup(lookup(&FULL[..3])).unwrap();
+        assert_eq!(options.agent_name, "");
+    }
+
+    #[test]
+    fn a_missing_variable_is_named() {
+        for missing in [ENV_URL, ENV_API_KEY, ENV_API_SECRET] {
+            let vars: Vec<_> = FULL.iter().copied().filter(|(k, _)| *k != missing).collect();
+            assert_eq!(
+                WorkerOptions::from_lookup(lookup(&vars)).unwrap_err(),
+                OptionsError::Missing { name: missing }
+            );
+            let blank: Vec<_> = FULL
+                .iter()
+                .map(|&(k, v)| if k == missing { (k, "  ") } else { (k, v) })
+                .collect();
+            assert_eq!(
+                WorkerOptions::from_lookup(lookup(&blank)).unwrap_err(),
+                OptionsError::Missing { name: missing }
+            );
+        }
+    }
+
+    #[test]
+    fn a_malformed_url_is_named() {
+        let mut vars = FULL.to_vec();
+        vars[0] = (ENV_URL, "ftp://example.com");
+        let err = WorkerOptions::from_lookup(lookup(&vars)).unwrap_err();
+        assert!(
+            matches!(err, OptionsError::Invalid { name: ENV_URL, .. }),
+            "{err}"
+        );
+        assert!(err.to_string().contains("LIVEKIT_URL"));
+    }
+
+    #[test]
+    fn validate_rejects_unusable_limits() {
+        let base = WorkerOptions::new("ws://h", "k", "s");
+        base.validate().unwrap();
+        let err = base.clone().max_jobs(0).validate().unwrap_err();
+        assert!(matches!(err, OptionsError::Invalid { name: "max_jobs", .. }));
+        let err = base
+            .clone()
+            .keepalive(Duration::from_secs(5), Duration::from_secs(1))
+            .validate()
+            .unwrap_err();
+        assert!(matches!(err, OptionsError::Invalid { name: "ping_timeout", .. }));
+        let err = WorkerOptions::new("ws://h", "k", "").validate().unwrap_err();
+        assert_eq!(err, OptionsError::Missing { name: "api_secret" });
+    }
+
+    #[test]
+    fn debug_output_hides_the_secret() {
+        let options = WorkerOptions::new("ws://h", "devkey", "hunter2-very-secret");
+        let shown = format!("{options:?}");
+        assert!(!shown.contains("hunter2"), "{shown}");
+    }
+}
