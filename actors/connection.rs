@@ -6,6 +6,10 @@
 //! with the socket it stops, and its `Supervisor` restarts it in place, which
 //! re-runs `started()` — after a backoff delay — to connect and register anew.
 //!
+//! Final job statuses are kept until the server has provably read them (the
+//! pong to a ping written after them): a socket that dies with them still in
+//! its buffers would otherwise lose them silently.
+//!
 //! What survives a restart: the options, the worker's address and the attempt
 //! counter (fields). What does not: the socket, the stream, the timers
 //! (everything started through `ctx`), reset in `restarting()`.
@@ -20,13 +24,16 @@ use awc::error::WsProtocolError;
 use awc::ws::{Codec, Frame, Message as WsMessage};
 use futures_util::StreamExt as _;
 use futures_util::stream::SplitSink;
-use livekit_protocol::{RegisterWorkerRequest, WorkerPing, server_message, worker_message};
+use livekit_protocol::{
+    RegisterWorkerRequest, UpdateJobStatus, WorkerPing, server_message, worker_message,
+};
 use tracing::{debug, info, warn};
 
 use super::messages::*;
 use super::worker::WorkerActor;
 use crate::auth::WORKER_TOKEN_TTL;
 use crate::options::WorkerOptions;
+use crate::outbox::is_terminal;
 use crate::protocol::{self, FrameError, MAX_FRAME_SIZE};
 
 type WsSink = SplitSink<actix_codec::Framed<BoxedSocket, Codec>, WsMessage>;
@@ -42,6 +49,14 @@ pub struct ConnectionActor {
     sink: Option<SinkWrite<WsMessage, WsSink>>,
     registered: bool,
     last_pong: Instant,
+    /// The timestamp of the last protocol ping sent; strictly increasing, so
+    /// a pong names exactly which writes the server has read.
+    last_ping: i64,
+    /// Final job statuses written but not yet known to be read by the
+    /// server: each waits for the pong of a ping written after it. A socket
+    /// can die with them in its buffers, so on a restart they go back to the
+    /// worker's outbox instead of being lost.
+    unconfirmed: Vec<(i64, UpdateJobStatus)>,
 }
 
 impl ConnectionActor {
@@ -54,6 +69,8 @@ impl ConnectionActor {
             sink: None,
             registered: false,
             last_pong: Instant::now(),
+            last_ping: 0,
+            unconfirmed: Vec::new(),
         }
     }
 
@@ -84,16 +101,22 @@ impl ConnectionActor {
             .bearer_auth(token)
             .max_frame_size(MAX_FRAME_SIZE);
         let connect = async move { request.connect().await };
-        ctx.spawn(actix::fut::wrap_future(connect).map(|result, act: &mut Self, ctx| match result {
-            Ok((_response, framed)) => act.on_connected(framed, ctx),
-            Err(err) => {
-                warn!(error = %err, attempt = act.attempt, "could not connect to the server");
-                ctx.stop();
-            }
-        }));
+        ctx.spawn(actix::fut::wrap_future(connect).map(
+            |result, act: &mut Self, ctx| match result {
+                Ok((_response, framed)) => act.on_connected(framed, ctx),
+                Err(err) => {
+                    warn!(error = %err, attempt = act.attempt, "could not connect to the server");
+                    ctx.stop();
+                }
+            },
+        ));
     }
 
-    fn on_connected(&mut self, framed: actix_codec::Framed<BoxedSocket, Codec>, ctx: &mut Context<Self>) {
+    fn on_connected(
+        &mut self,
+        framed: actix_codec::Framed<BoxedSocket, Codec>,
+        ctx: &mut Context<Self>,
+    ) {
         let (sink, stream) = framed.split();
         self.sink = Some(SinkWrite::new(sink, ctx));
         ctx.add_stream(stream);
@@ -103,20 +126,31 @@ impl ConnectionActor {
             agent_name: options.agent_name.clone(),
             version: options.version.clone(),
             namespace: options.namespace.clone(),
-            ping_interval: options.ping_interval.as_secs().try_into().unwrap_or(u32::MAX),
+            ping_interval: options
+                .ping_interval
+                .as_secs()
+                .try_into()
+                .unwrap_or(u32::MAX),
             ..Default::default()
         };
         self.write(worker_message::Message::Register(register));
         let deadline = options.register_timeout;
         ctx.run_later(deadline, move |act, ctx| {
             if !act.registered {
-                warn!(?deadline, "the server did not answer the registration in time");
+                warn!(
+                    ?deadline,
+                    "the server did not answer the registration in time"
+                );
                 ctx.stop();
             }
         });
     }
 
-    fn on_registered(&mut self, response: livekit_protocol::RegisterWorkerResponse, ctx: &mut Context<Self>) {
+    fn on_registered(
+        &mut self,
+        response: livekit_protocol::RegisterWorkerResponse,
+        ctx: &mut Context<Self>,
+    ) {
         if self.registered {
             warn!("ignoring a second registration answer");
             return;
@@ -133,14 +167,28 @@ impl ConnectionActor {
                 ctx.stop();
                 return;
             }
-            act.write(worker_message::Message::Ping(WorkerPing {
-                timestamp: unix_millis(),
-            }));
+            act.ping();
         });
         self.worker.do_send(Registered {
             worker_id: response.worker_id,
             server_info: response.server_info,
         });
+    }
+
+    /// Writes a protocol ping; its pong confirms every earlier write.
+    fn ping(&mut self) -> i64 {
+        self.last_ping = unix_millis().max(self.last_ping + 1);
+        let timestamp = self.last_ping;
+        self.write(worker_message::Message::Ping(WorkerPing { timestamp }));
+        timestamp
+    }
+
+    /// The server answered the ping sent at `timestamp`, so it has read
+    /// everything written before it.
+    fn on_pong(&mut self, timestamp: i64) {
+        self.last_pong = Instant::now();
+        self.unconfirmed
+            .retain(|(confirmed_by, _)| *confirmed_by > timestamp);
     }
 
     /// Writes one message; false when there is no open sink or the message
@@ -163,7 +211,7 @@ impl ConnectionActor {
         use server_message::Message as M;
         match message {
             M::Register(response) => self.on_registered(response, ctx),
-            M::Pong(_) => self.last_pong = Instant::now(),
+            M::Pong(pong) => self.on_pong(pong.last_timestamp),
             _ if !self.registered => {
                 warn!("ignoring a server message that arrived before the registration answer");
             }
@@ -192,7 +240,11 @@ impl ConnectionActor {
         }
     }
 
-    fn on_payload(&mut self, decoded: Result<Option<server_message::Message>, FrameError>, ctx: &mut Context<Self>) {
+    fn on_payload(
+        &mut self,
+        decoded: Result<Option<server_message::Message>, FrameError>,
+        ctx: &mut Context<Self>,
+    ) {
         match decoded {
             Ok(Some(message)) => self.on_server_message(message, ctx),
             Ok(None) => debug!("ignoring an empty or unknown server message"),
@@ -212,7 +264,9 @@ impl Actor for ConnectionActor {
         let delay = if self.first_start {
             Duration::ZERO
         } else {
-            self.options.reconnect.delay(self.attempt, rand::random::<f64>())
+            self.options
+                .reconnect
+                .delay(self.attempt, rand::random::<f64>())
         };
         self.first_start = false;
         if !delay.is_zero() {
@@ -233,6 +287,14 @@ impl Supervised for ConnectionActor {
         }
         self.registered = false;
         self.sink = None;
+        if !self.unconfirmed.is_empty() {
+            // sent after `Disconnected`, so they land in the outbox
+            let statuses = self
+                .unconfirmed
+                .drain(..)
+                .map(|(_, update)| worker_message::Message::UpdateJob(update));
+            self.worker.do_send(Undelivered(statuses.collect()));
+        }
     }
 }
 
@@ -240,19 +302,31 @@ impl Handler<SendToServer> for ConnectionActor {
     type Result = ();
 
     fn handle(&mut self, msg: SendToServer, _ctx: &mut Self::Context) {
+        if !self.registered {
+            self.worker.do_send(Undelivered(msg.0));
+            return;
+        }
         let mut messages = msg.0.into_iter();
-        if self.registered {
-            for message in messages.by_ref() {
-                let fallback = message.clone();
-                if !self.write(message) {
-                    self.worker.do_send(Undelivered(
-                        std::iter::once(fallback).chain(messages).collect(),
-                    ));
-                    return;
+        let mut finals = Vec::new();
+        while let Some(message) = messages.next() {
+            let update = match &message {
+                worker_message::Message::UpdateJob(update) if is_terminal(update.status) => {
+                    Some(update.clone())
                 }
+                _ => None,
+            };
+            if !self.write(message.clone()) {
+                let rest = std::iter::once(message).chain(messages);
+                self.worker.do_send(Undelivered(rest.collect()));
+                break;
             }
-        } else {
-            self.worker.do_send(Undelivered(messages.collect()));
+            finals.extend(update);
+        }
+        if !finals.is_empty() {
+            // ask at once for the proof that the server has read them
+            let confirmed_by = self.ping();
+            self.unconfirmed
+                .extend(finals.into_iter().map(|update| (confirmed_by, update)));
         }
     }
 }

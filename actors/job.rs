@@ -67,16 +67,19 @@ impl Actor for JobActor {
         self.worker.do_send(JobStarted {
             job_id: self.context.id().to_owned(),
         });
-        let run = AssertUnwindSafe(self.handler.clone().on_job(self.context.clone())).catch_unwind();
-        ctx.spawn(actix::fut::wrap_future(run).map(|result, act: &mut Self, ctx| {
-            let outcome = match result {
-                _ if act.terminated => JobOutcome::Terminated,
-                Ok(Ok(())) => JobOutcome::Succeeded,
-                Ok(Err(err)) => JobOutcome::Failed(err.to_string()),
-                Err(panic) => JobOutcome::Panicked(panic_message(&*panic)),
-            };
-            act.exit(outcome, ctx);
-        }));
+        let run =
+            AssertUnwindSafe(self.handler.clone().on_job(self.context.clone())).catch_unwind();
+        ctx.spawn(
+            actix::fut::wrap_future(run).map(|result, act: &mut Self, ctx| {
+                let outcome = match result {
+                    _ if act.terminated => JobOutcome::Terminated,
+                    Ok(Ok(())) => JobOutcome::Succeeded,
+                    Ok(Err(err)) => JobOutcome::Failed(err.to_string()),
+                    Err(panic) => JobOutcome::Panicked(panic_message(&*panic)),
+                };
+                act.exit(outcome, ctx);
+            }),
+        );
     }
 
     fn stopped(&mut self, _ctx: &mut Self::Context) {
@@ -106,8 +109,14 @@ impl Handler<TerminateJob> for JobActor {
         self.context.cancel();
         let handler = &self.handler;
         let job = self.context.job();
-        if let Err(panic) = std::panic::catch_unwind(AssertUnwindSafe(|| handler.on_terminated(job))) {
-            warn!(job_id = job.id, panic = panic_message(&*panic), "on_terminated panicked");
+        if let Err(panic) =
+            std::panic::catch_unwind(AssertUnwindSafe(|| handler.on_terminated(job)))
+        {
+            warn!(
+                job_id = job.id,
+                panic = panic_message(&*panic),
+                "on_terminated panicked"
+            );
         }
         ctx.run_later(self.grace, |act, ctx| {
             warn!(

@@ -115,7 +115,9 @@ impl JobOutcome {
         let (status, error) = match self {
             JobOutcome::Succeeded | JobOutcome::Terminated => (JobStatus::JsSuccess, String::new()),
             JobOutcome::Failed(text) => (JobStatus::JsFailed, text.clone()),
-            JobOutcome::Panicked(text) => (JobStatus::JsFailed, format!("handler panicked: {text}")),
+            JobOutcome::Panicked(text) => {
+                (JobStatus::JsFailed, format!("handler panicked: {text}"))
+            }
         };
         UpdateJobStatus {
             job_id: job_id.to_owned(),

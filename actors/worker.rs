@@ -208,7 +208,11 @@ impl WorkerActor {
         } else {
             let job_id = update.job_id.clone();
             log_eviction(self.outbox.push(update));
-            debug!(job_id, queued = self.outbox.len(), "status queued until reconnect");
+            debug!(
+                job_id,
+                queued = self.outbox.len(),
+                "status queued until reconnect"
+            );
         }
     }
 
@@ -220,13 +224,15 @@ impl WorkerActor {
         }
         self.last_report = Some(report);
         self.seq += 1;
-        self.send(vec![worker_message::Message::UpdateWorker(UpdateWorkerStatus {
-            status: Some(report.status as i32),
-            load: report.load,
-            job_count: report.job_count,
-            draining: false,
-            seq: self.seq,
-        })]);
+        self.send(vec![worker_message::Message::UpdateWorker(
+            UpdateWorkerStatus {
+                status: Some(report.status as i32),
+                load: report.load,
+                job_count: report.job_count,
+                draining: false,
+                seq: self.seq,
+            },
+        )]);
     }
 
     fn answer(&mut self, job_id: &str, accepted: Option<&crate::handler::Participant>) {
@@ -270,7 +276,11 @@ impl WorkerActor {
                 let id = job_id.clone();
                 let expiry = ctx.run_later(timeout, move |act, ctx| {
                     if act.reserved.contains_key(&id) {
-                        warn!(job_id = id, ?timeout, "no assignment after accepting: releasing the slot");
+                        warn!(
+                            job_id = id,
+                            ?timeout,
+                            "no assignment after accepting: releasing the slot"
+                        );
                         act.release(&id, ctx);
                     }
                 });
@@ -287,7 +297,14 @@ impl WorkerActor {
         }
     }
 
-    fn start_job(&mut self, job: Job, url: String, token: String, identity: Option<String>, ctx: &mut Context<Self>) {
+    fn start_job(
+        &mut self,
+        job: Job,
+        url: String,
+        token: String,
+        identity: Option<String>,
+        ctx: &mut Context<Self>,
+    ) {
         let job_id = job.id.clone();
         let mut context = JobContext::new(job, url, token);
         if let Some(identity) = identity {
@@ -296,7 +313,9 @@ impl WorkerActor {
         let handler = self.handler.clone();
         let worker = ctx.address();
         let grace = self.options.termination_grace;
-        let threads = self.threads.get_or_insert_with(|| JobThreads::new(self.options.job_threads));
+        let threads = self
+            .threads
+            .get_or_insert_with(|| JobThreads::new(self.options.job_threads));
         let addr = JobActor::start_in_arbiter(&threads.pick(), move |_| {
             JobActor::new(context, handler, worker, grace)
         });
@@ -325,7 +344,9 @@ impl Actor for WorkerActor {
         );
         let options = self.options.clone();
         let me = ctx.address();
-        self.connection = Some(Supervisor::start(move |_| ConnectionActor::new(options, me)));
+        self.connection = Some(Supervisor::start(move |_| {
+            ConnectionActor::new(options, me)
+        }));
     }
 }
 
@@ -342,12 +363,20 @@ impl Handler<Registered> for WorkerActor {
         let mut messages = Vec::new();
         if self.registrations > 1 && !self.jobs.is_empty() {
             let job_ids: Vec<String> = self.jobs.keys().cloned().collect();
-            info!(jobs = job_ids.len(), "reclaiming running jobs after reconnect");
-            messages.push(worker_message::Message::MigrateJob(MigrateJobRequest { job_ids }));
+            info!(
+                jobs = job_ids.len(),
+                "reclaiming running jobs after reconnect"
+            );
+            messages.push(worker_message::Message::MigrateJob(MigrateJobRequest {
+                job_ids,
+            }));
         }
         let queued = self.outbox.drain();
         if !queued.is_empty() {
-            info!(statuses = queued.len(), "flushing statuses queued during the outage");
+            info!(
+                statuses = queued.len(),
+                "flushing statuses queued during the outage"
+            );
         }
         messages.extend(queued.into_iter().map(worker_message::Message::UpdateJob));
         if !messages.is_empty() {
@@ -393,7 +422,12 @@ impl Handler<Undelivered> for WorkerActor {
         }
         if self.connected() {
             // the connection came back before the bounce reached us
-            self.send(statuses.into_iter().map(worker_message::Message::UpdateJob).collect());
+            self.send(
+                statuses
+                    .into_iter()
+                    .map(worker_message::Message::UpdateJob)
+                    .collect(),
+            );
         } else {
             for evicted in self.outbox.requeue(statuses) {
                 log_eviction(evicted);
@@ -408,7 +442,10 @@ impl Handler<AvailabilityAsked> for WorkerActor {
     fn handle(&mut self, msg: AvailabilityAsked, ctx: &mut Self::Context) {
         let job_id = msg.job.id.clone();
         if self.jobs.contains_key(&job_id) || self.reserved.contains_key(&job_id) {
-            warn!(job_id, "availability asked twice for the same job: declining the repeat");
+            warn!(
+                job_id,
+                "availability asked twice for the same job: declining the repeat"
+            );
             self.answer(&job_id, None);
             return;
         }
@@ -434,7 +471,9 @@ impl Handler<AvailabilityAsked> for WorkerActor {
         ctx.spawn(wrap_future(decide).map(move |result, act: &mut Self, ctx| {
             let decision = match result {
                 Ok(Ok(decision)) => decision,
-                Ok(Err(panic)) => Decision::reject(format!("on_request panicked: {}", panic_message(&*panic))),
+                Ok(Err(panic)) => {
+                    Decision::reject(format!("on_request panicked: {}", panic_message(&*panic)))
+                }
                 Err(_) => Decision::reject(format!("on_request took longer than {timeout:?}")),
             };
             act.on_decision(job_id, decision, ctx);
@@ -459,7 +498,10 @@ impl Handler<JobAssigned> for WorkerActor {
                 reservation.identity
             }
             None if self.slots().is_full() => {
-                warn!(job_id, "assigned a job that was not accepted, at capacity: failing it");
+                warn!(
+                    job_id,
+                    "assigned a job that was not accepted, at capacity: failing it"
+                );
                 self.report_job(UpdateJobStatus {
                     job_id,
                     status: JobStatus::JsFailed as i32,
@@ -468,11 +510,17 @@ impl Handler<JobAssigned> for WorkerActor {
                 return;
             }
             None => {
-                info!(job_id, "assigned a job that was not offered first: running it");
+                info!(
+                    job_id,
+                    "assigned a job that was not offered first: running it"
+                );
                 None
             }
         };
-        let url = msg.url.filter(|u| !u.is_empty()).unwrap_or_else(|| self.options.url.clone());
+        let url = msg
+            .url
+            .filter(|u| !u.is_empty())
+            .unwrap_or_else(|| self.options.url.clone());
         info!(job_id, "job assigned");
         self.start_job(msg.job, url, msg.token, identity, ctx);
     }
@@ -520,7 +568,10 @@ impl Handler<TerminationRequested> for WorkerActor {
         if let Some(job) = self.jobs.get(&msg.job_id) {
             job.addr.do_send(TerminateJob);
         } else if self.reserved.contains_key(&msg.job_id) {
-            info!(job_id = msg.job_id, "terminated before assignment: releasing the slot");
+            info!(
+                job_id = msg.job_id,
+                "terminated before assignment: releasing the slot"
+            );
             self.release(&msg.job_id, ctx);
         } else {
             debug!(job_id = msg.job_id, "termination for an unknown job");

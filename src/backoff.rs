@@ -71,7 +71,10 @@ mod tests {
             ..Backoff::default()
         };
         let delays: Vec<u128> = (0..10).map(|n| b.delay(n, 0.7).as_millis()).collect();
-        assert_eq!(delays, [100, 200, 400, 800, 1600, 3200, 6400, 10_000, 10_000, 10_000]);
+        assert_eq!(
+            delays,
+            [100, 200, 400, 800, 1600, 3200, 6400, 10_000, 10_000, 10_000]
+        );
         assert_eq!(b.delay(u32::MAX, 0.0), Duration::from_secs(10));
     }
 

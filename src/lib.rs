@@ -16,6 +16,7 @@
 //!   [`Decision`], [`JobContext`].
 //! - `backoff`: reconnect delays; `outbox`: statuses kept through an outage;
 //!   `load`: what is reported to the server.
+//! - `demo`: a demo agent driven by job metadata, for examples and tests.
 //!
 //! The actors (`actors/`, wired in here), which call into the core and do
 //! the I/O: [`WorkerActor`] supervises a `ConnectionActor` (the websocket) and
@@ -46,6 +47,7 @@
 
 mod auth;
 mod backoff;
+pub mod demo;
 mod handler;
 mod load;
 mod options;
@@ -55,10 +57,14 @@ pub mod protocol;
 #[path = "../actors/mod.rs"]
 mod actors;
 
-pub use actors::{GetState, JobOutcome, StartError, Worker, WorkerActor, WorkerBuilder, WorkerState};
+pub use actors::{
+    GetState, JobOutcome, StartError, Worker, WorkerActor, WorkerBuilder, WorkerState,
+};
 pub use auth::{ApiSecret, AuthError, Credentials};
 pub use backoff::Backoff;
-pub use handler::{Decision, DynHandler, JobContext, JobError, JobHandler, JobRequest, Participant};
+pub use handler::{
+    Decision, DynHandler, JobContext, JobError, JobHandler, JobRequest, Participant,
+};
 pub use load::{LoadReport, Slots};
 pub use options::{
     ENV_AGENT_NAME, ENV_API_KEY, ENV_API_SECRET, ENV_URL, OptionsError, WorkerOptions,

@@ -91,7 +91,11 @@ pub struct WorkerOptions {
 impl WorkerOptions {
     /// Options for the server at `url` with the given key and secret, and
     /// defaults for everything else.
-    pub fn new(url: impl Into<String>, api_key: impl Into<String>, api_secret: impl Into<String>) -> Self {
+    pub fn new(
+        url: impl Into<String>,
+        api_key: impl Into<String>,
+        api_secret: impl Into<String>,
+    ) -> Self {
         Self {
             url: url.into(),
             credentials: Credentials::new(api_key, api_secret),
@@ -233,10 +237,12 @@ impl WorkerOptions {
                 return invalid(name, "must be non-zero");
             }
         }
-        self.reconnect.validate().map_err(|reason| OptionsError::Invalid {
-            name: "reconnect",
-            reason,
-        })
+        self.reconnect
+            .validate()
+            .map_err(|reason| OptionsError::Invalid {
+                name: "reconnect",
+                reason,
+            })
     }
 }
 
@@ -279,7 +285,11 @@ mod tests {
     #[test]
     fn a_missing_variable_is_named() {
         for missing in [ENV_URL, ENV_API_KEY, ENV_API_SECRET] {
-            let vars: Vec<_> = FULL.iter().copied().filter(|(k, _)| *k != missing).collect();
+            let vars: Vec<_> = FULL
+                .iter()
+                .copied()
+                .filter(|(k, _)| *k != missing)
+                .collect();
             assert_eq!(
                 WorkerOptions::from_lookup(lookup(&vars)).unwrap_err(),
                 OptionsError::Missing { name: missing }
@@ -312,14 +322,28 @@ mod tests {
         let base = WorkerOptions::new("ws://h", "k", "s");
         base.validate().unwrap();
         let err = base.clone().max_jobs(0).validate().unwrap_err();
-        assert!(matches!(err, OptionsError::Invalid { name: "max_jobs", .. }));
+        assert!(matches!(
+            err,
+            OptionsError::Invalid {
+                name: "max_jobs",
+                ..
+            }
+        ));
         let err = base
             .clone()
             .keepalive(Duration::from_secs(5), Duration::from_secs(1))
             .validate()
             .unwrap_err();
-        assert!(matches!(err, OptionsError::Invalid { name: "ping_timeout", .. }));
-        let err = WorkerOptions::new("ws://h", "k", "").validate().unwrap_err();
+        assert!(matches!(
+            err,
+            OptionsError::Invalid {
+                name: "ping_timeout",
+                ..
+            }
+        ));
+        let err = WorkerOptions::new("ws://h", "k", "")
+            .validate()
+            .unwrap_err();
         assert_eq!(err, OptionsError::Missing { name: "api_secret" });
     }
 

@@ -88,7 +88,10 @@ impl Outbox {
     /// Drops the oldest RUNNING status, or the oldest of all if every one is
     /// terminal.
     fn evict_one(&mut self) -> Evicted {
-        let running = self.queue.iter().position(|queued| !is_terminal(queued.status));
+        let running = self
+            .queue
+            .iter()
+            .position(|queued| !is_terminal(queued.status));
         match self.queue.remove(running.unwrap_or(0)) {
             Some(dropped) if running.is_some() => Evicted::Running(dropped.job_id),
             Some(dropped) => Evicted::Terminal(dropped.job_id),
@@ -125,7 +128,10 @@ mod tests {
     }
 
     fn ids(updates: &[UpdateJobStatus]) -> Vec<(String, i32)> {
-        updates.iter().map(|u| (u.job_id.clone(), u.status)).collect()
+        updates
+            .iter()
+            .map(|u| (u.job_id.clone(), u.status))
+            .collect()
     }
 
     #[test]

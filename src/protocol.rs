@@ -201,9 +201,18 @@ mod tests {
     #[test]
     fn agent_url_maps_schemes_and_keeps_prefixes() {
         let cases = [
-            ("http://localhost:7880", "ws://localhost:7880/agent?protocol=1"),
-            ("https://x.livekit.cloud", "wss://x.livekit.cloud/agent?protocol=1"),
-            ("ws://127.0.0.1:7880/", "ws://127.0.0.1:7880/agent?protocol=1"),
+            (
+                "http://localhost:7880",
+                "ws://localhost:7880/agent?protocol=1",
+            ),
+            (
+                "https://x.livekit.cloud",
+                "wss://x.livekit.cloud/agent?protocol=1",
+            ),
+            (
+                "ws://127.0.0.1:7880/",
+                "ws://127.0.0.1:7880/agent?protocol=1",
+            ),
             ("wss://h/livekit/", "wss://h/livekit/agent?protocol=1"),
         ];
         for (input, want) in cases {

@@ -64,7 +64,12 @@ mod tests {
 
     #[test]
     fn load_is_running_jobs_over_capacity() {
-        let report = Slots { active: 3, reserved: 0, max: 4 }.report();
+        let report = Slots {
+            active: 3,
+            reserved: 0,
+            max: 4,
+        }
+        .report();
         assert_eq!(report.load, 0.75);
         assert_eq!(report.job_count, 3);
         assert_eq!(report.status, WorkerStatus::WsAvailable);
@@ -72,7 +77,11 @@ mod tests {
 
     #[test]
     fn reserved_slots_make_the_worker_full() {
-        let slots = Slots { active: 3, reserved: 1, max: 4 };
+        let slots = Slots {
+            active: 3,
+            reserved: 1,
+            max: 4,
+        };
         assert!(slots.is_full());
         assert_eq!(slots.report().status, WorkerStatus::WsFull);
         assert_eq!(slots.report().load, 0.75);
@@ -80,7 +89,12 @@ mod tests {
 
     #[test]
     fn no_capacity_is_full() {
-        let report = Slots { active: 0, reserved: 0, max: 0 }.report();
+        let report = Slots {
+            active: 0,
+            reserved: 0,
+            max: 0,
+        }
+        .report();
         assert_eq!(report.status, WorkerStatus::WsFull);
         assert_eq!(report.load, 1.0);
     }

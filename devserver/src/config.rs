@@ -1,0 +1,81 @@
+//! [`DevServerConfig`]: where to listen, which keys to accept, and the timers.
+
+use std::fmt;
+use std::net::{Ipv4Addr, SocketAddr};
+use std::time::Duration;
+
+/// The server's register deadline (`RegisterTimeout` in `pkg/agent/worker.go`).
+pub const DEFAULT_REGISTER_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long the server waits for an availability answer (`AssignJobTimeout`).
+pub const DEFAULT_AVAILABILITY_TIMEOUT: Duration = Duration::from_secs(10);
+/// WebSocket Ping period of the server's signal connection.
+pub const DEFAULT_PING_INTERVAL: Duration = Duration::from_secs(10);
+/// The server closes the socket on an inbound frame above this.
+pub const DEFAULT_MAX_FRAME_SIZE: usize = 2 << 20;
+/// Validity of the room token sent with an assignment (`BuildAgentToken`).
+pub const DEFAULT_ROOM_TOKEN_TTL: Duration = Duration::from_secs(3600);
+/// The well-known local development key pair (`livekit-server --dev`).
+pub const DEV_KEY: (&str, &str) = ("devkey", "secret");
+
+/// Configuration of a [`DevServer`](crate::DevServer).
+#[derive(Clone)]
+pub struct DevServerConfig {
+    /// Address to listen on; the default `127.0.0.1:0` picks a free port.
+    pub bind: SocketAddr,
+    /// Accepted API keys and their secrets; default `[("devkey", "secret")]`.
+    pub keys: Vec<(String, String)>,
+    /// A connection that has not registered within this is closed.
+    pub register_timeout: Duration,
+    /// How long a worker may take to answer an availability request.
+    pub availability_timeout: Duration,
+    /// Period of the server's WebSocket Ping frames.
+    pub ping_interval: Duration,
+    /// Inbound frames larger than this close the connection (2 MiB).
+    pub max_frame_size: usize,
+    /// Validity of the room tokens minted for assignments (1 h).
+    pub room_token_ttl: Duration,
+}
+
+impl Default for DevServerConfig {
+    fn default() -> Self {
+        Self {
+            bind: SocketAddr::from((Ipv4Addr::LOCALHOST, 0)),
+            keys: vec![(DEV_KEY.0.to_owned(), DEV_KEY.1.to_owned())],
+            register_timeout: DEFAULT_REGISTER_TIMEOUT,
+            availability_timeout: DEFAULT_AVAILABILITY_TIMEOUT,
+            ping_interval: DEFAULT_PING_INTERVAL,
+            max_frame_size: DEFAULT_MAX_FRAME_SIZE,
+            room_token_ttl: DEFAULT_ROOM_TOKEN_TTL,
+        }
+    }
+}
+
+impl fmt::Debug for DevServerConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // Secrets never print: only the key names.
+        let keys: Vec<&str> = self.keys.iter().map(|(k, _)| k.as_str()).collect();
+        f.debug_struct("DevServerConfig")
+            .field("bind", &self.bind)
+            .field("keys", &keys)
+            .field("register_timeout", &self.register_timeout)
+            .field("availability_timeout", &self.availability_timeout)
+            .field("ping_interval", &self.ping_interval)
+            .field("max_frame_size", &self.max_frame_size)
+            .field("room_token_ttl", &self.room_token_ttl)
+            .finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn debug_hides_secrets() {
+        let mut config = DevServerConfig::default();
+        config.keys.push(("k2".into(), "hunter2".into()));
+        let text = format!("{config:?}");
+        assert!(text.contains("devkey") && text.contains("k2"));
+        assert!(!text.contains("secret") && !text.contains("hunter2"));
+    }
+}

@@ -1,0 +1,808 @@
+//! `Dispatcher`: the one actor that owns the server's state — workers, job
+//! records, dispatches in flight — and decides where jobs go.
+//!
+//! A dispatch is a small state machine driven by messages, never by awaiting
+//! inside the actor: [`Dispatch`] creates the job record and asks a worker
+//! (`availability`); an [`AvailabilityAnswer`], the availability timer or a
+//! [`WorkerGone`] moves it on (next worker, assignment, or failure), and the
+//! caller's oneshot gets the outcome. Every state change bumps a
+//! `watch` counter so that `DevServer::wait_*` wake up without polling.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use actix::{Actor, ActorContext, Addr, AsyncContext, Context, Handler, SpawnHandle};
+use livekit_protocol::{
+    AvailabilityRequest, Job, JobAssignment, JobState, JobStatus, JobTermination, JobType,
+    ParticipantPermission, Room, ServerMessage, WorkerStatus, server_message,
+};
+use tokio::sync::{oneshot, watch};
+
+use crate::auth::{self, RoomTokenSpec};
+use crate::balance;
+use crate::ids;
+use crate::messages::{
+    AvailabilityAnswer, Deliver, Dispatch, DropConnections, GetJob, Inject, InjectFrame,
+    JobStatusUpdate, Kill, ListJobs, ListWorkers, MigrateJobs, Shutdown, SimulateJob, TerminateJob,
+    WorkerGone, WorkerRegistered, WorkerStatusUpdate,
+};
+use crate::model::{DevServerError, DispatchError, JobInfo, StatusUpdate, WorkerInfo};
+use crate::session::Session;
+
+/// Job records kept; above this the oldest finished job is evicted first.
+pub const MAX_JOBS: usize = 10_000;
+/// Status updates kept per job (the oldest are dropped).
+pub const MAX_JOB_UPDATES: usize = 256;
+/// Disconnected workers remembered (the oldest are forgotten).
+pub const MAX_DISCONNECTED_WORKERS: usize = 256;
+/// Availability answers and migrated job ids kept per worker.
+pub const MAX_PER_WORKER_HISTORY: usize = 256;
+
+/// Read-only settings of the dispatcher.
+#[derive(Debug)]
+pub struct DispatcherConfig {
+    /// API keys and secrets (secrets sign room tokens).
+    pub keys: Vec<(String, String)>,
+    /// How long a worker may take to answer availability.
+    pub availability_timeout: Duration,
+    /// Validity of minted room tokens.
+    pub room_token_ttl: Duration,
+}
+
+struct WorkerEntry {
+    info: WorkerInfo,
+    api_key: String,
+    permissions: Option<ParticipantPermission>,
+    session: Option<Addr<Session>>,
+    /// Registration order, for stable listings and candidate order.
+    seq: u64,
+}
+
+struct JobRecord {
+    info: JobInfo,
+    /// The job as sent to workers.
+    proto: Job,
+    /// SUCCESS or FAILED reached: later updates go to history only.
+    ended: bool,
+}
+
+/// A dispatch waiting for an outcome.
+struct Pending {
+    tried: Vec<String>,
+    /// The worker currently asked, and its availability timer.
+    asking: Option<(String, SpawnHandle)>,
+    /// `to_worker` / `simulate_job`: only this worker is asked.
+    forced: Option<String>,
+    reply: Option<oneshot::Sender<Result<JobInfo, DispatchError>>>,
+}
+
+/// The owner of all dispatch state. See the module docs.
+pub struct Dispatcher {
+    config: Arc<DispatcherConfig>,
+    workers: HashMap<String, WorkerEntry>,
+    worker_seq: u64,
+    disconnected: VecDeque<String>,
+    jobs: HashMap<String, JobRecord>,
+    job_order: VecDeque<String>,
+    pending: HashMap<String, Pending>,
+    version: watch::Sender<u64>,
+}
+
+impl Dispatcher {
+    /// A dispatcher that bumps `version` on every state change.
+    pub fn new(config: Arc<DispatcherConfig>, version: watch::Sender<u64>) -> Self {
+        Self {
+            config,
+            workers: HashMap::new(),
+            worker_seq: 0,
+            disconnected: VecDeque::new(),
+            jobs: HashMap::new(),
+            job_order: VecDeque::new(),
+            pending: HashMap::new(),
+            version,
+        }
+    }
+
+    fn changed(&self) {
+        self.version.send_modify(|v| *v = v.wrapping_add(1));
+    }
+
+    fn insert_job(&mut self, record: JobRecord) {
+        let id = record.info.id.clone();
+        self.jobs.insert(id.clone(), record);
+        self.job_order.push_back(id);
+        while self.jobs.len() > MAX_JOBS {
+            let victim = self
+                .job_order
+                .iter()
+                .position(|id| self.jobs.get(id).is_some_and(|j| j.ended))
+                .or_else(|| {
+                    self.job_order
+                        .iter()
+                        .position(|id| !self.pending.contains_key(id))
+                });
+            let Some(pos) = victim else { break };
+            if let Some(id) = self.job_order.remove(pos) {
+                self.jobs.remove(&id);
+            }
+        }
+    }
+
+    /// Creates the record for `job` and starts placing it.
+    fn start_job(
+        &mut self,
+        job: Job,
+        forced: Option<String>,
+        reply: Option<oneshot::Sender<Result<JobInfo, DispatchError>>>,
+        ctx: &mut Context<Self>,
+    ) {
+        let info = JobInfo {
+            id: job.id.clone(),
+            dispatch_id: job.dispatch_id.clone(),
+            room: job
+                .room
+                .as_ref()
+                .map(|r| r.name.clone())
+                .unwrap_or_default(),
+            agent_name: job.agent_name.clone(),
+            metadata: job.metadata.clone(),
+            job_type: JobType::try_from(job.r#type).unwrap_or(JobType::JtRoom),
+            worker_id: None,
+            participant_identity: String::new(),
+            status: JobStatus::JsPending,
+            error: String::new(),
+            updates: Vec::new(),
+        };
+        let job_id = job.id.clone();
+        self.pending.insert(
+            job_id.clone(),
+            Pending {
+                tried: Vec::new(),
+                asking: None,
+                forced,
+                reply,
+            },
+        );
+        self.insert_job(JobRecord {
+            info,
+            proto: job,
+            ended: false,
+        });
+        self.changed();
+        self.ask_next(&job_id, ctx);
+    }
+
+    /// Asks the next worker for `job_id`, or ends the dispatch if none is left.
+    fn ask_next(&mut self, job_id: &str, ctx: &mut Context<Self>) {
+        let (Some(pending), Some(record)) = (self.pending.get(job_id), self.jobs.get(job_id))
+        else {
+            return;
+        };
+        let tried = pending.tried.clone();
+        let forced = pending.forced.clone();
+        let (agent_name, job_type) = (record.info.agent_name.clone(), record.info.job_type);
+        let chosen = match forced {
+            Some(forced) if tried.contains(&forced) => {
+                return self.finish(job_id, Err(DispatchError::Declined { tried }));
+            }
+            Some(forced) => match self.workers.get(&forced) {
+                Some(w) if w.session.is_some() => {
+                    tracing::info!(job_id, worker_id = forced, "dispatch: forced worker");
+                    forced
+                }
+                _ => {
+                    return self.finish(
+                        job_id,
+                        Err(DispatchError::UnknownWorker { worker_id: forced }),
+                    );
+                }
+            },
+            None => {
+                let mut candidates: Vec<&WorkerEntry> = self
+                    .workers
+                    .values()
+                    .filter(|w| {
+                        w.session.is_some()
+                            && w.info.agent_name == agent_name
+                            && w.info.job_type == job_type
+                            && w.info.status == WorkerStatus::WsAvailable
+                            && balance::weight(w.info.load) > 0.0
+                            && !tried.contains(&w.info.id)
+                    })
+                    .collect();
+                candidates.sort_by_key(|w| w.seq);
+                let loads: Vec<f32> = candidates.iter().map(|w| w.info.load).collect();
+                let Some(index) = balance::pick_weighted(&loads, rand::random::<f64>()) else {
+                    tracing::info!(
+                        job_id,
+                        agent_name,
+                        ?tried,
+                        "dispatch: no eligible worker left"
+                    );
+                    let error = if tried.is_empty() {
+                        DispatchError::NoWorkers
+                    } else {
+                        DispatchError::Declined { tried }
+                    };
+                    return self.finish(job_id, Err(error));
+                };
+                let w = candidates[index];
+                tracing::info!(
+                    job_id,
+                    worker_id = w.info.id,
+                    load = w.info.load,
+                    candidates = candidates.len(),
+                    tried = tried.len(),
+                    "dispatch: chose worker (random, weighted by 1 - load, among AVAILABLE untried workers with load < 1)"
+                );
+                w.info.id.clone()
+            }
+        };
+
+        let now = unix_nanos();
+        let job = {
+            let record = self.jobs.get_mut(job_id).expect("checked above");
+            record.proto.state = Some(JobState {
+                status: JobStatus::JsRunning as i32,
+                worker_id: chosen.clone(),
+                started_at: now,
+                updated_at: now,
+                ..Default::default()
+            });
+            record.proto.clone()
+        };
+        let request = AvailabilityRequest {
+            job: Some(job),
+            resuming: false,
+        };
+        let msg = ServerMessage {
+            message: Some(server_message::Message::Availability(request)),
+        };
+        if !self.deliver(&chosen, msg) {
+            return self.finish(
+                job_id,
+                Err(DispatchError::WorkerClosed { worker_id: chosen }),
+            );
+        }
+        let timer = {
+            let (job_id, worker_id) = (job_id.to_owned(), chosen.clone());
+            ctx.run_later(self.config.availability_timeout, move |act, _| {
+                act.availability_timed_out(&job_id, &worker_id)
+            })
+        };
+        let pending = self.pending.get_mut(job_id).expect("checked above");
+        pending.tried.push(chosen.clone());
+        pending.asking = Some((chosen, timer));
+    }
+
+    /// Writes to a connected worker; false if it is gone.
+    fn deliver(&self, worker_id: &str, msg: ServerMessage) -> bool {
+        self.workers
+            .get(worker_id)
+            .and_then(|w| w.session.as_ref())
+            .is_some_and(|s| s.try_send(Deliver(msg)).is_ok())
+    }
+
+    fn availability_timed_out(&mut self, job_id: &str, worker_id: &str) {
+        let asking = self.pending.get(job_id).and_then(|p| p.asking.as_ref());
+        if asking.is_some_and(|(w, _)| w == worker_id) {
+            tracing::info!(job_id, worker_id, "dispatch: availability timed out");
+            self.finish(
+                job_id,
+                Err(DispatchError::Timeout {
+                    worker_id: worker_id.to_owned(),
+                }),
+            );
+        }
+    }
+
+    /// Ends a dispatch: updates the record (failed on error) and replies.
+    fn finish(&mut self, job_id: &str, outcome: Result<(), DispatchError>) {
+        let Some(mut pending) = self.pending.remove(job_id) else {
+            return;
+        };
+        pending.asking = None;
+        let result = match (self.jobs.get_mut(job_id), outcome) {
+            (Some(record), Ok(())) => Ok(record.info.clone()),
+            (Some(record), Err(e)) => {
+                record.info.status = JobStatus::JsFailed;
+                record.info.error = e.to_string();
+                record.ended = true;
+                Err(e)
+            }
+            (None, Ok(())) => Err(DispatchError::Stopped),
+            (None, Err(e)) => Err(e),
+        };
+        if let Some(reply) = pending.reply.take() {
+            let _ = reply.send(result);
+        }
+        self.changed();
+    }
+
+    fn accept(
+        &mut self,
+        job_id: &str,
+        worker_id: &str,
+        answer: &livekit_protocol::AvailabilityResponse,
+    ) {
+        let Some(worker) = self.workers.get(worker_id) else {
+            return self.finish(
+                job_id,
+                Err(DispatchError::WorkerClosed {
+                    worker_id: worker_id.to_owned(),
+                }),
+            );
+        };
+        let Some(secret) = self
+            .config
+            .keys
+            .iter()
+            .find(|(k, _)| *k == worker.api_key)
+            .map(|(_, s)| s)
+        else {
+            return self.finish(
+                job_id,
+                Err(DispatchError::Token("the worker's API key is gone".into())),
+            );
+        };
+        // The server passes the identity through unchanged; the Rust token
+        // library refuses an empty identity with roomJoin, so fall back to
+        // the official workers' own default.
+        let identity = if answer.participant_identity.is_empty() {
+            format!("agent-{job_id}")
+        } else {
+            answer.participant_identity.clone()
+        };
+        let Some(record) = self.jobs.get_mut(job_id) else {
+            return;
+        };
+        let token = auth::mint_room_token(
+            &worker.api_key,
+            secret,
+            &RoomTokenSpec {
+                room: &record.info.room,
+                identity: &identity,
+                name: &answer.participant_name,
+                metadata: &answer.participant_metadata,
+                attributes: &answer.participant_attributes,
+                agent_name: &worker.info.agent_name,
+                permissions: worker.permissions.as_ref(),
+                ttl: self.config.room_token_ttl,
+            },
+        );
+        let token = match token {
+            Ok(t) => t,
+            Err(e) => return self.finish(job_id, Err(DispatchError::Token(e.to_string()))),
+        };
+        if let Some(state) = record.proto.state.as_mut() {
+            state.participant_identity = identity.clone();
+        }
+        record.info.worker_id = Some(worker_id.to_owned());
+        record.info.participant_identity = identity;
+        record.info.status = JobStatus::JsRunning;
+        let assignment = JobAssignment {
+            job: Some(record.proto.clone()),
+            url: None,
+            token,
+        };
+        let msg = ServerMessage {
+            message: Some(server_message::Message::Assignment(assignment)),
+        };
+        if self.deliver(worker_id, msg) {
+            tracing::info!(job_id, worker_id, "dispatch: assignment sent");
+            self.finish(job_id, Ok(()));
+        } else {
+            self.finish(
+                job_id,
+                Err(DispatchError::WorkerClosed {
+                    worker_id: worker_id.to_owned(),
+                }),
+            );
+        }
+    }
+
+    fn worker_infos(&self) -> Vec<WorkerInfo> {
+        let mut entries: Vec<&WorkerEntry> = self.workers.values().collect();
+        entries.sort_by_key(|w| w.seq);
+        entries.into_iter().map(|w| w.info.clone()).collect()
+    }
+}
+
+impl Actor for Dispatcher {
+    type Context = Context<Self>;
+}
+
+impl Handler<Dispatch> for Dispatcher {
+    type Result = ();
+
+    fn handle(&mut self, msg: Dispatch, ctx: &mut Context<Self>) {
+        let request = msg.request;
+        let job = Job {
+            id: ids::new_id(ids::JOB_PREFIX),
+            dispatch_id: ids::new_id(ids::DISPATCH_PREFIX),
+            r#type: request.job_type as i32,
+            room: Some(Room {
+                sid: ids::new_id(ids::ROOM_PREFIX),
+                name: request.room,
+                ..Default::default()
+            }),
+            metadata: request.metadata,
+            agent_name: request.agent_name,
+            ..Default::default()
+        };
+        self.start_job(job, request.worker_id, Some(msg.reply), ctx);
+    }
+}
+
+impl Handler<SimulateJob> for Dispatcher {
+    type Result = ();
+
+    fn handle(&mut self, msg: SimulateJob, ctx: &mut Context<Self>) {
+        let Some(worker) = self.workers.get(&msg.worker_id) else {
+            return;
+        };
+        let Some(room) = msg.request.room else {
+            tracing::debug!(
+                worker_id = msg.worker_id,
+                "simulate_job without a room: ignored"
+            );
+            return;
+        };
+        let job_type = if msg.request.participant.is_some() {
+            JobType::JtPublisher
+        } else {
+            JobType::JtRoom
+        };
+        let job = Job {
+            id: ids::new_id(ids::JOB_PREFIX),
+            r#type: job_type as i32,
+            room: Some(room),
+            participant: msg.request.participant,
+            agent_name: worker.info.agent_name.clone(),
+            ..Default::default()
+        };
+        tracing::info!(
+            job_id = job.id,
+            worker_id = msg.worker_id,
+            "simulate_job: dispatching to the requester"
+        );
+        self.start_job(job, Some(msg.worker_id), None, ctx);
+    }
+}
+
+impl Handler<AvailabilityAnswer> for Dispatcher {
+    type Result = ();
+
+    fn handle(&mut self, msg: AvailabilityAnswer, ctx: &mut Context<Self>) {
+        let AvailabilityAnswer { worker_id, answer } = msg;
+        if let Some(w) = self.workers.get_mut(&worker_id) {
+            push_bounded(
+                &mut w.info.availability_answers,
+                (answer.job_id.clone(), answer.available),
+            );
+        }
+        let job_id = answer.job_id.clone();
+        let asked = self.pending.get_mut(&job_id).and_then(|p| {
+            if p.asking.as_ref().is_some_and(|(w, _)| *w == worker_id) {
+                p.asking.take()
+            } else {
+                None
+            }
+        });
+        let Some((_, timer)) = asked else {
+            tracing::warn!(
+                job_id,
+                worker_id,
+                "availability answer for a job not asked of this worker"
+            );
+            self.changed();
+            return;
+        };
+        ctx.cancel_future(timer);
+        if answer.terminate {
+            tracing::info!(
+                job_id,
+                worker_id,
+                "dispatch: worker asked to terminate the job"
+            );
+            if let Some(record) = self.jobs.get_mut(&job_id) {
+                record.info.status = JobStatus::JsSuccess;
+                record.ended = true;
+            }
+            self.finish(&job_id, Ok(()));
+        } else if !answer.available {
+            tracing::info!(
+                job_id,
+                worker_id,
+                "dispatch: worker declined; trying the next"
+            );
+            self.ask_next(&job_id, ctx);
+        } else {
+            self.accept(&job_id, &worker_id, &answer);
+        }
+    }
+}
+
+impl Handler<WorkerRegistered> for Dispatcher {
+    type Result = ();
+
+    fn handle(&mut self, msg: WorkerRegistered, _: &mut Context<Self>) {
+        let r = msg.request;
+        self.worker_seq += 1;
+        let info = WorkerInfo {
+            id: msg.worker_id.clone(),
+            agent_name: r.agent_name,
+            job_type: JobType::try_from(r.r#type).unwrap_or(JobType::JtRoom),
+            namespace: r.namespace,
+            version: r.version,
+            status: WorkerStatus::WsAvailable,
+            load: 0.0,
+            job_count: 0,
+            connected: true,
+            update_count: 0,
+            last_update: None,
+            migrated_jobs: Vec::new(),
+            availability_answers: Vec::new(),
+        };
+        let entry = WorkerEntry {
+            info,
+            api_key: msg.api_key,
+            permissions: r.allowed_permissions,
+            session: Some(msg.session),
+            seq: self.worker_seq,
+        };
+        self.workers.insert(msg.worker_id, entry);
+        self.changed();
+    }
+}
+
+impl Handler<WorkerGone> for Dispatcher {
+    type Result = ();
+
+    fn handle(&mut self, msg: WorkerGone, ctx: &mut Context<Self>) {
+        let Some(worker) = self.workers.get_mut(&msg.worker_id) else {
+            return;
+        };
+        if !worker.info.connected {
+            return;
+        }
+        worker.info.connected = false;
+        worker.session = None;
+        self.disconnected.push_back(msg.worker_id.clone());
+        while self.disconnected.len() > MAX_DISCONNECTED_WORKERS {
+            if let Some(old) = self.disconnected.pop_front() {
+                self.workers.remove(&old);
+            }
+        }
+        let asking: Vec<String> = self
+            .pending
+            .iter()
+            .filter(|(_, p)| p.asking.as_ref().is_some_and(|(w, _)| *w == msg.worker_id))
+            .map(|(id, _)| id.clone())
+            .collect();
+        for job_id in asking {
+            if let Some((_, timer)) = self.pending.get_mut(&job_id).and_then(|p| p.asking.take()) {
+                ctx.cancel_future(timer);
+            }
+            tracing::info!(
+                job_id,
+                worker_id = msg.worker_id,
+                "dispatch: worker disconnected while asked"
+            );
+            self.finish(
+                &job_id,
+                Err(DispatchError::WorkerClosed {
+                    worker_id: msg.worker_id.clone(),
+                }),
+            );
+        }
+        self.changed();
+    }
+}
+
+impl Handler<WorkerStatusUpdate> for Dispatcher {
+    type Result = ();
+
+    fn handle(&mut self, msg: WorkerStatusUpdate, _: &mut Context<Self>) {
+        let Some(worker) = self.workers.get_mut(&msg.worker_id) else {
+            return;
+        };
+        let u = &msg.update;
+        if let Some(status) = u.status.and_then(|s| WorkerStatus::try_from(s).ok()) {
+            worker.info.status = status;
+        }
+        worker.info.load = u.load;
+        worker.info.job_count = u.job_count;
+        worker.info.update_count += 1;
+        worker.info.last_update = Some(msg.update);
+        self.changed();
+    }
+}
+
+impl Handler<JobStatusUpdate> for Dispatcher {
+    type Result = ();
+
+    fn handle(&mut self, msg: JobStatusUpdate, _: &mut Context<Self>) {
+        let u = msg.update;
+        let Some(record) = self.jobs.get_mut(&u.job_id) else {
+            tracing::debug!(
+                job_id = u.job_id,
+                worker_id = msg.worker_id,
+                "update for an unknown job: ignored"
+            );
+            return;
+        };
+        let status = JobStatus::try_from(u.status).unwrap_or(JobStatus::JsPending);
+        if record.info.updates.len() >= MAX_JOB_UPDATES {
+            record.info.updates.remove(0);
+        }
+        record.info.updates.push(StatusUpdate {
+            status,
+            error: u.error.clone(),
+            worker_id: msg.worker_id.clone(),
+            at: SystemTime::now(),
+        });
+        if record.info.worker_id.as_deref() != Some(msg.worker_id.as_str()) {
+            tracing::info!(
+                job_id = u.job_id,
+                worker_id = msg.worker_id,
+                "job re-associated with a new connection"
+            );
+            record.info.worker_id = Some(msg.worker_id);
+        }
+        // Like the server, an ended job no longer changes state; the
+        // update is still kept in the history.
+        if !record.ended {
+            record.info.status = status;
+            record.info.error = u.error;
+            record.ended = matches!(status, JobStatus::JsSuccess | JobStatus::JsFailed);
+        }
+        self.changed();
+    }
+}
+
+impl Handler<MigrateJobs> for Dispatcher {
+    type Result = ();
+
+    fn handle(&mut self, msg: MigrateJobs, _: &mut Context<Self>) {
+        let Some(worker) = self.workers.get_mut(&msg.worker_id) else {
+            return;
+        };
+        for id in &msg.request.job_ids {
+            push_bounded(&mut worker.info.migrated_jobs, id.clone());
+        }
+        for id in msg.request.job_ids {
+            if let Some(record) = self.jobs.get_mut(&id) {
+                record.info.worker_id = Some(msg.worker_id.clone());
+            }
+        }
+        self.changed();
+    }
+}
+
+impl Handler<TerminateJob> for Dispatcher {
+    type Result = Result<(), DevServerError>;
+
+    fn handle(&mut self, msg: TerminateJob, _: &mut Context<Self>) -> Self::Result {
+        let record = self
+            .jobs
+            .get(&msg.job_id)
+            .ok_or_else(|| DevServerError::UnknownJob(msg.job_id.clone()))?;
+        let worker_id = match (&record.info.worker_id, record.ended) {
+            (Some(w), false) => w.clone(),
+            _ => return Err(DevServerError::JobNotRunning(msg.job_id)),
+        };
+        match self.workers.get(&worker_id) {
+            None => return Err(DevServerError::UnknownWorker(worker_id)),
+            Some(w) if w.session.is_none() => {
+                return Err(DevServerError::WorkerDisconnected(worker_id));
+            }
+            Some(_) => {}
+        }
+        let termination = JobTermination {
+            job_id: msg.job_id.clone(),
+        };
+        let sent = self.deliver(
+            &worker_id,
+            ServerMessage {
+                message: Some(server_message::Message::Termination(termination)),
+            },
+        );
+        if !sent {
+            return Err(DevServerError::WorkerDisconnected(worker_id));
+        }
+        // As when a dispatch is deleted: the job ends as a success.
+        if let Some(record) = self.jobs.get_mut(&msg.job_id) {
+            record.info.status = JobStatus::JsSuccess;
+            record.info.error.clear();
+            record.ended = true;
+        }
+        tracing::info!(job_id = msg.job_id, worker_id, "job terminated");
+        self.changed();
+        Ok(())
+    }
+}
+
+impl Handler<DropConnections> for Dispatcher {
+    type Result = usize;
+
+    fn handle(&mut self, _: DropConnections, _: &mut Context<Self>) -> usize {
+        self.workers
+            .values()
+            .filter_map(|w| w.session.as_ref())
+            .filter(|s| s.try_send(Kill).is_ok())
+            .count()
+    }
+}
+
+impl Handler<InjectFrame> for Dispatcher {
+    type Result = Result<(), DevServerError>;
+
+    fn handle(&mut self, msg: InjectFrame, _: &mut Context<Self>) -> Self::Result {
+        let worker = self
+            .workers
+            .get(&msg.worker_id)
+            .ok_or_else(|| DevServerError::UnknownWorker(msg.worker_id.clone()))?;
+        let session = worker
+            .session
+            .as_ref()
+            .ok_or_else(|| DevServerError::WorkerDisconnected(msg.worker_id.clone()))?;
+        session
+            .try_send(Inject(msg.frame))
+            .map_err(|_| DevServerError::WorkerDisconnected(msg.worker_id))
+    }
+}
+
+impl Handler<ListWorkers> for Dispatcher {
+    type Result = Vec<WorkerInfo>;
+
+    fn handle(&mut self, _: ListWorkers, _: &mut Context<Self>) -> Vec<WorkerInfo> {
+        self.worker_infos()
+    }
+}
+
+impl Handler<ListJobs> for Dispatcher {
+    type Result = Vec<JobInfo>;
+
+    fn handle(&mut self, _: ListJobs, _: &mut Context<Self>) -> Vec<JobInfo> {
+        self.job_order
+            .iter()
+            .filter_map(|id| self.jobs.get(id))
+            .map(|j| j.info.clone())
+            .collect()
+    }
+}
+
+impl Handler<GetJob> for Dispatcher {
+    type Result = Option<JobInfo>;
+
+    fn handle(&mut self, msg: GetJob, _: &mut Context<Self>) -> Option<JobInfo> {
+        self.jobs.get(&msg.0).map(|j| j.info.clone())
+    }
+}
+
+impl Handler<Shutdown> for Dispatcher {
+    type Result = ();
+
+    fn handle(&mut self, _: Shutdown, ctx: &mut Context<Self>) {
+        for job_id in self.pending.keys().cloned().collect::<Vec<_>>() {
+            self.finish(&job_id, Err(DispatchError::Stopped));
+        }
+        ctx.stop();
+    }
+}
+
+fn push_bounded<T>(list: &mut Vec<T>, item: T) {
+    if list.len() >= MAX_PER_WORKER_HISTORY {
+        list.remove(0);
+    }
+    list.push(item);
+}
+
+fn unix_nanos() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_nanos() as i64)
+        .unwrap_or_default()
+}

@@ -1,0 +1,58 @@
+//! `lkagent-devserver`: a local stand-in for the agent-dispatch side of a
+//! LiveKit server, for developing and testing agent workers over loopback.
+//!
+//! Workers connect to `ws://HOST:PORT/agent` with a LiveKit access token
+//! carrying the `agent` grant, register, and receive jobs that a test (or the
+//! binary's operator) dispatches through a [`DevServer`] handle. The server
+//! follows the open-source LiveKit server's worker protocol; it shares nothing
+//! with the `lkagent` crate but `livekit-protocol`, so each side checks the
+//! other honestly.
+//!
+//! # Map
+//! - [`config`](DevServerConfig): where to listen, keys, timers.
+//! - `model`: the public snapshots and errors ([`JobInfo`], [`WorkerInfo`],
+//!   [`DispatchRequest`], [`DispatchError`], …).
+//! - Pure logic, tested with plain `#[test]`s:
+//!   `ids` (`AW_`/`AJ_`/`AD_` ids), `balance` (weighted choice by `1 - load`),
+//!   `auth` (key lists, token checks, room-token minting).
+//! - Actors: `session` (one per worker socket: frames, the register
+//!   handshake, pings) and `dispatcher` (the one owner of workers, jobs and
+//!   dispatches in flight), talking only through the typed messages in
+//!   `messages`.
+//! - `server`: the [`DevServer`] handle: starts actix-web, relays calls to the
+//!   dispatcher, and waits on its state-change counter.
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+//! use lkagent_devserver::{DevServer, DevServerConfig, DispatchRequest};
+//! let server = DevServer::start(DevServerConfig::default()).await?;
+//! // point a worker at server.ws_url() with devkey/secret, then:
+//! let job = server.dispatch(DispatchRequest::room("demo")).await?;
+//! println!("assigned {} to {:?}", job.id, job.worker_id);
+//! # Ok(()) }
+//! ```
+
+mod auth;
+mod balance;
+mod config;
+mod dispatcher;
+mod ids;
+mod messages;
+mod model;
+mod server;
+mod session;
+
+pub use auth::{AGENT_NAME_ATTRIBUTE, KeyParseError, parse_keys};
+pub use config::{
+    DEFAULT_AVAILABILITY_TIMEOUT, DEFAULT_MAX_FRAME_SIZE, DEFAULT_PING_INTERVAL,
+    DEFAULT_REGISTER_TIMEOUT, DEFAULT_ROOM_TOKEN_TTL, DEV_KEY, DevServerConfig,
+};
+pub use dispatcher::{MAX_JOB_UPDATES, MAX_JOBS};
+pub use model::{
+    DevServerError, DispatchError, DispatchRequest, JobInfo, RawFrame, StatusUpdate, WaitTimeout,
+    WorkerInfo,
+};
+pub use server::DevServer;
+
+/// The protocol types this crate speaks, re-exported for convenience.
+pub use livekit_protocol::{JobStatus, JobType, WorkerStatus};

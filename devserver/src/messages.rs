@@ -1,0 +1,165 @@
+//! Every message between the actors and from the [`DevServer`](crate::DevServer)
+//! handle, in one place: one struct per intent.
+//!
+//! ```text
+//! DevServer handle ──Dispatch/TerminateJob/…──▶ Dispatcher ──Deliver/Inject/Kill──▶ Session × N
+//!                                                    ▲                                  │
+//!                                                    └──WorkerRegistered/WorkerGone/…───┘
+//! ```
+
+use actix::{Addr, Message};
+use livekit_protocol::{
+    AvailabilityResponse, MigrateJobRequest, RegisterWorkerRequest, ServerMessage,
+    SimulateJobRequest, UpdateJobStatus, UpdateWorkerStatus,
+};
+use tokio::sync::oneshot;
+
+use crate::model::{DevServerError, DispatchError, DispatchRequest, JobInfo, RawFrame, WorkerInfo};
+use crate::session::Session;
+
+// ---- handle → dispatcher -------------------------------------------------
+
+/// Create a job and place it; the outcome goes to `reply` once an assignment
+/// was sent or the job could not be placed.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Dispatch {
+    /// What to dispatch.
+    pub request: DispatchRequest,
+    /// Where the outcome goes.
+    pub reply: oneshot::Sender<Result<JobInfo, DispatchError>>,
+}
+
+/// Send `termination` to the job's worker and end the job as success.
+#[derive(Message)]
+#[rtype(result = "Result<(), DevServerError>")]
+pub struct TerminateJob {
+    /// The job to end.
+    pub job_id: String,
+}
+
+/// Abruptly close every worker socket; answers how many.
+#[derive(Message)]
+#[rtype(result = "usize")]
+pub struct DropConnections;
+
+/// Send raw bytes to one worker.
+#[derive(Message)]
+#[rtype(result = "Result<(), DevServerError>")]
+pub struct InjectFrame {
+    /// The target worker.
+    pub worker_id: String,
+    /// The frame, sent as-is.
+    pub frame: RawFrame,
+}
+
+/// Snapshot of all known workers.
+#[derive(Message)]
+#[rtype(result = "Vec<WorkerInfo>")]
+pub struct ListWorkers;
+
+/// Snapshot of all job records.
+#[derive(Message)]
+#[rtype(result = "Vec<JobInfo>")]
+pub struct ListJobs;
+
+/// Snapshot of one job record.
+#[derive(Message)]
+#[rtype(result = "Option<JobInfo>")]
+pub struct GetJob(pub String);
+
+/// Stop the dispatcher (after the HTTP server has stopped).
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Shutdown;
+
+// ---- session → dispatcher ------------------------------------------------
+
+/// A connection registered; the session already answered with `worker_id`.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct WorkerRegistered {
+    /// The id the session handed out.
+    pub worker_id: String,
+    /// The API key the connection authenticated with (signs its room tokens).
+    pub api_key: String,
+    /// The register request as received.
+    pub request: RegisterWorkerRequest,
+    /// The session, to write to the worker.
+    pub session: Addr<Session>,
+}
+
+/// A registered connection ended (either side).
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct WorkerGone {
+    /// The worker whose socket ended.
+    pub worker_id: String,
+}
+
+/// A worker answered an availability request.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct AvailabilityAnswer {
+    /// Who answered.
+    pub worker_id: String,
+    /// The answer.
+    pub answer: AvailabilityResponse,
+}
+
+/// A worker sent `update_worker`.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct WorkerStatusUpdate {
+    /// Who sent it.
+    pub worker_id: String,
+    /// What it sent.
+    pub update: UpdateWorkerStatus,
+}
+
+/// A worker sent `update_job`.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct JobStatusUpdate {
+    /// Who sent it.
+    pub worker_id: String,
+    /// What it sent.
+    pub update: UpdateJobStatus,
+}
+
+/// A worker sent `migrate_job`.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct MigrateJobs {
+    /// Who sent it.
+    pub worker_id: String,
+    /// What it sent.
+    pub request: MigrateJobRequest,
+}
+
+/// A worker sent `simulate_job`.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct SimulateJob {
+    /// Who sent it (and gets the job).
+    pub worker_id: String,
+    /// What it sent.
+    pub request: SimulateJobRequest,
+}
+
+// ---- dispatcher → session ------------------------------------------------
+
+/// Write a server message in the format of the worker's last frame.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Deliver(pub ServerMessage);
+
+/// Write these exact bytes as one frame.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Inject(pub RawFrame);
+
+/// Drop the socket without a close frame.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Kill;

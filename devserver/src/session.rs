@@ -1,0 +1,279 @@
+//! `Session`: one actor per worker WebSocket. It decodes frames, enforces the
+//! register handshake and the frame rules, answers pings itself, and turns
+//! everything else into messages for the [`Dispatcher`]. It owns no dispatch
+//! state; the dispatcher writes to the worker through [`Deliver`], [`Inject`]
+//! and [`Kill`].
+//!
+//! Lifecycle: `started` arms the register deadline and the Ping timer; the
+//! first `register` gets an `AW_` id and the `ServerInfo`; `stopped` reports
+//! [`WorkerGone`] if the connection had registered.
+
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use actix::{Actor, ActorContext, Addr, AsyncContext, Handler, StreamHandler};
+use actix_web::web::Bytes;
+use actix_web_actors::ws::{self, CloseCode, CloseReason};
+use livekit_protocol::{
+    JobType, RegisterWorkerResponse, ServerInfo, ServerMessage, WorkerMessage, WorkerPong,
+    server_message, worker_message,
+};
+use prost::Message as _;
+
+use crate::dispatcher::Dispatcher;
+use crate::ids;
+use crate::messages::{
+    AvailabilityAnswer, Deliver, Inject, JobStatusUpdate, Kill, MigrateJobs, SimulateJob,
+    WorkerGone, WorkerRegistered, WorkerStatusUpdate,
+};
+use crate::model::RawFrame;
+
+/// What every session of one server shares (read-only).
+#[derive(Debug)]
+pub struct SessionConfig {
+    /// Close a connection that has not registered within this.
+    pub register_timeout: std::time::Duration,
+    /// Period of WebSocket Ping frames.
+    pub ping_interval: std::time::Duration,
+    /// Sent in every register answer.
+    pub server_info: ServerInfo,
+}
+
+/// The encoding of the worker's last frame; answers use the same.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Format {
+    Binary,
+    Text,
+}
+
+/// One connected worker's socket.
+pub struct Session {
+    dispatcher: Addr<Dispatcher>,
+    config: Arc<SessionConfig>,
+    api_key: String,
+    protocol: i32,
+    worker_id: Option<String>,
+    format: Format,
+    /// The connection's socket (a duplicate handle), to cut it abruptly.
+    socket: Option<std::net::TcpStream>,
+}
+
+impl Session {
+    /// A session for a connection authenticated with `api_key`.
+    pub fn new(
+        dispatcher: Addr<Dispatcher>,
+        config: Arc<SessionConfig>,
+        api_key: String,
+        protocol: i32,
+        socket: Option<std::net::TcpStream>,
+    ) -> Self {
+        Self {
+            dispatcher,
+            config,
+            api_key,
+            protocol,
+            worker_id: None,
+            format: Format::Binary,
+            socket,
+        }
+    }
+
+    fn send(&self, msg: ServerMessage, ctx: &mut ws::WebsocketContext<Self>) {
+        match self.format {
+            Format::Binary => ctx.binary(msg.encode_to_vec()),
+            Format::Text => match serde_json::to_string(&msg) {
+                Ok(text) => ctx.text(text),
+                Err(e) => tracing::error!(error = %e, "cannot encode server message as JSON"),
+            },
+        }
+    }
+
+    /// Closes with a reason, after logging why.
+    fn close(&self, code: CloseCode, why: &str, ctx: &mut ws::WebsocketContext<Self>) {
+        tracing::info!(worker_id = ?self.worker_id, reason = why, "closing worker connection");
+        ctx.close(Some(CloseReason {
+            code,
+            description: Some(why.to_owned()),
+        }));
+        ctx.stop();
+    }
+
+    fn on_message(&mut self, msg: WorkerMessage, ctx: &mut ws::WebsocketContext<Self>) {
+        use worker_message::Message as M;
+        let Some(message) = msg.message else {
+            return self.close(CloseCode::Policy, "empty message", ctx);
+        };
+        if let M::Ping(ping) = message {
+            let pong = WorkerPong {
+                last_timestamp: ping.timestamp,
+                timestamp: now_ms(),
+            };
+            return self.send(
+                ServerMessage {
+                    message: Some(server_message::Message::Pong(pong)),
+                },
+                ctx,
+            );
+        }
+        let Some(worker_id) = self.worker_id.clone() else {
+            return match message {
+                M::Register(request) => self.register(request, ctx),
+                _ => self.close(CloseCode::Policy, "message before register", ctx),
+            };
+        };
+        let dispatcher = &self.dispatcher;
+        match message {
+            M::Register(_) => self.close(CloseCode::Policy, "already registered", ctx),
+            M::Availability(answer) => dispatcher.do_send(AvailabilityAnswer { worker_id, answer }),
+            M::UpdateWorker(update) => dispatcher.do_send(WorkerStatusUpdate { worker_id, update }),
+            M::UpdateJob(update) => dispatcher.do_send(JobStatusUpdate { worker_id, update }),
+            M::MigrateJob(request) => dispatcher.do_send(MigrateJobs { worker_id, request }),
+            M::SimulateJob(request) => dispatcher.do_send(SimulateJob { worker_id, request }),
+            M::Ping(_) => unreachable!("answered above"),
+        }
+    }
+
+    fn register(
+        &mut self,
+        request: livekit_protocol::RegisterWorkerRequest,
+        ctx: &mut ws::WebsocketContext<Self>,
+    ) {
+        if JobType::try_from(request.r#type).is_err() {
+            return self.close(CloseCode::Policy, "unknown job type", ctx);
+        }
+        let worker_id = ids::new_id(ids::WORKER_PREFIX);
+        tracing::info!(
+            worker_id,
+            agent_name = request.agent_name,
+            job_type = request.r#type,
+            version = request.version,
+            protocol = self.protocol,
+            "worker registered"
+        );
+        self.worker_id = Some(worker_id.clone());
+        let answer = RegisterWorkerResponse {
+            worker_id: worker_id.clone(),
+            server_info: Some(self.config.server_info.clone()),
+            ..Default::default()
+        };
+        // Tell the dispatcher first: everything the worker sends after reading
+        // the answer reaches the dispatcher after this message.
+        self.dispatcher.do_send(WorkerRegistered {
+            worker_id,
+            api_key: self.api_key.clone(),
+            request,
+            session: ctx.address(),
+        });
+        self.send(
+            ServerMessage {
+                message: Some(server_message::Message::Register(answer)),
+            },
+            ctx,
+        );
+    }
+}
+
+impl Actor for Session {
+    type Context = ws::WebsocketContext<Self>;
+
+    fn started(&mut self, ctx: &mut Self::Context) {
+        ctx.run_later(self.config.register_timeout, |act, ctx| {
+            if act.worker_id.is_none() {
+                act.close(CloseCode::Policy, "register timeout", ctx);
+            }
+        });
+        ctx.run_interval(self.config.ping_interval, |_, ctx| ctx.ping(b""));
+    }
+
+    fn stopped(&mut self, _ctx: &mut Self::Context) {
+        if let Some(worker_id) = self.worker_id.take() {
+            tracing::info!(worker_id, "worker disconnected");
+            self.dispatcher.do_send(WorkerGone { worker_id });
+        }
+    }
+}
+
+impl StreamHandler<Result<ws::Message, ws::ProtocolError>> for Session {
+    fn handle(&mut self, item: Result<ws::Message, ws::ProtocolError>, ctx: &mut Self::Context) {
+        let msg = match item {
+            Ok(msg) => msg,
+            Err(ws::ProtocolError::Overflow) => {
+                return self.close(CloseCode::Size, "frame too large", ctx);
+            }
+            Err(e) => {
+                tracing::info!(worker_id = ?self.worker_id, error = %e, "websocket protocol error");
+                return self.close(CloseCode::Protocol, "protocol error", ctx);
+            }
+        };
+        match msg {
+            ws::Message::Binary(bytes) => {
+                self.format = Format::Binary;
+                match WorkerMessage::decode(bytes) {
+                    Ok(m) => self.on_message(m, ctx),
+                    Err(_) => self.close(CloseCode::Invalid, "undecodable frame", ctx),
+                }
+            }
+            ws::Message::Text(text) => {
+                self.format = Format::Text;
+                match serde_json::from_str::<WorkerMessage>(&text) {
+                    Ok(m) => self.on_message(m, ctx),
+                    Err(_) => self.close(CloseCode::Invalid, "undecodable frame", ctx),
+                }
+            }
+            ws::Message::Ping(payload) => ctx.pong(&payload),
+            ws::Message::Pong(_) | ws::Message::Nop => {}
+            ws::Message::Close(reason) => {
+                ctx.close(reason);
+                ctx.stop();
+            }
+            ws::Message::Continuation(_) => {
+                self.close(CloseCode::Unsupported, "fragmented frames", ctx)
+            }
+        }
+    }
+
+    fn finished(&mut self, ctx: &mut Self::Context) {
+        // The peer's side of the stream ended (TCP closed).
+        ctx.stop();
+    }
+}
+
+impl Handler<Deliver> for Session {
+    type Result = ();
+
+    fn handle(&mut self, msg: Deliver, ctx: &mut Self::Context) {
+        self.send(msg.0, ctx);
+    }
+}
+
+impl Handler<Inject> for Session {
+    type Result = ();
+
+    fn handle(&mut self, msg: Inject, ctx: &mut Self::Context) {
+        match msg.0 {
+            RawFrame::Binary(bytes) => ctx.binary(Bytes::from(bytes)),
+            RawFrame::Text(text) => ctx.text(text),
+        }
+    }
+}
+
+impl Handler<Kill> for Session {
+    type Result = ();
+
+    fn handle(&mut self, _: Kill, ctx: &mut Self::Context) {
+        tracing::info!(worker_id = ?self.worker_id, "dropping worker connection");
+        // No close frame: shut the TCP socket itself, so the worker sees the
+        // connection end at once, as when a server dies or a network drops.
+        if let Some(socket) = self.socket.take() {
+            let _ = socket.shutdown(std::net::Shutdown::Both);
+        }
+        ctx.stop();
+    }
+}
+
+fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or_default()
+}

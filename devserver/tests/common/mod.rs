@@ -1,0 +1,188 @@
+//! Shared helpers: a raw awc WebSocket worker, tokens, deadlines.
+#![allow(dead_code)]
+
+use std::time::Duration;
+
+use actix_codec::Framed;
+use awc::BoxedSocket;
+use awc::ws::{Codec, Frame, Message};
+use futures_util::{SinkExt, StreamExt};
+use livekit_api::access_token::{AccessToken, VideoGrants};
+use livekit_protocol::{
+    AvailabilityResponse, JobType, RegisterWorkerRequest, ServerMessage, UpdateJobStatus,
+    WorkerMessage, server_message, worker_message,
+};
+use lkagent_devserver::{DevServer, DevServerConfig};
+use prost::Message as _;
+
+/// Every wait in these tests ends by this.
+pub const DEADLINE: Duration = Duration::from_secs(5);
+
+pub type Conn = Framed<BoxedSocket, Codec>;
+
+pub async fn server() -> DevServer {
+    server_with(DevServerConfig::default()).await
+}
+
+pub async fn server_with(config: DevServerConfig) -> DevServer {
+    DevServer::start(config).await.expect("dev server starts")
+}
+
+pub fn token(key: &str, secret: &str, agent: bool) -> String {
+    AccessToken::with_api_key(key, secret)
+        .with_grants(VideoGrants {
+            agent,
+            ..Default::default()
+        })
+        .to_jwt()
+        .unwrap()
+}
+
+pub fn dev_token() -> String {
+    token("devkey", "secret", true)
+}
+
+/// Connects with a bearer token; Err carries the HTTP status on refusal.
+pub async fn try_connect(
+    server: &DevServer,
+    token: Option<&str>,
+) -> Result<Conn, awc::error::WsClientError> {
+    let mut req = awc::Client::new()
+        .ws(format!("{}/agent?protocol=1", server.ws_url()))
+        .max_frame_size(8 << 20);
+    if let Some(t) = token {
+        req = req.bearer_auth(t);
+    }
+    req.connect().await.map(|(_, conn)| conn)
+}
+
+pub async fn connect(server: &DevServer) -> Conn {
+    try_connect(server, Some(&dev_token()))
+        .await
+        .expect("upgrade accepted")
+}
+
+pub async fn send(conn: &mut Conn, msg: worker_message::Message) {
+    let bytes = WorkerMessage { message: Some(msg) }.encode_to_vec();
+    conn.send(Message::Binary(bytes.into()))
+        .await
+        .expect("send");
+}
+
+/// What the server did next, skipping its WebSocket pings.
+#[allow(clippy::large_enum_variant)] // a test helper, moved once per frame
+#[derive(Debug)]
+pub enum Event {
+    Msg(server_message::Message),
+    Text(String),
+    Binary(Vec<u8>),
+    /// The socket ended without a close frame.
+    Closed,
+    /// The server sent a close frame.
+    CloseFrame,
+    TimedOut,
+}
+
+pub async fn next_event(conn: &mut Conn) -> Event {
+    let deadline = tokio::time::Instant::now() + DEADLINE;
+    loop {
+        let item = match tokio::time::timeout_at(deadline, conn.next()).await {
+            Err(_) => return Event::TimedOut,
+            Ok(None) | Ok(Some(Err(_))) => return Event::Closed,
+            Ok(Some(Ok(frame))) => frame,
+        };
+        match item {
+            Frame::Binary(bytes) => {
+                return match ServerMessage::decode(bytes.clone()) {
+                    Ok(ServerMessage { message: Some(m) }) => Event::Msg(m),
+                    _ => Event::Binary(bytes.to_vec()),
+                };
+            }
+            Frame::Text(bytes) => {
+                let text = String::from_utf8_lossy(&bytes).into_owned();
+                return match serde_json::from_str::<ServerMessage>(&text) {
+                    Ok(ServerMessage { message: Some(m) }) => Event::Msg(m),
+                    _ => Event::Text(text),
+                };
+            }
+            Frame::Close(_) => return Event::CloseFrame,
+            Frame::Ping(_) | Frame::Pong(_) | Frame::Continuation(_) => continue,
+        }
+    }
+}
+
+pub async fn next_msg(conn: &mut Conn) -> server_message::Message {
+    match next_event(conn).await {
+        Event::Msg(m) => m,
+        other => panic!("expected a server message, got {other:?}"),
+    }
+}
+
+/// Reads until the server ends the connection; true if it did in time.
+pub async fn closed(conn: &mut Conn) -> bool {
+    loop {
+        match next_event(conn).await {
+            Event::Closed | Event::CloseFrame => return true,
+            Event::TimedOut => return false,
+            _ => continue,
+        }
+    }
+}
+
+pub fn register_request(agent_name: &str) -> worker_message::Message {
+    worker_message::Message::Register(RegisterWorkerRequest {
+        r#type: JobType::JtRoom as i32,
+        agent_name: agent_name.to_owned(),
+        version: "test-1".to_owned(),
+        ..Default::default()
+    })
+}
+
+/// Connects and registers; returns the socket and the worker id.
+pub async fn worker(server: &DevServer, agent_name: &str) -> (Conn, String) {
+    let mut conn = connect(server).await;
+    send(&mut conn, register_request(agent_name)).await;
+    match next_msg(&mut conn).await {
+        server_message::Message::Register(r) => (conn, r.worker_id),
+        other => panic!("expected register, got {other:?}"),
+    }
+}
+
+/// Reads the next availability request; returns the job.
+pub async fn expect_availability(conn: &mut Conn) -> livekit_protocol::Job {
+    match next_msg(conn).await {
+        server_message::Message::Availability(a) => a.job.expect("availability carries the job"),
+        other => panic!("expected availability, got {other:?}"),
+    }
+}
+
+pub async fn answer(conn: &mut Conn, job_id: &str, available: bool, identity: &str) {
+    send(
+        conn,
+        worker_message::Message::Availability(AvailabilityResponse {
+            job_id: job_id.to_owned(),
+            available,
+            participant_identity: identity.to_owned(),
+            participant_name: "Agent".to_owned(),
+            ..Default::default()
+        }),
+    )
+    .await;
+}
+
+pub async fn update_job(
+    conn: &mut Conn,
+    job_id: &str,
+    status: livekit_protocol::JobStatus,
+    error: &str,
+) {
+    send(
+        conn,
+        worker_message::Message::UpdateJob(UpdateJobStatus {
+            job_id: job_id.to_owned(),
+            status: status as i32,
+            error: error.to_owned(),
+        }),
+    )
+    .await;
+}

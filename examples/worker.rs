@@ -1,0 +1,94 @@
+//! A worker for any LiveKit server, running the demo agent.
+//!
+//! Configured from `LIVEKIT_URL`, `LIVEKIT_API_KEY`, `LIVEKIT_API_SECRET` and
+//! `LIVEKIT_AGENT_NAME`; flags `--max-jobs N` (default 100) and
+//! `--agent-name NAME` override. Each job follows its metadata JSON:
+//! `{"duration_ms": 1000, "outcome": "success" | "fail" | "panic"}`.
+//!
+//! ```text
+//! cargo run -p lkagent-devserver &        # or any LiveKit server
+//! LIVEKIT_URL=ws://127.0.0.1:7880 LIVEKIT_API_KEY=devkey LIVEKIT_API_SECRET=secret \
+//!     cargo run --example worker -- --max-jobs 20
+//! ```
+
+use std::process::ExitCode;
+
+use lkagent::demo::DemoAgent;
+use lkagent::{Worker, WorkerOptions};
+
+const USAGE: &str = "usage: worker [--max-jobs N] [--agent-name NAME]
+environment: LIVEKIT_URL, LIVEKIT_API_KEY, LIVEKIT_API_SECRET (required), LIVEKIT_AGENT_NAME";
+
+/// The flags, parsed.
+struct Args {
+    max_jobs: usize,
+    agent_name: Option<String>,
+}
+
+fn parse_args(mut args: impl Iterator<Item = String>) -> Result<Args, String> {
+    let mut parsed = Args {
+        max_jobs: 100,
+        agent_name: None,
+    };
+    while let Some(flag) = args.next() {
+        let mut value = |name: &str| args.next().ok_or_else(|| format!("{name} needs a value"));
+        match flag.as_str() {
+            "--max-jobs" => {
+                let text = value("--max-jobs")?;
+                parsed.max_jobs =
+                    text.parse().ok().filter(|n| *n > 0).ok_or_else(|| {
+                        format!("--max-jobs must be a positive number, not {text:?}")
+                    })?;
+            }
+            "--agent-name" => parsed.agent_name = Some(value("--agent-name")?),
+            "-h" | "--help" => return Err(String::new()),
+            other => return Err(format!("unknown argument {other:?}")),
+        }
+    }
+    Ok(parsed)
+}
+
+#[actix::main]
+async fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .init();
+    let args = match parse_args(std::env::args().skip(1)) {
+        Ok(args) => args,
+        Err(message) => {
+            if !message.is_empty() {
+                eprintln!("error: {message}");
+            }
+            eprintln!("{USAGE}");
+            return ExitCode::from(2);
+        }
+    };
+    let mut options = match WorkerOptions::from_env() {
+        Ok(options) => options,
+        Err(err) => {
+            eprintln!("error: {err}\n{USAGE}");
+            return ExitCode::from(2);
+        }
+    };
+    if let Some(name) = args.agent_name {
+        options.agent_name = name;
+    }
+    let worker = Worker::builder(options)
+        .max_jobs(args.max_jobs)
+        .handler(DemoAgent)
+        .start();
+    if let Err(err) = worker {
+        eprintln!("error: {err}");
+        return ExitCode::from(2);
+    }
+    match actix_rt::signal::ctrl_c().await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("error: cannot wait for ctrl-c: {err}");
+            ExitCode::FAILURE
+        }
+    }
+}

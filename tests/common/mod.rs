@@ -1,0 +1,114 @@
+//! Shared set-up for the integration tests: a dev server on an ephemeral
+//! loopback port, a worker pointed at it, and waiting with deadlines.
+#![allow(dead_code)] // each test file uses its own subset
+
+use std::time::{Duration, Instant};
+
+use actix::Addr;
+use lkagent::{Backoff, GetState, JobHandler, Worker, WorkerActor, WorkerOptions, WorkerState};
+use lkagent_devserver::{DevServer, DevServerConfig, JobInfo};
+
+/// The API key every test uses.
+pub const KEY: &str = "devkey";
+/// The API secret every test uses; distinctive so a leak is easy to find.
+pub const SECRET: &str = "s3cr3t-Value-that-must-never-print";
+/// The longest any single condition is waited for.
+pub const DEADLINE: Duration = Duration::from_secs(15);
+
+/// Starts a dev server on 127.0.0.1 with an ephemeral port. With `RUST_LOG`
+/// set, the test's logs go to its output.
+pub async fn devserver() -> DevServer {
+    if std::env::var_os("RUST_LOG").is_some() {
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+            .with_test_writer()
+            .try_init();
+    }
+    DevServer::start(DevServerConfig {
+        keys: vec![(KEY.into(), SECRET.into())],
+        ..DevServerConfig::default()
+    })
+    .await
+    .expect("dev server starts")
+}
+
+/// Options for a worker of the dev server, with quick reconnects.
+pub fn options(server: &DevServer) -> WorkerOptions {
+    WorkerOptions::new(server.ws_url(), KEY, SECRET)
+        .max_jobs(10)
+        .reconnect(Backoff {
+            initial: Duration::from_millis(50),
+            max: Duration::from_millis(500),
+            jitter: 0.5,
+        })
+}
+
+/// Starts a worker with these options and handler.
+pub fn worker(options: WorkerOptions, handler: impl JobHandler) -> Addr<WorkerActor> {
+    Worker::builder(options)
+        .handler(handler)
+        .start()
+        .expect("worker starts")
+}
+
+/// Polls the worker's state until `pred` holds, or panics at the deadline.
+pub async fn wait_worker(
+    worker: &Addr<WorkerActor>,
+    what: &str,
+    pred: impl Fn(&WorkerState) -> bool,
+) -> WorkerState {
+    let start = Instant::now();
+    loop {
+        let state = worker.send(GetState).await.expect("worker alive");
+        if pred(&state) {
+            return state;
+        }
+        assert!(
+            start.elapsed() < DEADLINE,
+            "timed out waiting for {what}; last state {state:?}"
+        );
+        actix_rt::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// Waits until the worker is registered and returns its worker id.
+pub async fn registered(worker: &Addr<WorkerActor>) -> String {
+    wait_worker(worker, "registration", |s| s.connected)
+        .await
+        .worker_id
+        .expect("registered worker has an id")
+}
+
+/// Waits until the job's record satisfies `pred`.
+pub async fn wait_job(
+    server: &DevServer,
+    job_id: &str,
+    what: &str,
+    pred: impl Fn(&JobInfo) -> bool,
+) -> JobInfo {
+    match server.wait_job(job_id, DEADLINE, pred).await {
+        Ok(job) => job,
+        Err(err) => panic!("{what}: {err}; job is {:?}", server.job(job_id).await),
+    }
+}
+
+/// Waits until the job has reported a final status (SUCCESS or FAILED).
+pub async fn wait_final(server: &DevServer, job_id: &str) -> JobInfo {
+    wait_job(server, job_id, "a final status", |job| {
+        job.updates.iter().any(|u| is_final(u.status))
+    })
+    .await
+}
+
+/// True for SUCCESS and FAILED.
+pub fn is_final(status: lkagent::proto::JobStatus) -> bool {
+    matches!(
+        status,
+        lkagent::proto::JobStatus::JsSuccess | lkagent::proto::JobStatus::JsFailed
+    )
+}
+
+/// The statuses a job's worker reported, in order.
+pub fn statuses(job: &JobInfo) -> Vec<lkagent::proto::JobStatus> {
+    job.updates.iter().map(|u| u.status).collect()
+}
