@@ -321,6 +321,29 @@ async fn statuses_of_a_job_that_ends_during_an_outage_are_delivered_after_it() {
 }
 
 #[actix_rt::test]
+async fn a_server_that_stops_answering_pings_is_left_for_a_new_connection() {
+    let server = devserver_with(lkagent_devserver::DevServerConfig {
+        answer_pings: false,
+        ..Default::default()
+    })
+    .await;
+    let worker = worker(options(&server), DemoAgent);
+    let first = registered(&worker).await;
+    // no pong within the 1 s timeout: the worker gives up on the connection
+    // and registers anew
+    let state = wait_worker(&worker, "a re-registration", |s| {
+        s.connected && s.registrations >= 2
+    })
+    .await;
+    assert_ne!(state.worker_id.unwrap(), first);
+    let workers = server.workers().await;
+    assert!(
+        workers.iter().any(|w| w.id == first && !w.connected),
+        "{workers:?}"
+    );
+}
+
+#[actix_rt::test]
 async fn hostile_frames_do_not_stop_the_worker() {
     let server = devserver().await;
     let worker = worker(options(&server), DemoAgent);

@@ -34,6 +34,10 @@ pub struct DevServerConfig {
     pub max_frame_size: usize,
     /// Validity of the room tokens minted for assignments (1 h).
     pub room_token_ttl: Duration,
+    /// Whether protocol `WorkerPing`s get a `WorkerPong` (default true). Set
+    /// false to play a server that has hung while its socket stays open:
+    /// a worker must notice through its own keepalive.
+    pub answer_pings: bool,
 }
 
 impl Default for DevServerConfig {
@@ -46,6 +50,7 @@ impl Default for DevServerConfig {
             ping_interval: DEFAULT_PING_INTERVAL,
             max_frame_size: DEFAULT_MAX_FRAME_SIZE,
             room_token_ttl: DEFAULT_ROOM_TOKEN_TTL,
+            answer_pings: true,
         }
     }
 }
@@ -62,6 +67,7 @@ impl fmt::Debug for DevServerConfig {
             .field("ping_interval", &self.ping_interval)
             .field("max_frame_size", &self.max_frame_size)
             .field("room_token_ttl", &self.room_token_ttl)
+            .field("answer_pings", &self.answer_pings)
             .finish()
     }
 }

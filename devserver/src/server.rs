@@ -116,6 +116,7 @@ impl DevServer {
                 node_id: ids::new_id(ids::NODE_PREFIX),
                 ..Default::default()
             },
+            answer_pings: config.answer_pings,
         });
         let state = web::Data::new(AppState {
             dispatcher: dispatcher.clone(),

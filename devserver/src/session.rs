@@ -37,6 +37,8 @@ pub struct SessionConfig {
     pub ping_interval: std::time::Duration,
     /// Sent in every register answer.
     pub server_info: ServerInfo,
+    /// Answer protocol `WorkerPing`s (off only to inject a hung server).
+    pub answer_pings: bool,
 }
 
 /// The encoding of the worker's last frame; answers use the same.
@@ -104,6 +106,9 @@ impl Session {
             return self.close(CloseCode::Policy, "empty message", ctx);
         };
         if let M::Ping(ping) = message {
+            if !self.config.answer_pings {
+                return; // fault injection: a server that has stopped answering
+            }
             let pong = WorkerPong {
                 last_timestamp: ping.timestamp,
                 timestamp: now_ms(),

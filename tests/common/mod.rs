@@ -18,6 +18,11 @@ pub const DEADLINE: Duration = Duration::from_secs(15);
 /// Starts a dev server on 127.0.0.1 with an ephemeral port. With `RUST_LOG`
 /// set, the test's logs go to its output.
 pub async fn devserver() -> DevServer {
+    devserver_with(DevServerConfig::default()).await
+}
+
+/// Starts a dev server with this configuration (the test keys are set).
+pub async fn devserver_with(config: DevServerConfig) -> DevServer {
     if std::env::var_os("RUST_LOG").is_some() {
         let _ = tracing_subscriber::fmt()
             .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
@@ -26,16 +31,19 @@ pub async fn devserver() -> DevServer {
     }
     DevServer::start(DevServerConfig {
         keys: vec![(KEY.into(), SECRET.into())],
-        ..DevServerConfig::default()
+        ..config
     })
     .await
     .expect("dev server starts")
 }
 
-/// Options for a worker of the dev server, with quick reconnects.
+/// Options for a worker of the dev server, with quick reconnects and a brisk
+/// keepalive: every test then also checks that pongs keep a healthy
+/// connection up (a broken keepalive shows as unexpected reconnects).
 pub fn options(server: &DevServer) -> WorkerOptions {
     WorkerOptions::new(server.ws_url(), KEY, SECRET)
         .max_jobs(10)
+        .keepalive(Duration::from_millis(100), Duration::from_millis(1000))
         .reconnect(Backoff {
             initial: Duration::from_millis(50),
             max: Duration::from_millis(500),
