@@ -6,6 +6,8 @@
 use actix::prelude::*;
 use livekit_protocol::{Job, ServerInfo, UpdateJobStatus, WorkerStatus, worker_message};
 
+use crate::load::LoadReport;
+
 // ---------------------------------------------------------------------------
 // ConnectionActor → WorkerActor
 
@@ -140,7 +142,43 @@ pub(crate) const MAX_ERROR_TEXT: usize = 16 * 1024;
 pub(crate) struct TerminateJob;
 
 // ---------------------------------------------------------------------------
+// WorkerActor ↔ LoadReporterActor
+
+/// The worker's slots changed (a reservation, a start, an end): recompute at
+/// once, so a flip to FULL or back goes out without waiting for a tick.
+#[derive(Message, Debug)]
+#[rtype(result = "()")]
+pub(crate) struct SlotsChanged {
+    /// The slots now.
+    pub slots: crate::load::Slots,
+    /// When each running job started.
+    pub running_since: Vec<std::time::Instant>,
+}
+
+/// The worker registered (true) or lost its connection (false).
+#[derive(Message, Debug)]
+#[rtype(result = "()")]
+pub(crate) struct ConnectionChanged {
+    /// Registered now.
+    pub connected: bool,
+}
+
+/// The latest computed load, for admission and `GetLoad`.
+#[derive(Message, Debug)]
+#[rtype(result = "()")]
+pub(crate) struct LoadChanged {
+    /// The report as computed (sent or not).
+    pub report: LoadReport,
+}
+
+// ---------------------------------------------------------------------------
 // Application → WorkerActor
+
+/// Asks a worker for its current load: the last computed report (status,
+/// load, running jobs), whether or not it has been sent yet.
+#[derive(Message, Debug, Default)]
+#[rtype(result = "LoadReport")]
+pub struct GetLoad;
 
 /// Asks a worker for a snapshot of its state.
 #[derive(Message, Debug, Default)]

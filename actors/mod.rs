@@ -4,6 +4,7 @@
 //! WorkerActor  (supervisor; owns the jobs table, reservations, the outbox)
 //! ├── ConnectionActor   under actix's Supervisor: restarted in place, after
 //! │                     a backoff delay, on any socket error, close or timeout
+//! ├── LoadReporterActor samples every 500 ms, sends update_worker on change
 //! └── JobActor × N      one per job, spread over the worker's job arbiters
 //! ```
 //!
@@ -13,6 +14,9 @@
 //! - Worker → server: the WorkerActor sends `SendToServer` to the connection;
 //!   what cannot be written comes back as `Undelivered` and job statuses among
 //!   it return to the outbox.
+//! - Load: the WorkerActor sends `SlotsChanged` and `ConnectionChanged` to
+//!   the LoadReporterActor, which sends `update_worker` through the
+//!   connection and the computed report back as `LoadChanged`.
 //! - Jobs: the WorkerActor starts a JobActor per assignment and sends it
 //!   `TerminateJob`; the JobActor answers with `JobStarted` and exactly one
 //!   `JobExited`.
@@ -27,8 +31,9 @@
 
 mod connection;
 mod job;
+mod load_reporter;
 pub(crate) mod messages;
 mod worker;
 
-pub use messages::{GetState, JobOutcome, WorkerState};
+pub use messages::{GetLoad, GetState, JobOutcome, WorkerState};
 pub use worker::{StartError, Worker, WorkerActor, WorkerBuilder};

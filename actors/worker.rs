@@ -10,21 +10,25 @@
 use std::collections::HashMap;
 use std::panic::AssertUnwindSafe;
 use std::sync::{Arc, Once};
+use std::time::Instant;
 
 use actix::prelude::*;
 use actix::{Supervisor, fut::wrap_future};
 use futures_util::FutureExt as _;
 use livekit_protocol::{
-    AvailabilityResponse, Job, JobStatus, MigrateJobRequest, UpdateJobStatus, UpdateWorkerStatus,
+    AvailabilityResponse, Job, JobStatus, MigrateJobRequest, UpdateJobStatus, WorkerStatus,
     worker_message,
 };
 use tracing::{debug, error, info, warn};
 
 use super::connection::ConnectionActor;
 use super::job::{JobActor, panic_message};
+use super::load_reporter::{LoadReporterActor, ReporterConfig};
 use super::messages::*;
 use crate::handler::{Decision, DynHandler, JobContext, JobHandler, JobRequest};
-use crate::load::{LoadReport, Slots};
+use crate::load::{
+    DEFAULT_LOAD_EPSILON, DefaultLoadCalculator, LoadCalculator, LoadReport, ReportPolicy, Slots,
+};
 use crate::options::{OptionsError, WorkerOptions};
 use crate::outbox::{Evicted, Outbox};
 
@@ -37,6 +41,7 @@ impl Worker {
         WorkerBuilder {
             options,
             handler: None,
+            load_calculator: None,
         }
     }
 }
@@ -56,6 +61,7 @@ pub enum StartError {
 pub struct WorkerBuilder {
     options: WorkerOptions,
     handler: Option<Arc<dyn DynHandler>>,
+    load_calculator: Option<Arc<dyn LoadCalculator>>,
 }
 
 impl WorkerBuilder {
@@ -77,6 +83,20 @@ impl WorkerBuilder {
         self
     }
 
+    /// Sets how the load is computed (default: [`DefaultLoadCalculator`], the
+    /// share of job slots in use). Any `Fn(&LoadMetrics) -> f32` works too.
+    pub fn load_calculator(mut self, calculator: impl LoadCalculator) -> Self {
+        self.load_calculator = Some(Arc::new(calculator));
+        self
+    }
+
+    /// Sets the load at which the worker reports FULL (default: the
+    /// calculator's own, 0.7 for resource-based loads, 1.0 for job slots).
+    pub fn load_threshold(mut self, threshold: f32) -> Self {
+        self.options.load_threshold = Some(threshold);
+        self
+    }
+
     /// Sets the handler that runs every job.
     pub fn handler<H: JobHandler>(mut self, handler: H) -> Self {
         self.handler = Some(Arc::new(handler));
@@ -89,8 +109,13 @@ impl WorkerBuilder {
         self.options.validate()?;
         let handler = self.handler.ok_or(StartError::NoHandler)?;
         install_crypto_provider();
+        let calculator = self
+            .load_calculator
+            .unwrap_or_else(|| Arc::new(DefaultLoadCalculator));
         let options = Arc::new(self.options);
-        Ok(WorkerActor::create(|_| WorkerActor::new(options, handler)))
+        Ok(WorkerActor::create(|_| {
+            WorkerActor::new(options, handler, calculator)
+        }))
     }
 }
 
@@ -105,6 +130,7 @@ fn install_crypto_provider() {
 
 struct RunningJob {
     addr: Addr<JobActor>,
+    started_at: Instant,
 }
 
 /// The arbiters jobs run on, stopped when the worker goes away.
@@ -154,8 +180,10 @@ pub struct WorkerActor {
     /// with the participant identity they were accepted under.
     reserved: HashMap<String, Reservation>,
     outbox: Outbox,
-    last_report: Option<LoadReport>,
-    seq: u64,
+    reporter: Option<Addr<LoadReporterActor>>,
+    load_calculator: Arc<dyn LoadCalculator>,
+    /// The latest report computed by the reporter.
+    load: LoadReport,
 }
 
 struct Reservation {
@@ -164,10 +192,15 @@ struct Reservation {
 }
 
 impl WorkerActor {
-    fn new(options: Arc<WorkerOptions>, handler: Arc<dyn DynHandler>) -> Self {
+    fn new(
+        options: Arc<WorkerOptions>,
+        handler: Arc<dyn DynHandler>,
+        load_calculator: Arc<dyn LoadCalculator>,
+    ) -> Self {
         // each job holds at most one queued status, and jobs are bounded by
         // max_jobs; the slack covers jobs that end while others start
         let outbox = Outbox::new(options.max_jobs.saturating_mul(4).saturating_add(64));
+        let max_jobs = options.max_jobs;
         Self {
             options,
             handler,
@@ -178,8 +211,17 @@ impl WorkerActor {
             jobs: HashMap::new(),
             reserved: HashMap::new(),
             outbox,
-            last_report: None,
-            seq: 0,
+            reporter: None,
+            load_calculator,
+            load: LoadReport::new(
+                Slots {
+                    active: 0,
+                    reserved: 0,
+                    max: max_jobs,
+                },
+                0.0,
+                1.0,
+            ),
         }
     }
 
@@ -216,23 +258,21 @@ impl WorkerActor {
         }
     }
 
-    /// Sends `update_worker` when the report changed (or `force`).
-    fn report_load(&mut self, force: bool) {
-        let report = self.slots().report();
-        if !self.connected() || (!force && self.last_report == Some(report)) {
-            return;
+    /// Tells the reporter that slots changed, so that it can recompute and
+    /// send a flip to FULL or back at once.
+    fn slots_changed(&self) {
+        if let Some(reporter) = &self.reporter {
+            reporter.do_send(SlotsChanged {
+                slots: self.slots(),
+                running_since: self.jobs.values().map(|job| job.started_at).collect(),
+            });
         }
-        self.last_report = Some(report);
-        self.seq += 1;
-        self.send(vec![worker_message::Message::UpdateWorker(
-            UpdateWorkerStatus {
-                status: Some(report.status as i32),
-                load: report.load,
-                job_count: report.job_count,
-                draining: false,
-                seq: self.seq,
-            },
-        )]);
+    }
+
+    /// True when a new job cannot be taken: every slot is running or
+    /// reserved (exact), or the last computed load is at the threshold.
+    fn is_full(&self) -> bool {
+        self.slots().is_full() || self.load.status == WorkerStatus::WsFull
     }
 
     fn answer(&mut self, job_id: &str, accepted: Option<&crate::handler::Participant>) {
@@ -260,7 +300,7 @@ impl WorkerActor {
             if let Some(handle) = reservation.expiry {
                 ctx.cancel_future(handle);
             }
-            self.report_load(false);
+            self.slots_changed();
         }
     }
 
@@ -319,8 +359,14 @@ impl WorkerActor {
         let addr = JobActor::start_in_arbiter(&threads.pick(), move |_| {
             JobActor::new(context, handler, worker, grace)
         });
-        self.jobs.insert(job_id, RunningJob { addr });
-        self.report_load(false);
+        self.jobs.insert(
+            job_id,
+            RunningJob {
+                addr,
+                started_at: Instant::now(),
+            },
+        );
+        self.slots_changed();
     }
 }
 
@@ -344,9 +390,26 @@ impl Actor for WorkerActor {
         );
         let options = self.options.clone();
         let me = ctx.address();
-        self.connection = Some(Supervisor::start(move |_| {
-            ConnectionActor::new(options, me)
+        let connection = Supervisor::start(move |_| ConnectionActor::new(options, me));
+        let config = ReporterConfig {
+            calculator: self.load_calculator.clone(),
+            threshold: self
+                .options
+                .load_threshold
+                .unwrap_or_else(|| self.load_calculator.default_threshold()),
+            policy: ReportPolicy {
+                epsilon: DEFAULT_LOAD_EPSILON,
+                keepalive: self.options.load_report_interval,
+            },
+            sample_interval: self.options.load_sample_interval,
+            max_jobs: self.options.max_jobs,
+        };
+        let worker = ctx.address();
+        let reporter_connection = connection.clone();
+        self.reporter = Some(LoadReporterActor::create(move |_| {
+            LoadReporterActor::new(config, reporter_connection, worker)
         }));
+        self.connection = Some(connection);
     }
 }
 
@@ -356,7 +419,6 @@ impl Handler<Registered> for WorkerActor {
     fn handle(&mut self, msg: Registered, _ctx: &mut Self::Context) {
         self.registrations += 1;
         self.worker_id = Some(msg.worker_id);
-        self.last_report = None;
         if let Some(info) = &msg.server_info {
             debug!(version = info.version, region = info.region, "server info");
         }
@@ -382,7 +444,9 @@ impl Handler<Registered> for WorkerActor {
         if !messages.is_empty() {
             self.send(messages);
         }
-        self.report_load(true);
+        if let Some(reporter) = &self.reporter {
+            reporter.do_send(ConnectionChanged { connected: true });
+        }
     }
 }
 
@@ -396,7 +460,9 @@ impl Handler<Disconnected> for WorkerActor {
             "disconnected from the server; jobs keep running"
         );
         self.worker_id = None;
-        self.last_report = None;
+        if let Some(reporter) = &self.reporter {
+            reporter.do_send(ConnectionChanged { connected: false });
+        }
         // the server forgot its offers with the connection
         let pending: Vec<String> = self.reserved.keys().cloned().collect();
         for job_id in pending {
@@ -449,10 +515,10 @@ impl Handler<AvailabilityAsked> for WorkerActor {
             self.answer(&job_id, None);
             return;
         }
-        if self.slots().is_full() {
-            info!(job_id, "declining job: at capacity");
+        if self.is_full() {
+            info!(job_id, load = self.load.load, "declining job: at capacity");
             self.answer(&job_id, None);
-            self.report_load(false);
+            self.slots_changed();
             return;
         }
         // reserve before deciding, so a burst of requests cannot overbook
@@ -463,7 +529,7 @@ impl Handler<AvailabilityAsked> for WorkerActor {
                 expiry: None,
             },
         );
-        self.report_load(false);
+        self.slots_changed();
         let request = JobRequest::new(msg.job, msg.resuming);
         let decide = AssertUnwindSafe(self.handler.clone().on_request(request)).catch_unwind();
         let timeout = self.options.request_timeout;
@@ -497,7 +563,7 @@ impl Handler<JobAssigned> for WorkerActor {
                 }
                 reservation.identity
             }
-            None if self.slots().is_full() => {
+            None if self.is_full() => {
                 warn!(
                     job_id,
                     "assigned a job that was not accepted, at capacity: failing it"
@@ -557,7 +623,7 @@ impl Handler<JobExited> for WorkerActor {
             }
         }
         self.report_job(msg.outcome.to_update(&msg.job_id));
-        self.report_load(false);
+        self.slots_changed();
     }
 }
 
@@ -583,7 +649,7 @@ impl Handler<GetState> for WorkerActor {
     type Result = MessageResult<GetState>;
 
     fn handle(&mut self, _msg: GetState, _ctx: &mut Self::Context) -> Self::Result {
-        let report = self.last_report.unwrap_or_else(|| self.slots().report());
+        let report = self.load;
         let mut running_jobs: Vec<String> = self.jobs.keys().cloned().collect();
         running_jobs.sort();
         MessageResult(WorkerState {
@@ -596,5 +662,21 @@ impl Handler<GetState> for WorkerActor {
             load: report.load,
             outbox: self.outbox.len(),
         })
+    }
+}
+
+impl Handler<LoadChanged> for WorkerActor {
+    type Result = ();
+
+    fn handle(&mut self, msg: LoadChanged, _ctx: &mut Self::Context) {
+        self.load = msg.report;
+    }
+}
+
+impl Handler<GetLoad> for WorkerActor {
+    type Result = MessageResult<GetLoad>;
+
+    fn handle(&mut self, _msg: GetLoad, _ctx: &mut Self::Context) -> Self::Result {
+        MessageResult(self.load)
     }
 }

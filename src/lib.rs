@@ -14,13 +14,16 @@
 //! - `options`: [`WorkerOptions`], from code or from `LIVEKIT_*`.
 //! - `handler`: what a user writes — [`JobHandler`], [`JobRequest`],
 //!   [`Decision`], [`JobContext`].
-//! - `backoff`: reconnect delays; `outbox`: statuses kept through an outage;
-//!   `load`: what is reported to the server.
+//! - `backoff`: reconnect delays; `outbox`: statuses kept through an outage.
+//! - `load`: [`LoadMetrics`], the [`LoadCalculator`]s (job slots,
+//!   CPU/memory against the container's cgroup limits, predictive), and the
+//!   [`ReportPolicy`] that batches `update_worker`.
 //! - `demo`: a demo agent driven by job metadata, for examples and tests.
 //!
 //! The actors (`actors/`, wired in here), which call into the core and do
-//! the I/O: [`WorkerActor`] supervises a `ConnectionActor` (the websocket) and
-//! one `JobActor` per job. Start one with [`Worker::builder`].
+//! the I/O: [`WorkerActor`] supervises a `ConnectionActor` (the websocket), a
+//! `LoadReporterActor` (samples and reports the load) and one `JobActor` per
+//! job. Start one with [`Worker::builder`].
 //!
 //! ```no_run
 //! use lkagent::{JobContext, JobError, JobHandler, Worker, WorkerOptions};
@@ -58,14 +61,19 @@ pub mod protocol;
 mod actors;
 
 pub use actors::{
-    GetState, JobOutcome, StartError, Worker, WorkerActor, WorkerBuilder, WorkerState,
+    GetLoad, GetState, JobOutcome, StartError, Worker, WorkerActor, WorkerBuilder, WorkerState,
 };
 pub use auth::{ApiSecret, AuthError, Credentials};
 pub use backoff::Backoff;
 pub use handler::{
     Decision, DynHandler, JobContext, JobError, JobHandler, JobRequest, Participant,
 };
-pub use load::{LoadReport, Slots};
+pub use load::cgroup::ContainerLimits;
+pub use load::system::{ResourceSample, SystemSampler};
+pub use load::{
+    CpuMemoryLoadCalculator, DEFAULT_LOAD_THRESHOLD, DefaultLoadCalculator, LoadCalculator,
+    LoadMetrics, LoadReport, PredictiveLoadCalculator, ReportPolicy, Slots,
+};
 pub use options::{
     ENV_AGENT_NAME, ENV_API_KEY, ENV_API_SECRET, ENV_URL, OptionsError, WorkerOptions,
 };

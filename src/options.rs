@@ -86,6 +86,15 @@ pub struct WorkerOptions {
     pub termination_grace: Duration,
     /// How many arbiters (threads) run jobs; 0 means one per core.
     pub job_threads: usize,
+    /// The load at which the worker reports FULL; `None` takes the load
+    /// calculator's own default (0.7 for resource-based loads, as in the
+    /// official workers; 1.0 for the job-slot load).
+    pub load_threshold: Option<f32>,
+    /// How often CPU and memory are sampled and the load recomputed.
+    pub load_sample_interval: Duration,
+    /// The longest gap between two `update_worker` reports; in between, a
+    /// report goes out only when the load changed.
+    pub load_report_interval: Duration,
 }
 
 impl WorkerOptions {
@@ -112,6 +121,9 @@ impl WorkerOptions {
             assignment_timeout: Duration::from_millis(7500),
             termination_grace: Duration::from_secs(10),
             job_threads: 0,
+            load_threshold: None,
+            load_sample_interval: Duration::from_millis(500),
+            load_report_interval: Duration::from_millis(2500),
         }
     }
 
@@ -181,6 +193,19 @@ impl WorkerOptions {
         self
     }
 
+    /// Sets the load at which the worker reports FULL.
+    pub fn load_threshold(mut self, threshold: f32) -> Self {
+        self.load_threshold = Some(threshold);
+        self
+    }
+
+    /// Sets how often the load is sampled and how long reports may be apart.
+    pub fn load_intervals(mut self, sample: Duration, report: Duration) -> Self {
+        self.load_sample_interval = sample;
+        self.load_report_interval = report;
+        self
+    }
+
     /// Sets how long a terminated job may take to wind down.
     pub fn termination_grace(mut self, grace: Duration) -> Self {
         self.termination_grace = grace;
@@ -228,7 +253,14 @@ impl WorkerOptions {
                 "the ping interval must be non-zero and shorter than the timeout",
             );
         }
+        if let Some(threshold) = self.load_threshold
+            && !(threshold > 0.0 && threshold <= 1.0)
+        {
+            return invalid("load_threshold", "must be above 0 and at most 1");
+        }
         for (name, value) in [
+            ("load_sample_interval", self.load_sample_interval),
+            ("load_report_interval", self.load_report_interval),
             ("register_timeout", self.register_timeout),
             ("request_timeout", self.request_timeout),
             ("assignment_timeout", self.assignment_timeout),

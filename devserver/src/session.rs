@@ -48,6 +48,10 @@ enum Format {
     Text,
 }
 
+/// Messages a session may have queued before the dispatcher's writes to it
+/// fail: bounded, and far above any burst a test or a person dispatches.
+const SESSION_MAILBOX: usize = 1024;
+
 /// One connected worker's socket.
 pub struct Session {
     dispatcher: Addr<Dispatcher>,
@@ -182,6 +186,10 @@ impl Actor for Session {
     type Context = ws::WebsocketContext<Self>;
 
     fn started(&mut self, ctx: &mut Self::Context) {
+        // the dispatcher writes with try_send; a burst of dispatches to one
+        // worker must not be mistaken for a closed socket at actix's default
+        // capacity of 16
+        ctx.set_mailbox_capacity(SESSION_MAILBOX);
         ctx.run_later(self.config.register_timeout, |act, ctx| {
             if act.worker_id.is_none() {
                 act.close(CloseCode::Policy, "register timeout", ctx);

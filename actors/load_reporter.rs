@@ -1,0 +1,212 @@
+//! LoadReporterActor: samples, computes the load, and tells the server.
+//!
+//! On a timer (default 500 ms) it reads CPU and memory, runs the load
+//! calculator and sends `update_worker` when the [`ReportPolicy`] says the
+//! report changed enough or the keepalive (default 2.5 s) is due — batching,
+//! not flooding. The WorkerActor tells it at once when slots change
+//! ([`SlotsChanged`]); it then recomputes from the last resource reading, and
+//! a flip between AVAILABLE and FULL goes out immediately instead of at the
+//! next tick. Every computed report also goes back to the WorkerActor
+//! ([`LoadChanged`]) for admission and for `GetLoad`.
+//!
+//! It owns no job state: slots come from the WorkerActor, resources from the
+//! machine. `seq` increases on every report sent, across reconnects.
+
+use std::collections::VecDeque;
+use std::panic::AssertUnwindSafe;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use actix::prelude::*;
+use livekit_protocol::{UpdateWorkerStatus, worker_message};
+use tracing::{debug, trace, warn};
+
+use super::connection::ConnectionActor;
+use super::messages::*;
+use super::worker::WorkerActor;
+use crate::load::system::{ResourceSample, SystemSampler};
+use crate::load::{LoadCalculator, LoadMetrics, LoadReport, ReportPolicy, Slots};
+
+/// How many reported loads are kept for `LoadMetrics::recent_loads`.
+const RECENT_LOADS: usize = 16;
+
+/// Samples and reports the worker's load.
+pub struct LoadReporterActor {
+    calculator: Arc<dyn LoadCalculator>,
+    threshold: f32,
+    policy: ReportPolicy,
+    sample_interval: Duration,
+    sampler: SystemSampler,
+    resources: ResourceSample,
+    connection: Addr<ConnectionActor>,
+    worker: Addr<WorkerActor>,
+    slots: Slots,
+    running_since: Vec<Instant>,
+    connected: bool,
+    last_sent: Option<(LoadReport, Instant)>,
+    recent: VecDeque<f32>,
+    seq: u64,
+    calculator_panicked: bool,
+}
+
+/// How the reporter is set up.
+pub(crate) struct ReporterConfig {
+    pub calculator: Arc<dyn LoadCalculator>,
+    pub threshold: f32,
+    pub policy: ReportPolicy,
+    pub sample_interval: Duration,
+    pub max_jobs: usize,
+}
+
+impl LoadReporterActor {
+    pub(crate) fn new(
+        config: ReporterConfig,
+        connection: Addr<ConnectionActor>,
+        worker: Addr<WorkerActor>,
+    ) -> Self {
+        Self {
+            calculator: config.calculator,
+            threshold: config.threshold,
+            policy: config.policy,
+            sample_interval: config.sample_interval,
+            sampler: SystemSampler::new(),
+            resources: ResourceSample::default(),
+            connection,
+            worker,
+            slots: Slots {
+                active: 0,
+                reserved: 0,
+                max: config.max_jobs,
+            },
+            running_since: Vec::new(),
+            connected: false,
+            last_sent: None,
+            recent: VecDeque::new(),
+            seq: 0,
+            calculator_panicked: false,
+        }
+    }
+
+    fn metrics(&self, now: Instant) -> LoadMetrics {
+        LoadMetrics {
+            active_jobs: self.slots.active,
+            max_jobs: self.slots.max,
+            reserved_jobs: self.slots.reserved,
+            job_durations: self
+                .running_since
+                .iter()
+                .map(|since| now.saturating_duration_since(*since))
+                .collect(),
+            process_cpu: self.resources.process_cpu,
+            system_cpu: self.resources.system_cpu,
+            memory_used: self.resources.memory_used,
+            memory_total: self.resources.memory_total,
+            recent_loads: self.recent.iter().copied().collect(),
+        }
+    }
+
+    /// Runs the calculator; a panicking calculator falls back to the job
+    /// load rather than taking the reporter down.
+    fn compute(&mut self, now: Instant) -> LoadReport {
+        let metrics = self.metrics(now);
+        let calculator = &self.calculator;
+        let load =
+            match std::panic::catch_unwind(AssertUnwindSafe(|| calculator.calculate(&metrics))) {
+                Ok(load) => load,
+                Err(_) => {
+                    if !self.calculator_panicked {
+                        warn!("the load calculator panicked: reporting the job load instead");
+                        self.calculator_panicked = true;
+                    }
+                    metrics.job_load()
+                }
+            };
+        LoadReport::new(self.slots, load, self.threshold)
+    }
+
+    /// Computes and, if the policy says so (or `force`), sends a report.
+    fn report(&mut self, now: Instant, force: bool) {
+        let report = self.compute(now);
+        self.worker.do_send(LoadChanged { report });
+        if !self.connected {
+            return;
+        }
+        let last = if force {
+            None
+        } else {
+            self.last_sent.as_ref().map(|(r, t)| (r, *t))
+        };
+        if !self.policy.should_send(last, &report, now) {
+            return;
+        }
+        self.seq += 1;
+        trace!(load = report.load, status = ?report.status, seq = self.seq, "reporting load");
+        self.connection
+            .do_send(SendToServer(vec![worker_message::Message::UpdateWorker(
+                UpdateWorkerStatus {
+                    status: Some(report.status as i32),
+                    load: report.load,
+                    job_count: report.job_count,
+                    draining: false,
+                    seq: self.seq,
+                },
+            )]));
+        self.last_sent = Some((report, now));
+        self.recent.push_back(report.load);
+        if self.recent.len() > RECENT_LOADS {
+            self.recent.pop_front();
+        }
+    }
+}
+
+impl Actor for LoadReporterActor {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Self::Context) {
+        debug!(
+            cores = self.sampler.cores(),
+            threshold = self.threshold,
+            interval = ?self.sample_interval,
+            "load reporter started"
+        );
+        self.resources = self.sampler.sample();
+        ctx.run_interval(self.sample_interval, |act, _ctx| {
+            act.resources = act.sampler.sample();
+            act.report(Instant::now(), false);
+        });
+    }
+}
+
+impl Handler<SlotsChanged> for LoadReporterActor {
+    type Result = ();
+
+    fn handle(&mut self, msg: SlotsChanged, _ctx: &mut Self::Context) {
+        self.slots = msg.slots;
+        self.running_since = msg.running_since;
+        let now = Instant::now();
+        let report = self.compute(now);
+        let flipped = self
+            .last_sent
+            .as_ref()
+            .is_some_and(|(last, _)| last.status != report.status);
+        if flipped {
+            // AVAILABLE <-> FULL must not wait for the next tick
+            self.report(now, true);
+        } else {
+            self.worker.do_send(LoadChanged { report });
+        }
+    }
+}
+
+impl Handler<ConnectionChanged> for LoadReporterActor {
+    type Result = ();
+
+    fn handle(&mut self, msg: ConnectionChanged, _ctx: &mut Self::Context) {
+        self.connected = msg.connected;
+        self.last_sent = None;
+        if msg.connected {
+            // a new registration starts AVAILABLE with load 0 on the server
+            self.report(Instant::now(), true);
+        }
+    }
+}
