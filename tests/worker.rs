@@ -87,12 +87,7 @@ async fn a_panicking_handler_fails_its_job_and_the_worker_serves_on() {
     assert_eq!(last.status, JobStatus::JsFailed);
     assert!(last.error.contains(PANIC_TEXT), "{}", last.error);
 
-    let next = server
-        .dispatch(demo_job("r2", r#"{"duration_ms": 10}"#))
-        .await
-        .unwrap();
-    let done = wait_final(&server, &next.id).await;
-    assert_eq!(done.updates.last().unwrap().status, JobStatus::JsSuccess);
+    serve_quick_job(&server, "r2").await;
     // the same connection served both: the panic did not touch it
     let state = wait_worker(&worker, "idle", |s| s.running_jobs.is_empty()).await;
     assert_eq!(state.worker_id.as_deref(), Some(worker_id.as_str()));
@@ -197,19 +192,7 @@ async fn a_full_worker_answers_unavailable_and_reports_full() {
         })
         .await
         .expect("AVAILABLE after the job ends");
-    let next = server
-        .dispatch(demo_job("next", r#"{"duration_ms": 10}"#))
-        .await
-        .unwrap();
-    assert_eq!(
-        wait_final(&server, &next.id)
-            .await
-            .updates
-            .last()
-            .unwrap()
-            .status,
-        JobStatus::JsSuccess
-    );
+    serve_quick_job(&server, "next").await;
 }
 
 #[actix_rt::test]
@@ -354,19 +337,7 @@ async fn hostile_frames_do_not_stop_the_worker() {
         .inject_frame(&worker_id, RawFrame::Binary(Vec::new()))
         .await
         .unwrap();
-    let job = server
-        .dispatch(demo_job("a", r#"{"duration_ms": 10}"#))
-        .await
-        .unwrap();
-    assert_eq!(
-        wait_final(&server, &job.id)
-            .await
-            .updates
-            .last()
-            .unwrap()
-            .status,
-        JobStatus::JsSuccess
-    );
+    serve_quick_job(&server, "a").await;
     assert_eq!(
         registered(&worker).await,
         worker_id,
@@ -384,20 +355,8 @@ async fn hostile_frames_do_not_stop_the_worker() {
         .await;
         assert_ne!(state.worker_id.as_deref(), Some(worker_id.as_str()));
         worker_id = state.worker_id.unwrap();
-        let job = server
-            .dispatch(demo_job("b", r#"{"duration_ms": 10}"#))
-            .await
-            .unwrap();
+        let job = serve_quick_job(&server, "b").await;
         assert_eq!(job.worker_id.as_deref(), Some(worker_id.as_str()));
-        assert_eq!(
-            wait_final(&server, &job.id)
-                .await
-                .updates
-                .last()
-                .unwrap()
-                .status,
-            JobStatus::JsSuccess
-        );
     }
 }
 

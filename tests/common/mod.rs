@@ -120,3 +120,19 @@ pub fn is_final(status: lkagent::proto::JobStatus) -> bool {
 pub fn statuses(job: &JobInfo) -> Vec<lkagent::proto::JobStatus> {
     job.updates.iter().map(|u| u.status).collect()
 }
+
+/// Dispatches a 10 ms demo job and waits for it to end in SUCCESS: proof that
+/// the worker is serving.
+pub async fn serve_quick_job(server: &DevServer, room: &str) -> JobInfo {
+    let job = server
+        .dispatch(lkagent_devserver::DispatchRequest::room(room).metadata(r#"{"duration_ms": 10}"#))
+        .await
+        .expect("dispatched");
+    let done = wait_final(server, &job.id).await;
+    assert_eq!(
+        done.updates.last().map(|u| u.status),
+        Some(lkagent::proto::JobStatus::JsSuccess),
+        "{done:?}"
+    );
+    job
+}
