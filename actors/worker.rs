@@ -22,7 +22,7 @@ use livekit_protocol::{
 use tracing::{debug, error, info, warn};
 
 use super::connection::ConnectionActor;
-use super::job::{JobActor, panic_message};
+use super::job::{JobActor, JobRules, panic_message};
 use super::load_reporter::{LoadReporterActor, ReporterConfig};
 use super::messages::*;
 use crate::handler::{Decision, DynHandler, JobContext, JobHandler, JobRequest};
@@ -352,12 +352,16 @@ impl WorkerActor {
         }
         let handler = self.handler.clone();
         let worker = ctx.address();
-        let grace = self.options.termination_grace;
+        let rules = JobRules {
+            grace: self.options.termination_grace,
+            max_retries: self.options.max_job_retries,
+            max_retry_delay: self.options.max_retry_delay,
+        };
         let threads = self
             .threads
             .get_or_insert_with(|| JobThreads::new(self.options.job_threads));
         let addr = JobActor::start_in_arbiter(&threads.pick(), move |_| {
-            JobActor::new(context, handler, worker, grace)
+            JobActor::new(context, handler, worker, rules)
         });
         self.jobs.insert(
             job_id,

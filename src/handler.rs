@@ -124,12 +124,30 @@ pub enum JobError {
     /// The job failed; the text says why.
     #[error("{0}")]
     Failed(String),
+    /// The job failed for a reason that may pass (a rate-limited API, a
+    /// service restarting): run it again after `retry_after`, up to the
+    /// worker's retry bound, without reporting FAILED in between.
+    #[error("{reason} (retryable after {retry_after:?})")]
+    Retryable {
+        /// Why, reported if the retries run out.
+        reason: String,
+        /// How long to wait before the next attempt.
+        retry_after: std::time::Duration,
+    },
 }
 
 impl JobError {
     /// A failure with the given text.
     pub fn failed(reason: impl Into<String>) -> Self {
         Self::Failed(reason.into())
+    }
+
+    /// A failure worth another attempt after `retry_after`.
+    pub fn retryable(reason: impl Into<String>, retry_after: std::time::Duration) -> Self {
+        Self::Retryable {
+            reason: reason.into(),
+            retry_after,
+        }
     }
 }
 
@@ -155,6 +173,7 @@ pub struct JobContext {
     token: String,
     participant_identity: String,
     cancel: CancellationToken,
+    attempt: u32,
 }
 
 impl JobContext {
@@ -172,6 +191,20 @@ impl JobContext {
             token: token.into(),
             participant_identity,
             cancel: CancellationToken::new(),
+            attempt: 1,
+        }
+    }
+
+    /// Which run of the handler this is: 1 for the first, 2 after one retry.
+    pub fn attempt(&self) -> u32 {
+        self.attempt
+    }
+
+    /// The context for the next attempt (same job, token and cancellation).
+    pub(crate) fn next_attempt(&self) -> Self {
+        Self {
+            attempt: self.attempt.saturating_add(1),
+            ..self.clone()
         }
     }
 
@@ -247,6 +280,7 @@ impl fmt::Debug for JobContext {
             .field("room", &self.room_name())
             .field("url", &self.url)
             .field("participant_identity", &self.participant_identity)
+            .field("attempt", &self.attempt)
             .field("cancelled", &self.is_cancelled())
             .finish_non_exhaustive()
     }

@@ -84,6 +84,11 @@ pub struct WorkerOptions {
     /// How long a terminated job's handler may take to wind down after its
     /// cancellation signal before it is dropped.
     pub termination_grace: Duration,
+    /// How many times a job whose handler returns `JobError::Retryable` is
+    /// run again before it is reported FAILED.
+    pub max_job_retries: u32,
+    /// The longest `retry_after` honoured; longer requests wait this long.
+    pub max_retry_delay: Duration,
     /// How many arbiters (threads) run jobs; 0 means one per core.
     pub job_threads: usize,
     /// The load at which the worker reports FULL; `None` takes the load
@@ -120,6 +125,8 @@ impl WorkerOptions {
             request_timeout: Duration::from_millis(2500),
             assignment_timeout: Duration::from_millis(7500),
             termination_grace: Duration::from_secs(10),
+            max_job_retries: 3,
+            max_retry_delay: Duration::from_secs(300),
             job_threads: 0,
             load_threshold: None,
             load_sample_interval: Duration::from_millis(500),
