@@ -180,6 +180,125 @@ pub(crate) struct LoadChanged {
 #[rtype(result = "LoadReport")]
 pub struct GetLoad;
 
+/// Where a job came from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum JobOrigin {
+    /// Dispatched by the server: its statuses go to the server.
+    Server,
+    /// Started by the application with [`SpawnJob`]: the server does not
+    /// know it, so its statuses go only to subscribers.
+    Local,
+}
+
+/// A job's status changed: RUNNING when its handler starts, then SUCCESS or
+/// FAILED. Sent to every subscriber ([`SubscribeJobEvents`]).
+#[derive(Message, Clone, Debug, PartialEq, Eq)]
+#[rtype(result = "()")]
+pub struct JobEvent {
+    /// The job.
+    pub job_id: String,
+    /// Its new status.
+    pub status: livekit_protocol::JobStatus,
+    /// The error text of a FAILED job.
+    pub error: String,
+    /// Server or local.
+    pub origin: JobOrigin,
+}
+
+/// Subscribes a recipient to every [`JobEvent`]. Events are offered with
+/// `try_send`: a subscriber whose mailbox is full misses them (and the worker
+/// logs it), so give a busy subscriber a large enough mailbox. Answers false
+/// when the worker already has its maximum of subscribers.
+#[derive(Message)]
+#[rtype(result = "bool")]
+pub struct SubscribeJobEvents(pub Recipient<JobEvent>);
+
+/// Starts a job that no server dispatched: same handler, supervision and
+/// events as a dispatched one. The worker mints the room token itself.
+#[derive(Message, Clone, Debug)]
+#[rtype(result = "SpawnOutcome")]
+pub struct SpawnJob {
+    /// The job id; `None` makes one (`LJ_…`).
+    pub id: Option<String>,
+    /// Room, participant or publisher job.
+    pub job_type: livekit_protocol::JobType,
+    /// The room to join (required).
+    pub room: String,
+    /// Metadata for the handler.
+    pub metadata: String,
+    /// The participant identity to join as; `None`: `agent-<job id>`.
+    pub identity: Option<String>,
+}
+
+impl SpawnJob {
+    /// A room job for `room` with no metadata.
+    pub fn new(room: impl Into<String>) -> Self {
+        Self {
+            id: None,
+            job_type: livekit_protocol::JobType::JtRoom,
+            room: room.into(),
+            metadata: String::new(),
+            identity: None,
+        }
+    }
+
+    /// Sets the job id.
+    pub fn id(mut self, id: impl Into<String>) -> Self {
+        self.id = Some(id.into());
+        self
+    }
+
+    /// Sets the metadata.
+    pub fn metadata(mut self, metadata: impl Into<String>) -> Self {
+        self.metadata = metadata.into();
+        self
+    }
+
+    /// Sets the job type.
+    pub fn job_type(mut self, job_type: livekit_protocol::JobType) -> Self {
+        self.job_type = job_type;
+        self
+    }
+
+    /// Sets the participant identity.
+    pub fn identity(mut self, identity: impl Into<String>) -> Self {
+        self.identity = Some(identity.into());
+        self
+    }
+}
+
+/// The answer to [`SpawnJob`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum SpawnOutcome {
+    /// The job is running.
+    Started {
+        /// Its id.
+        job_id: String,
+    },
+    /// The job was not started; the reason says why.
+    Refused {
+        /// Why.
+        reason: SpawnRefusal,
+    },
+}
+
+/// Why a [`SpawnJob`] was refused.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum SpawnRefusal {
+    /// The request cannot run: the text says what to fix.
+    #[error("invalid request: {0}")]
+    Invalid(String),
+    /// A job with this id is already running or reserved.
+    #[error("a job with id {0} already exists")]
+    Duplicate(String),
+    /// Every slot is taken: try again when a job ends.
+    #[error("the worker is at capacity")]
+    AtCapacity,
+    /// The room token could not be minted.
+    #[error("cannot mint the room token: {0}")]
+    Token(String),
+}
+
 /// Asks a worker for a snapshot of its state.
 #[derive(Message, Debug, Default)]
 #[rtype(result = "WorkerState")]

@@ -35,5 +35,8 @@ mod load_reporter;
 pub(crate) mod messages;
 mod worker;
 
-pub use messages::{GetLoad, GetState, JobOutcome, WorkerState};
-pub use worker::{StartError, Worker, WorkerActor, WorkerBuilder};
+pub use messages::{
+    GetLoad, GetState, JobEvent, JobOrigin, JobOutcome, SpawnJob, SpawnOutcome, SpawnRefusal,
+    SubscribeJobEvents, WorkerState,
+};
+pub use worker::{MAX_SUBSCRIBERS, StartError, Worker, WorkerActor, WorkerBuilder};

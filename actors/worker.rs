@@ -16,7 +16,7 @@ use actix::prelude::*;
 use actix::{Supervisor, fut::wrap_future};
 use futures_util::FutureExt as _;
 use livekit_protocol::{
-    AvailabilityResponse, Job, JobStatus, MigrateJobRequest, UpdateJobStatus, WorkerStatus,
+    AvailabilityResponse, Job, JobStatus, MigrateJobRequest, Room, UpdateJobStatus, WorkerStatus,
     worker_message,
 };
 use tracing::{debug, error, info, warn};
@@ -25,6 +25,7 @@ use super::connection::ConnectionActor;
 use super::job::{JobActor, JobRules, panic_message};
 use super::load_reporter::{LoadReporterActor, ReporterConfig};
 use super::messages::*;
+use crate::auth::ROOM_TOKEN_TTL;
 use crate::handler::{Decision, DynHandler, JobContext, JobHandler, JobRequest};
 use crate::load::{
     DEFAULT_LOAD_EPSILON, DefaultLoadCalculator, LoadCalculator, LoadReport, ReportPolicy, Slots,
@@ -131,6 +132,7 @@ fn install_crypto_provider() {
 struct RunningJob {
     addr: Addr<JobActor>,
     started_at: Instant,
+    origin: JobOrigin,
 }
 
 /// The arbiters jobs run on, stopped when the worker goes away.
@@ -184,7 +186,13 @@ pub struct WorkerActor {
     load_calculator: Arc<dyn LoadCalculator>,
     /// The latest report computed by the reporter.
     load: LoadReport,
+    /// Who hears about job statuses (bounded by [`MAX_SUBSCRIBERS`]).
+    subscribers: Vec<Recipient<JobEvent>>,
 }
+
+/// The most job-event subscribers a worker keeps: each event is offered to
+/// every one of them on the worker's thread.
+pub const MAX_SUBSCRIBERS: usize = 64;
 
 struct Reservation {
     identity: Option<String>,
@@ -213,6 +221,7 @@ impl WorkerActor {
             outbox,
             reporter: None,
             load_calculator,
+            subscribers: Vec::new(),
             load: LoadReport::new(
                 Slots {
                     active: 0,
@@ -244,7 +253,11 @@ impl WorkerActor {
     }
 
     /// Sends a job status now, or queues it until the next registration.
-    fn report_job(&mut self, update: UpdateJobStatus) {
+    fn report_job(&mut self, update: UpdateJobStatus, origin: JobOrigin) {
+        self.publish(&update, origin);
+        if origin == JobOrigin::Local {
+            return; // the server does not know local jobs
+        }
         if self.connected() {
             self.send(vec![worker_message::Message::UpdateJob(update)]);
         } else {
@@ -256,6 +269,29 @@ impl WorkerActor {
                 "status queued until reconnect"
             );
         }
+    }
+
+    /// Offers a status to every subscriber; one with a full mailbox misses
+    /// it, one that has gone away is dropped.
+    fn publish(&mut self, update: &UpdateJobStatus, origin: JobOrigin) {
+        let event = JobEvent {
+            job_id: update.job_id.clone(),
+            status: JobStatus::try_from(update.status).unwrap_or(JobStatus::JsFailed),
+            error: update.error.clone(),
+            origin,
+        };
+        self.subscribers
+            .retain(|subscriber| match subscriber.try_send(event.clone()) {
+                Ok(()) => true,
+                Err(SendError::Full(_)) => {
+                    warn!(
+                        job_id = event.job_id,
+                        "a job-event subscriber is full: event dropped"
+                    );
+                    true
+                }
+                Err(SendError::Closed(_)) => false,
+            });
     }
 
     /// Tells the reporter that slots changed, so that it can recompute and
@@ -343,6 +379,7 @@ impl WorkerActor {
         url: String,
         token: String,
         identity: Option<String>,
+        origin: JobOrigin,
         ctx: &mut Context<Self>,
     ) {
         let job_id = job.id.clone();
@@ -368,6 +405,7 @@ impl WorkerActor {
             RunningJob {
                 addr,
                 started_at: Instant::now(),
+                origin,
             },
         );
         self.slots_changed();
@@ -572,11 +610,14 @@ impl Handler<JobAssigned> for WorkerActor {
                     job_id,
                     "assigned a job that was not accepted, at capacity: failing it"
                 );
-                self.report_job(UpdateJobStatus {
-                    job_id,
-                    status: JobStatus::JsFailed as i32,
-                    error: "worker at capacity".into(),
-                });
+                self.report_job(
+                    UpdateJobStatus {
+                        job_id,
+                        status: JobStatus::JsFailed as i32,
+                        error: "worker at capacity".into(),
+                    },
+                    JobOrigin::Server,
+                );
                 return;
             }
             None => {
@@ -592,7 +633,7 @@ impl Handler<JobAssigned> for WorkerActor {
             .filter(|u| !u.is_empty())
             .unwrap_or_else(|| self.options.url.clone());
         info!(job_id, "job assigned");
-        self.start_job(msg.job, url, msg.token, identity, ctx);
+        self.start_job(msg.job, url, msg.token, identity, JobOrigin::Server, ctx);
     }
 }
 
@@ -600,14 +641,17 @@ impl Handler<JobStarted> for WorkerActor {
     type Result = ();
 
     fn handle(&mut self, msg: JobStarted, _ctx: &mut Self::Context) {
-        if !self.jobs.contains_key(&msg.job_id) {
+        let Some(origin) = self.jobs.get(&msg.job_id).map(|job| job.origin) else {
             return;
-        }
-        self.report_job(UpdateJobStatus {
-            job_id: msg.job_id,
-            status: JobStatus::JsRunning as i32,
-            error: String::new(),
-        });
+        };
+        self.report_job(
+            UpdateJobStatus {
+                job_id: msg.job_id,
+                status: JobStatus::JsRunning as i32,
+                error: String::new(),
+            },
+            origin,
+        );
     }
 }
 
@@ -615,9 +659,9 @@ impl Handler<JobExited> for WorkerActor {
     type Result = ();
 
     fn handle(&mut self, msg: JobExited, _ctx: &mut Self::Context) {
-        if self.jobs.remove(&msg.job_id).is_none() {
+        let Some(job) = self.jobs.remove(&msg.job_id) else {
             return;
-        }
+        };
         match &msg.outcome {
             JobOutcome::Succeeded | JobOutcome::Terminated => {
                 info!(job_id = msg.job_id, outcome = ?msg.outcome, "job ended")
@@ -626,7 +670,7 @@ impl Handler<JobExited> for WorkerActor {
                 warn!(job_id = msg.job_id, outcome = ?msg.outcome, "job failed")
             }
         }
-        self.report_job(msg.outcome.to_update(&msg.job_id));
+        self.report_job(msg.outcome.to_update(&msg.job_id), job.origin);
         self.slots_changed();
     }
 }
@@ -683,4 +727,72 @@ impl Handler<GetLoad> for WorkerActor {
     fn handle(&mut self, _msg: GetLoad, _ctx: &mut Self::Context) -> Self::Result {
         MessageResult(self.load)
     }
+}
+
+impl Handler<SubscribeJobEvents> for WorkerActor {
+    type Result = bool;
+
+    fn handle(&mut self, msg: SubscribeJobEvents, _ctx: &mut Self::Context) -> bool {
+        self.subscribers.retain(|s| s.connected());
+        if self.subscribers.len() >= MAX_SUBSCRIBERS {
+            warn!(
+                max = MAX_SUBSCRIBERS,
+                "refusing a job-event subscriber: too many"
+            );
+            return false;
+        }
+        self.subscribers.push(msg.0);
+        true
+    }
+}
+
+impl Handler<SpawnJob> for WorkerActor {
+    type Result = MessageResult<SpawnJob>;
+
+    fn handle(&mut self, msg: SpawnJob, ctx: &mut Self::Context) -> Self::Result {
+        let refuse = |reason| MessageResult(SpawnOutcome::Refused { reason });
+        if msg.room.trim().is_empty() {
+            return refuse(SpawnRefusal::Invalid("the room is required".into()));
+        }
+        let job_id = msg.id.unwrap_or_else(local_job_id);
+        if self.jobs.contains_key(&job_id) || self.reserved.contains_key(&job_id) {
+            return refuse(SpawnRefusal::Duplicate(job_id));
+        }
+        if self.is_full() {
+            return refuse(SpawnRefusal::AtCapacity);
+        }
+        let identity = msg.identity.unwrap_or_else(|| format!("agent-{job_id}"));
+        let token = match self
+            .options
+            .credentials
+            .room_token(&msg.room, &identity, ROOM_TOKEN_TTL)
+        {
+            Ok(token) => token,
+            Err(err) => return refuse(SpawnRefusal::Token(err.to_string())),
+        };
+        let job = Job {
+            id: job_id.clone(),
+            r#type: msg.job_type as i32,
+            room: Some(Room {
+                name: msg.room,
+                ..Default::default()
+            }),
+            metadata: msg.metadata,
+            agent_name: self.options.agent_name.clone(),
+            ..Default::default()
+        };
+        info!(job_id, "starting a local job");
+        let url = self.options.url.clone();
+        self.start_job(job, url, token, Some(identity), JobOrigin::Local, ctx);
+        MessageResult(SpawnOutcome::Started { job_id })
+    }
+}
+
+/// A fresh id for a local job: `LJ_` and twelve letters or digits.
+fn local_job_id() -> String {
+    const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789";
+    let suffix: String = (0..12)
+        .map(|_| ALPHABET[rand::random_range(0..ALPHABET.len())] as char)
+        .collect();
+    format!("LJ_{suffix}")
 }

@@ -95,6 +95,41 @@ impl Credentials {
     }
 }
 
+/// How long a room token minted by the worker itself is valid (the server
+/// mints 1-hour tokens for the jobs it assigns; the same here).
+pub const ROOM_TOKEN_TTL: Duration = Duration::from_secs(60 * 60);
+
+impl Credentials {
+    /// Mints a token to join `room` as `identity` (kind agent), for jobs the
+    /// worker starts itself: local jobs, and jobs resumed after a restart.
+    pub fn room_token(
+        &self,
+        room: &str,
+        identity: &str,
+        ttl: Duration,
+    ) -> Result<String, AuthError> {
+        if self.api_key.is_empty() || self.api_secret.is_empty() {
+            return Err(AuthError::MissingKeys);
+        }
+        AccessToken::with_api_key(&self.api_key, self.api_secret.expose())
+            .with_ttl(ttl)
+            .with_identity(identity)
+            .with_kind("agent")
+            .with_grants(VideoGrants {
+                room_join: true,
+                room: room.to_owned(),
+                agent: true,
+                can_publish: Some(true),
+                can_subscribe: Some(true),
+                can_publish_data: Some(true),
+                can_update_own_metadata: Some(true),
+                ..Default::default()
+            })
+            .to_jwt()
+            .map_err(|e| AuthError::Sign(e.to_string()))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -123,6 +158,25 @@ mod tests {
             TokenVerifier::with_api_key("devkey", "secret")
                 .verify(&token)
                 .is_err()
+        );
+    }
+
+    #[test]
+    fn room_tokens_join_one_room_as_one_identity() {
+        let creds = Credentials::new("devkey", "secret");
+        let token = creds
+            .room_token("lobby", "agent-LJ_1", ROOM_TOKEN_TTL)
+            .unwrap();
+        let claims = TokenVerifier::with_api_key("devkey", "secret")
+            .verify(&token)
+            .unwrap();
+        assert!(claims.video.room_join);
+        assert_eq!(claims.video.room, "lobby");
+        assert_eq!(claims.sub, "agent-LJ_1");
+        assert_eq!(claims.kind, "agent");
+        assert!(
+            creds.room_token("", "x", ROOM_TOKEN_TTL).is_err(),
+            "a room is required"
         );
     }
 

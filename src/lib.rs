@@ -61,7 +61,8 @@ pub mod protocol;
 mod actors;
 
 pub use actors::{
-    GetLoad, GetState, JobOutcome, StartError, Worker, WorkerActor, WorkerBuilder, WorkerState,
+    GetLoad, GetState, JobEvent, JobOrigin, JobOutcome, MAX_SUBSCRIBERS, SpawnJob, SpawnOutcome,
+    SpawnRefusal, StartError, SubscribeJobEvents, Worker, WorkerActor, WorkerBuilder, WorkerState,
 };
 pub use auth::{ApiSecret, AuthError, Credentials};
 pub use backoff::Backoff;
