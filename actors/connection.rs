@@ -35,6 +35,7 @@ use crate::auth::WORKER_TOKEN_TTL;
 use crate::options::WorkerOptions;
 use crate::outbox::is_terminal;
 use crate::protocol::{self, FrameError, MAX_FRAME_SIZE};
+use crate::recovery::{PartialError, PartialMessageBuffer};
 
 type WsSink = SplitSink<actix_codec::Framed<BoxedSocket, Codec>, WsMessage>;
 
@@ -57,6 +58,8 @@ pub struct ConnectionActor {
     /// can die with them in its buffers, so on a restart they go back to the
     /// worker's outbox instead of being lost.
     unconfirmed: Vec<(i64, UpdateJobStatus)>,
+    /// Reassembles fragmented messages, bounded by the frame limit.
+    partial: PartialMessageBuffer,
 }
 
 impl ConnectionActor {
@@ -71,6 +74,7 @@ impl ConnectionActor {
             last_pong: Instant::now(),
             last_ping: 0,
             unconfirmed: Vec::new(),
+            partial: PartialMessageBuffer::new(MAX_FRAME_SIZE),
         }
     }
 
@@ -287,6 +291,7 @@ impl Supervised for ConnectionActor {
         }
         self.registered = false;
         self.sink = None;
+        self.partial.reset();
         if !self.unconfirmed.is_empty() {
             // sent after `Disconnected`, so they land in the outbox
             let statuses = self
@@ -331,33 +336,56 @@ impl Handler<SendToServer> for ConnectionActor {
     }
 }
 
-impl StreamHandler<Result<Frame, WsProtocolError>> for ConnectionActor {
-    fn handle(&mut self, item: Result<Frame, WsProtocolError>, ctx: &mut Self::Context) {
-        match item {
-            Ok(Frame::Binary(bytes)) => self.on_payload(protocol::decode_server(&bytes), ctx),
-            Ok(Frame::Text(bytes)) => match std::str::from_utf8(&bytes) {
+impl ConnectionActor {
+    /// Handles one whole frame (fragmented messages already reassembled).
+    fn on_frame(&mut self, frame: Frame, ctx: &mut Context<Self>) {
+        match frame {
+            Frame::Binary(bytes) => self.on_payload(protocol::decode_server(&bytes), ctx),
+            Frame::Text(bytes) => match std::str::from_utf8(&bytes) {
                 Ok(text) => self.on_payload(protocol::decode_server_text(text), ctx),
                 Err(_) => {
                     warn!("text frame that is not UTF-8: reconnecting");
                     ctx.stop();
                 }
             },
-            Ok(Frame::Ping(payload)) => {
+            Frame::Ping(payload) => {
                 if let Some(sink) = self.sink.as_mut() {
                     let _ = sink.write(WsMessage::Pong(payload));
                 }
             }
-            Ok(Frame::Pong(_)) => {}
-            Ok(Frame::Close(reason)) => {
+            Frame::Pong(_) => {}
+            Frame::Close(reason) => {
                 info!(?reason, "the server closed the connection");
                 ctx.stop();
             }
-            Ok(Frame::Continuation(_)) => {
-                warn!("fragmented messages are not supported: reconnecting");
+            Frame::Continuation(_) => {
+                // the buffer never hands these on; kept loud in case it does
+                warn!("an unassembled fragment reached the handler: reconnecting");
                 ctx.stop();
             }
+        }
+    }
+}
+
+impl StreamHandler<Result<Frame, WsProtocolError>> for ConnectionActor {
+    fn handle(&mut self, item: Result<Frame, WsProtocolError>, ctx: &mut Self::Context) {
+        let frame = match item {
+            Ok(frame) => frame,
             Err(err) => {
                 warn!(%err, "websocket error: reconnecting");
+                ctx.stop();
+                return;
+            }
+        };
+        match self.partial.feed(frame) {
+            Ok(Some(frame)) => self.on_frame(frame, ctx),
+            Ok(None) => {} // a fragment: wait for the rest
+            Err(err @ PartialError::Overflow { .. }) => {
+                // that one message is dropped; the stream itself is intact
+                warn!(%err, "dropping an oversized fragmented message");
+            }
+            Err(err) => {
+                warn!(%err, "fragments out of order: reconnecting");
                 ctx.stop();
             }
         }

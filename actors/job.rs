@@ -2,19 +2,28 @@
 //!
 //! It lives on one of the worker's job arbiters, so a handler that hogs its
 //! thread slows other jobs on that thread but never the connection. It runs
-//! `on_job` under `catch_unwind`: a panic becomes an outcome, not an unwound
-//! arbiter. On termination it fires the job's cancellation signal, calls
+//! `on_job` under `catch_unwind`: a panic becomes a failure, not an unwound
+//! arbiter.
+//!
+//! Supervision: a handler that panics or returns `JobError::Retryable` is run
+//! again under the job's [`RestartPolicy`] (at most N restarts within a
+//! period, with backoff; a retryable error waits its own `retry_after`,
+//! capped), with the same [`Checkpoint`]: `JobContext::attempt` and
+//! `is_restart` tell the handler, and the checkpoint holds what it saved
+//! before. No FAILED is reported between attempts; when the policy gives up,
+//! the job is FAILED with the last error. The checkpoint is written to the
+//! store when the job starts, behind the handler on an interval, and on each
+//! restart.
+//!
+//! On termination it fires the job's cancellation signal, calls
 //! `on_terminated` once, and gives the handler a grace period to return.
-//! A handler that fails with `JobError::Retryable` runs again after its
-//! `retry_after` (capped), up to the worker's retry bound, without a FAILED
-//! in between; `JobContext::attempt` tells the handler which run it is.
 //! Whatever happens, it sends exactly one [`JobExited`] to the worker —
 //! `stopped()` sends one if nothing else did (the arbiter shutting down).
 
 use std::any::Any;
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use actix::prelude::*;
 use futures_util::FutureExt as _;
@@ -23,16 +32,19 @@ use tracing::{info, warn};
 use super::messages::*;
 use super::worker::WorkerActor;
 use crate::handler::{DynHandler, JobContext, JobError};
+use crate::recovery::{RestartDecision, RestartPolicy, StoreFuture};
 
-/// How a job is run: the bounds that do not change per job.
-#[derive(Clone, Copy, Debug)]
+/// How jobs are run: the bounds that are the same for every job.
+#[derive(Clone, Debug)]
 pub(crate) struct JobRules {
     /// How long a terminated handler may take to return.
     pub grace: Duration,
-    /// How many times a retryable failure is run again.
-    pub max_retries: u32,
-    /// The longest wait before a retry.
+    /// The restart policy each job starts with (cloned per job).
+    pub restart_policy: RestartPolicy,
+    /// The longest wait a retryable error may ask for.
     pub max_retry_delay: Duration,
+    /// How often a dirty checkpoint is written behind the handler.
+    pub checkpoint_interval: Duration,
 }
 
 /// Runs one job.
@@ -41,10 +53,20 @@ pub struct JobActor {
     handler: Arc<dyn DynHandler>,
     worker: Addr<WorkerActor>,
     rules: JobRules,
+    policy: RestartPolicy,
     terminated: bool,
     exited: bool,
-    /// Set while a retry is waiting for its delay.
-    retry_pending: bool,
+    /// Set while a restart is waiting for its delay.
+    restart_pending: bool,
+}
+
+/// How a run of the handler failed, for the restart decision.
+enum Failure {
+    Retryable {
+        reason: String,
+        retry_after: Duration,
+    },
+    Panicked(String),
 }
 
 impl JobActor {
@@ -54,56 +76,17 @@ impl JobActor {
         worker: Addr<WorkerActor>,
         rules: JobRules,
     ) -> Self {
+        let policy = rules.restart_policy.clone();
         Self {
             context,
             handler,
             worker,
             rules,
+            policy,
             terminated: false,
             exited: false,
-            retry_pending: false,
+            restart_pending: false,
         }
-    }
-
-    /// Runs the handler once, under `catch_unwind`.
-    fn run_attempt(&mut self, ctx: &mut Context<Self>) {
-        let run =
-            AssertUnwindSafe(self.handler.clone().on_job(self.context.clone())).catch_unwind();
-        ctx.spawn(
-            actix::fut::wrap_future(run).map(|result, act: &mut Self, ctx| {
-                let outcome = match result {
-                    _ if act.terminated => JobOutcome::Terminated,
-                    Ok(Ok(())) => JobOutcome::Succeeded,
-                    Ok(Err(JobError::Retryable {
-                        reason,
-                        retry_after,
-                    })) => {
-                        let attempt = act.context.attempt();
-                        if attempt <= act.rules.max_retries {
-                            let delay = retry_after.min(act.rules.max_retry_delay);
-                            info!(
-                                job_id = act.context.id(),
-                                attempt,
-                                ?delay,
-                                reason,
-                                "retrying the job"
-                            );
-                            act.retry_pending = true;
-                            ctx.run_later(delay, |act, ctx| {
-                                act.retry_pending = false;
-                                act.context = act.context.next_attempt();
-                                act.run_attempt(ctx);
-                            });
-                            return;
-                        }
-                        JobOutcome::Failed(format!("{reason} (gave up after {attempt} attempts)"))
-                    }
-                    Ok(Err(err)) => JobOutcome::Failed(err.to_string()),
-                    Err(panic) => JobOutcome::Panicked(panic_message(&*panic)),
-                };
-                act.exit(outcome, ctx);
-            }),
-        );
     }
 
     fn exit(&mut self, outcome: JobOutcome, ctx: &mut Context<Self>) {
@@ -116,6 +99,88 @@ impl JobActor {
         }
         ctx.stop();
     }
+
+    /// Writes the checkpoint without waiting; a failure is logged and the
+    /// record stays dirty for the next write.
+    fn write_checkpoint(&self, write: StoreFuture<()>, ctx: &mut Context<Self>) {
+        let job_id = self.context.id().to_owned();
+        ctx.spawn(
+            actix::fut::wrap_future(write).map(move |result, _act: &mut Self, _ctx| {
+                if let Err(err) = result {
+                    warn!(job_id, %err, "could not write the checkpoint");
+                }
+            }),
+        );
+    }
+
+    /// Runs the handler once, under `catch_unwind`.
+    fn run_attempt(&mut self, ctx: &mut Context<Self>) {
+        let run =
+            AssertUnwindSafe(self.handler.clone().on_job(self.context.clone())).catch_unwind();
+        ctx.spawn(
+            actix::fut::wrap_future(run).map(|result, act: &mut Self, ctx| {
+                let failure = match result {
+                    _ if act.terminated => return act.exit(JobOutcome::Terminated, ctx),
+                    Ok(Ok(())) => return act.exit(JobOutcome::Succeeded, ctx),
+                    Ok(Err(JobError::Failed(reason))) => {
+                        return act.exit(JobOutcome::Failed(reason), ctx);
+                    }
+                    Ok(Err(JobError::Retryable {
+                        reason,
+                        retry_after,
+                    })) => Failure::Retryable {
+                        reason,
+                        retry_after,
+                    },
+                    Err(panic) => Failure::Panicked(panic_message(&*panic)),
+                };
+                act.restart_or_give_up(failure, ctx);
+            }),
+        );
+    }
+
+    fn restart_or_give_up(&mut self, failure: Failure, ctx: &mut Context<Self>) {
+        let attempt = self.context.attempt();
+        let after = match self
+            .policy
+            .on_failure_jittered(Instant::now(), rand::random::<f64>())
+        {
+            RestartDecision::Restart { after, .. } => after,
+            RestartDecision::GiveUp => {
+                let outcome = match failure {
+                    Failure::Retryable { reason, .. } => {
+                        JobOutcome::Failed(format!("{reason} (gave up after {attempt} attempts)"))
+                    }
+                    Failure::Panicked(message) => JobOutcome::Panicked(format!(
+                        "{message} (gave up after {attempt} attempts)"
+                    )),
+                };
+                return self.exit(outcome, ctx);
+            }
+        };
+        let (reason, delay) = match failure {
+            Failure::Retryable {
+                reason,
+                retry_after,
+            } => (reason, retry_after.min(self.rules.max_retry_delay)),
+            Failure::Panicked(message) => (format!("handler panicked: {message}"), after),
+        };
+        info!(
+            job_id = self.context.id(),
+            attempt,
+            ?delay,
+            reason,
+            "restarting the job"
+        );
+        self.restart_pending = true;
+        ctx.run_later(delay, |act, ctx| {
+            act.restart_pending = false;
+            act.context = act.context.next_attempt();
+            let write = act.context.checkpoint().write();
+            act.write_checkpoint(write, ctx);
+            act.run_attempt(ctx);
+        });
+    }
 }
 
 impl Actor for JobActor {
@@ -124,6 +189,15 @@ impl Actor for JobActor {
     fn started(&mut self, ctx: &mut Self::Context) {
         self.worker.do_send(JobStarted {
             job_id: self.context.id().to_owned(),
+        });
+        // the record exists in the store from the start, so a worker that
+        // dies before the first save still finds the job
+        let write = self.context.checkpoint().write();
+        self.write_checkpoint(write, ctx);
+        ctx.run_interval(self.rules.checkpoint_interval, |act, ctx| {
+            if let Some(write) = act.context.checkpoint().write_if_dirty() {
+                act.write_checkpoint(write, ctx);
+            }
         });
         self.run_attempt(ctx);
     }
@@ -164,8 +238,8 @@ impl Handler<TerminateJob> for JobActor {
                 "on_terminated panicked"
             );
         }
-        if self.retry_pending {
-            // nothing runs: the pending retry is simply not made
+        if self.restart_pending {
+            // nothing runs: the pending restart is simply not made
             self.exit(JobOutcome::Terminated, ctx);
             return;
         }

@@ -10,7 +10,7 @@
 use std::collections::HashMap;
 use std::panic::AssertUnwindSafe;
 use std::sync::{Arc, Once};
-use std::time::Instant;
+use std::time::{Instant, SystemTime};
 
 use actix::prelude::*;
 use actix::{Supervisor, fut::wrap_future};
@@ -32,6 +32,10 @@ use crate::load::{
 };
 use crate::options::{OptionsError, WorkerOptions};
 use crate::outbox::{Evicted, Outbox};
+use crate::recovery::{
+    Checkpoint, CheckpointStore, DefaultRecovery, JobCheckpoint, MemoryStore, RecoveryError,
+    RecoveryHandler,
+};
 
 /// Starts workers: `Worker::builder(options).handler(agent).start()`.
 pub struct Worker;
@@ -43,6 +47,8 @@ impl Worker {
             options,
             handler: None,
             load_calculator: None,
+            store: None,
+            recovery: None,
         }
     }
 }
@@ -63,6 +69,8 @@ pub struct WorkerBuilder {
     options: WorkerOptions,
     handler: Option<Arc<dyn DynHandler>>,
     load_calculator: Option<Arc<dyn LoadCalculator>>,
+    store: Option<Arc<dyn CheckpointStore>>,
+    recovery: Option<Arc<dyn RecoveryHandler>>,
 }
 
 impl WorkerBuilder {
@@ -98,6 +106,22 @@ impl WorkerBuilder {
         self
     }
 
+    /// Keeps server jobs' checkpoints in this store (default: in memory,
+    /// which survives handler panics and reconnects but not a restart). An
+    /// [`EmbeddedStore`](crate::EmbeddedStore) survives `kill -9`: at start-up
+    /// the worker resumes the jobs it finds there.
+    pub fn checkpoint_store(mut self, store: impl CheckpointStore) -> Self {
+        self.store = Some(Arc::new(store));
+        self
+    }
+
+    /// Decides which interrupted jobs are resumed at start-up (default:
+    /// [`DefaultRecovery`], jobs whose checkpoint is under 5 minutes old).
+    pub fn recovery_handler(mut self, handler: impl RecoveryHandler) -> Self {
+        self.recovery = Some(Arc::new(handler));
+        self
+    }
+
     /// Sets the handler that runs every job.
     pub fn handler<H: JobHandler>(mut self, handler: H) -> Self {
         self.handler = Some(Arc::new(handler));
@@ -113,10 +137,16 @@ impl WorkerBuilder {
         let calculator = self
             .load_calculator
             .unwrap_or_else(|| Arc::new(DefaultLoadCalculator));
-        let options = Arc::new(self.options);
-        Ok(WorkerActor::create(|_| {
-            WorkerActor::new(options, handler, calculator)
-        }))
+        let parts = WorkerParts {
+            options: Arc::new(self.options),
+            handler,
+            load_calculator: calculator,
+            store: self.store.unwrap_or_else(|| Arc::new(MemoryStore::new())),
+            recovery: self
+                .recovery
+                .unwrap_or_else(|| Arc::new(DefaultRecovery::default())),
+        };
+        Ok(WorkerActor::create(|_| WorkerActor::new(parts)))
     }
 }
 
@@ -188,11 +218,38 @@ pub struct WorkerActor {
     load: LoadReport,
     /// Who hears about job statuses (bounded by [`MAX_SUBSCRIBERS`]).
     subscribers: Vec<Recipient<JobEvent>>,
+    /// Where server jobs' checkpoints are kept.
+    store: Arc<dyn CheckpointStore>,
+    /// Decides which interrupted jobs are resumed at start-up.
+    recovery: Arc<dyn RecoveryHandler>,
 }
 
 /// The most job-event subscribers a worker keeps: each event is offered to
 /// every one of them on the worker's thread.
 pub const MAX_SUBSCRIBERS: usize = 64;
+
+/// A job about to start, and where it comes from.
+struct NewJob {
+    job: Job,
+    /// Where to join the room.
+    url: String,
+    /// The room token.
+    token: String,
+    /// The identity it was accepted under, if known.
+    identity: Option<String>,
+    origin: JobOrigin,
+    /// The checkpoint of a job resumed after a restart.
+    recovered: Option<Checkpoint>,
+}
+
+/// What a worker is made of, as the builder hands it over.
+struct WorkerParts {
+    options: Arc<WorkerOptions>,
+    handler: Arc<dyn DynHandler>,
+    load_calculator: Arc<dyn LoadCalculator>,
+    store: Arc<dyn CheckpointStore>,
+    recovery: Arc<dyn RecoveryHandler>,
+}
 
 struct Reservation {
     identity: Option<String>,
@@ -200,11 +257,14 @@ struct Reservation {
 }
 
 impl WorkerActor {
-    fn new(
-        options: Arc<WorkerOptions>,
-        handler: Arc<dyn DynHandler>,
-        load_calculator: Arc<dyn LoadCalculator>,
-    ) -> Self {
+    fn new(parts: WorkerParts) -> Self {
+        let WorkerParts {
+            options,
+            handler,
+            load_calculator,
+            store,
+            recovery,
+        } = parts;
         // each job holds at most one queued status, and jobs are bounded by
         // max_jobs; the slack covers jobs that end while others start
         let outbox = Outbox::new(options.max_jobs.saturating_mul(4).saturating_add(64));
@@ -222,6 +282,8 @@ impl WorkerActor {
             reporter: None,
             load_calculator,
             subscribers: Vec::new(),
+            store,
+            recovery,
             load: LoadReport::new(
                 Slots {
                     active: 0,
@@ -373,26 +435,44 @@ impl WorkerActor {
         }
     }
 
-    fn start_job(
-        &mut self,
-        job: Job,
-        url: String,
-        token: String,
-        identity: Option<String>,
-        origin: JobOrigin,
-        ctx: &mut Context<Self>,
-    ) {
+    fn start_job(&mut self, new: NewJob, ctx: &mut Context<Self>) -> JobContext {
+        let NewJob {
+            job,
+            url,
+            token,
+            identity,
+            origin,
+            recovered,
+        } = new;
         let job_id = job.id.clone();
         let mut context = JobContext::new(job, url, token);
         if let Some(identity) = identity {
             context = context.with_identity(&identity);
         }
+        let is_recovered = recovered.is_some();
+        let checkpoint = recovered.unwrap_or_else(|| {
+            let record = JobCheckpoint::new(
+                context.job(),
+                context.participant_identity(),
+                SystemTime::now(),
+            );
+            match origin {
+                // the server can re-dispatch its jobs: keep them where a
+                // restarted worker finds them
+                JobOrigin::Server => Checkpoint::new(record, self.store.clone()),
+                // nobody would claim a local job after a restart
+                JobOrigin::Local => Checkpoint::in_memory(record),
+            }
+        });
+        let context = context.with_checkpoint(checkpoint, is_recovered);
+        let job_context = context.clone();
         let handler = self.handler.clone();
         let worker = ctx.address();
         let rules = JobRules {
             grace: self.options.termination_grace,
-            max_retries: self.options.max_job_retries,
+            restart_policy: self.options.restart_policy.clone(),
             max_retry_delay: self.options.max_retry_delay,
+            checkpoint_interval: self.options.checkpoint_interval,
         };
         let threads = self
             .threads
@@ -409,6 +489,124 @@ impl WorkerActor {
             },
         );
         self.slots_changed();
+        job_context
+    }
+
+    /// The running jobs the server knows, for `migrate_job`.
+    fn server_job_ids(&self) -> Vec<String> {
+        let mut ids: Vec<String> = self
+            .jobs
+            .iter()
+            .filter(|(_, job)| job.origin == JobOrigin::Server)
+            .map(|(id, _)| id.clone())
+            .collect();
+        ids.sort();
+        ids
+    }
+
+    /// Resumes the jobs a previous run of the worker left in the store, as
+    /// the recovery handler allows; reports the others FAILED and forgets
+    /// them.
+    fn recover(&mut self, checkpoints: Vec<JobCheckpoint>, ctx: &mut Context<Self>) {
+        let mut resumed = Vec::new();
+        for record in checkpoints {
+            let job_id = record.job_id().to_owned();
+            if self.jobs.contains_key(&job_id) {
+                continue;
+            }
+            match self.resume(record, ctx) {
+                Ok(()) => resumed.push(job_id),
+                Err(error) => {
+                    let recovery = self.recovery.clone();
+                    let id = job_id.clone();
+                    let error_text = error.to_string();
+                    if std::panic::catch_unwind(AssertUnwindSafe(|| {
+                        recovery.on_recovery_failed(&id, &error)
+                    }))
+                    .is_err()
+                    {
+                        warn!(job_id, "on_recovery_failed panicked");
+                    }
+                    self.forget(&job_id, ctx);
+                    self.report_job(
+                        UpdateJobStatus {
+                            job_id,
+                            status: JobStatus::JsFailed as i32,
+                            error: format!("not recovered after a worker restart: {error_text}"),
+                        },
+                        JobOrigin::Server,
+                    );
+                }
+            }
+        }
+        if !resumed.is_empty() {
+            info!(jobs = resumed.len(), "resumed jobs from their checkpoints");
+            if self.connected() {
+                self.send(vec![worker_message::Message::MigrateJob(
+                    MigrateJobRequest { job_ids: resumed },
+                )]);
+            } // else: the next registration claims every running job
+        }
+    }
+
+    fn resume(
+        &mut self,
+        record: JobCheckpoint,
+        ctx: &mut Context<Self>,
+    ) -> Result<(), RecoveryError> {
+        let recovery = self.recovery.clone();
+        let job_id = record.job_id().to_owned();
+        let accepted = std::panic::catch_unwind(AssertUnwindSafe(|| {
+            recovery.on_recovery_attempt(&job_id, &record)
+        }))
+        .map_err(|_| RecoveryError::Resume("on_recovery_attempt panicked".into()))?;
+        if !accepted {
+            return Err(RecoveryError::Declined);
+        }
+        let job = record.job().map_err(RecoveryError::Checkpoint)?;
+        let identity = record.participant_identity().to_owned();
+        let token = self
+            .options
+            .credentials
+            .room_token(record.room_name(), &identity, ROOM_TOKEN_TTL)
+            .map_err(|e| RecoveryError::Resume(e.to_string()))?;
+        let checkpoint = Checkpoint::new(record, self.store.clone());
+        checkpoint.next_attempt();
+        info!(
+            job_id,
+            attempt = checkpoint.attempt(),
+            "resuming a job after a restart"
+        );
+        let url = self.options.url.clone();
+        let new = NewJob {
+            job,
+            url,
+            token,
+            identity: Some(identity),
+            origin: JobOrigin::Server,
+            recovered: Some(checkpoint),
+        };
+        let context = self.start_job(new, ctx);
+        if std::panic::catch_unwind(AssertUnwindSafe(|| {
+            recovery.on_recovered(context.job(), &context)
+        }))
+        .is_err()
+        {
+            warn!(job_id, "on_recovered panicked");
+        }
+        Ok(())
+    }
+
+    /// Removes a job's checkpoint from the store.
+    fn forget(&self, job_id: &str, ctx: &mut Context<Self>) {
+        let id = job_id.to_owned();
+        ctx.spawn(wrap_future(self.store.remove(job_id)).map(
+            move |result, _act: &mut Self, _ctx| {
+                if let Err(err) = result {
+                    warn!(job_id = id, %err, "could not remove the checkpoint");
+                }
+            },
+        ));
     }
 }
 
@@ -433,6 +631,13 @@ impl Actor for WorkerActor {
         let options = self.options.clone();
         let me = ctx.address();
         let connection = Supervisor::start(move |_| ConnectionActor::new(options, me));
+        ctx.spawn(
+            wrap_future(self.store.list()).map(|result, act: &mut Self, ctx| match result {
+                Ok(checkpoints) if !checkpoints.is_empty() => act.recover(checkpoints, ctx),
+                Ok(_) => {}
+                Err(err) => error!(%err, "cannot read the checkpoint store: no job is resumed"),
+            }),
+        );
         let config = ReporterConfig {
             calculator: self.load_calculator.clone(),
             threshold: self
@@ -465,12 +670,10 @@ impl Handler<Registered> for WorkerActor {
             debug!(version = info.version, region = info.region, "server info");
         }
         let mut messages = Vec::new();
-        if self.registrations > 1 && !self.jobs.is_empty() {
-            let job_ids: Vec<String> = self.jobs.keys().cloned().collect();
-            info!(
-                jobs = job_ids.len(),
-                "reclaiming running jobs after reconnect"
-            );
+        let job_ids = self.server_job_ids();
+        if !job_ids.is_empty() {
+            // after a reconnect, or for jobs resumed after a restart
+            info!(jobs = job_ids.len(), "claiming running jobs");
             messages.push(worker_message::Message::MigrateJob(MigrateJobRequest {
                 job_ids,
             }));
@@ -633,7 +836,15 @@ impl Handler<JobAssigned> for WorkerActor {
             .filter(|u| !u.is_empty())
             .unwrap_or_else(|| self.options.url.clone());
         info!(job_id, "job assigned");
-        self.start_job(msg.job, url, msg.token, identity, JobOrigin::Server, ctx);
+        let new = NewJob {
+            job: msg.job,
+            url,
+            token: msg.token,
+            identity,
+            origin: JobOrigin::Server,
+            recovered: None,
+        };
+        self.start_job(new, ctx);
     }
 }
 
@@ -658,7 +869,7 @@ impl Handler<JobStarted> for WorkerActor {
 impl Handler<JobExited> for WorkerActor {
     type Result = ();
 
-    fn handle(&mut self, msg: JobExited, _ctx: &mut Self::Context) {
+    fn handle(&mut self, msg: JobExited, ctx: &mut Self::Context) {
         let Some(job) = self.jobs.remove(&msg.job_id) else {
             return;
         };
@@ -669,6 +880,9 @@ impl Handler<JobExited> for WorkerActor {
             JobOutcome::Failed(_) | JobOutcome::Panicked(_) => {
                 warn!(job_id = msg.job_id, outcome = ?msg.outcome, "job failed")
             }
+        }
+        if job.origin == JobOrigin::Server {
+            self.forget(&msg.job_id, ctx);
         }
         self.report_job(msg.outcome.to_update(&msg.job_id), job.origin);
         self.slots_changed();
@@ -783,7 +997,15 @@ impl Handler<SpawnJob> for WorkerActor {
         };
         info!(job_id, "starting a local job");
         let url = self.options.url.clone();
-        self.start_job(job, url, token, Some(identity), JobOrigin::Local, ctx);
+        let new = NewJob {
+            job,
+            url,
+            token,
+            identity: Some(identity),
+            origin: JobOrigin::Local,
+            recovered: None,
+        };
+        self.start_job(new, ctx);
         MessageResult(SpawnOutcome::Started { job_id })
     }
 }

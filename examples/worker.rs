@@ -3,7 +3,10 @@
 //! Configured from `LIVEKIT_URL`, `LIVEKIT_API_KEY`, `LIVEKIT_API_SECRET` and
 //! `LIVEKIT_AGENT_NAME`; flags `--max-jobs N` (default 100) and
 //! `--agent-name NAME` override. Each job follows its metadata JSON:
-//! `{"duration_ms": 1000, "outcome": "success" | "fail" | "panic"}`.
+//! `{"duration_ms": 1000, "outcome": "success" | "fail" | "panic"}`, and
+//! checkpoints the time it has run. With `--state-dir DIR` the checkpoints
+//! are kept on disk: a worker killed mid-job and started again with the same
+//! directory resumes the job where it was.
 //!
 //! ```text
 //! cargo run -p lkagent-devserver &        # or any LiveKit server
@@ -14,21 +17,23 @@
 use std::process::ExitCode;
 
 use lkagent::demo::DemoAgent;
-use lkagent::{Worker, WorkerOptions};
+use lkagent::{EmbeddedStore, Worker, WorkerOptions};
 
-const USAGE: &str = "usage: worker [--max-jobs N] [--agent-name NAME]
+const USAGE: &str = "usage: worker [--max-jobs N] [--agent-name NAME] [--state-dir DIR]
 environment: LIVEKIT_URL, LIVEKIT_API_KEY, LIVEKIT_API_SECRET (required), LIVEKIT_AGENT_NAME";
 
 /// The flags, parsed.
 struct Args {
     max_jobs: usize,
     agent_name: Option<String>,
+    state_dir: Option<String>,
 }
 
 fn parse_args(mut args: impl Iterator<Item = String>) -> Result<Args, String> {
     let mut parsed = Args {
         max_jobs: 100,
         agent_name: None,
+        state_dir: None,
     };
     while let Some(flag) = args.next() {
         let mut value = |name: &str| args.next().ok_or_else(|| format!("{name} needs a value"));
@@ -41,6 +46,7 @@ fn parse_args(mut args: impl Iterator<Item = String>) -> Result<Args, String> {
                     })?;
             }
             "--agent-name" => parsed.agent_name = Some(value("--agent-name")?),
+            "--state-dir" => parsed.state_dir = Some(value("--state-dir")?),
             "-h" | "--help" => return Err(String::new()),
             other => return Err(format!("unknown argument {other:?}")),
         }
@@ -76,10 +82,19 @@ async fn main() -> ExitCode {
     if let Some(name) = args.agent_name {
         options.agent_name = name;
     }
-    let worker = Worker::builder(options)
+    let mut builder = Worker::builder(options)
         .max_jobs(args.max_jobs)
-        .handler(DemoAgent)
-        .start();
+        .handler(DemoAgent);
+    if let Some(dir) = &args.state_dir {
+        match EmbeddedStore::open(dir) {
+            Ok(store) => builder = builder.checkpoint_store(store),
+            Err(err) => {
+                eprintln!("error: --state-dir {dir}: {err}");
+                return ExitCode::from(2);
+            }
+        }
+    }
+    let worker = builder.start();
     if let Err(err) = worker {
         eprintln!("error: {err}");
         return ExitCode::from(2);

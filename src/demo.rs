@@ -63,18 +63,52 @@ pub const FAIL_TEXT: &str = "demo agent failed as asked";
 /// The message a panicking demo job panics with.
 pub const PANIC_TEXT: &str = "demo agent panicked as asked";
 
+/// The checkpoint key under which a demo job keeps the milliseconds it has
+/// already run.
+pub const PROGRESS_KEY: &str = "progress_ms";
+
+/// How often a demo job checkpoints its progress.
+pub const CHECKPOINT_STEP: Duration = Duration::from_millis(250);
+
 /// Runs for the planned time (or until terminated), then ends as planned.
+/// It checkpoints the time already run every [`CHECKPOINT_STEP`], so a job
+/// resumed after a panic or a worker restart runs only what remains.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct DemoAgent;
 
 impl JobHandler for DemoAgent {
     async fn on_job(&self, ctx: JobContext) -> Result<(), JobError> {
         let plan = DemoPlan::parse(ctx.metadata());
-        if actix_rt::time::timeout(plan.duration(), ctx.cancelled())
-            .await
-            .is_ok()
-        {
-            return Ok(()); // terminated: wind down at once
+        let total = plan.duration();
+        let checkpoint = ctx.checkpoint();
+        let saved = checkpoint
+            .load::<u64>(PROGRESS_KEY)
+            .ok()
+            .flatten()
+            .unwrap_or(0);
+        let mut done = Duration::from_millis(saved).min(total);
+        if ctx.is_restart() {
+            tracing::info!(
+                job_id = ctx.id(),
+                attempt = ctx.attempt(),
+                progress_ms = saved,
+                "resuming from checkpoint"
+            );
+        }
+        while done < total {
+            let step = (total - done).min(CHECKPOINT_STEP);
+            if actix_rt::time::timeout(step, ctx.cancelled()).await.is_ok() {
+                return Ok(()); // terminated: wind down at once
+            }
+            done += step;
+            let progress_ms = u64::try_from(done.as_millis()).unwrap_or(u64::MAX);
+            if let Err(err) = checkpoint.save(PROGRESS_KEY, &progress_ms) {
+                tracing::warn!(job_id = ctx.id(), %err, "cannot save progress");
+            } else if let Err(err) = checkpoint.flush().await {
+                tracing::warn!(job_id = ctx.id(), %err, "cannot flush progress");
+            } else {
+                tracing::debug!(job_id = ctx.id(), progress_ms, "progress checkpointed");
+            }
         }
         match plan.outcome() {
             DemoOutcome::Success => Ok(()),

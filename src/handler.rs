@@ -17,8 +17,12 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 
+use std::time::SystemTime;
+
 use livekit_protocol::{Job, JobType, ParticipantInfo};
 use tokio_util::sync::CancellationToken;
+
+use crate::recovery::{Checkpoint, JobCheckpoint};
 
 /// A job the server offers this worker.
 #[derive(Clone, Debug)]
@@ -174,6 +178,8 @@ pub struct JobContext {
     participant_identity: String,
     cancel: CancellationToken,
     attempt: u32,
+    checkpoint: Checkpoint,
+    recovered: bool,
 }
 
 impl JobContext {
@@ -185,6 +191,11 @@ impl JobContext {
             .as_ref()
             .map(|state| state.participant_identity.clone())
             .unwrap_or_default();
+        let checkpoint = Checkpoint::in_memory(JobCheckpoint::new(
+            &job,
+            participant_identity.clone(),
+            SystemTime::now(),
+        ));
         Self {
             job: Arc::new(job),
             url: url.into(),
@@ -192,7 +203,36 @@ impl JobContext {
             participant_identity,
             cancel: CancellationToken::new(),
             attempt: 1,
+            checkpoint,
+            recovered: false,
         }
+    }
+
+    /// Uses this checkpoint (the runtime's, kept in its store) and takes the
+    /// attempt number from it.
+    pub(crate) fn with_checkpoint(mut self, checkpoint: Checkpoint, recovered: bool) -> Self {
+        self.attempt = checkpoint.attempt();
+        self.checkpoint = checkpoint;
+        self.recovered = recovered;
+        self
+    }
+
+    /// The job's checkpoint: save progress here, and read it back after a
+    /// restart.
+    pub fn checkpoint(&self) -> &Checkpoint {
+        &self.checkpoint
+    }
+
+    /// True when this run is not the first: the handler panicked or failed
+    /// retryably before, or the worker restarted. Read the checkpoint to see
+    /// where the last run got to.
+    pub fn is_restart(&self) -> bool {
+        self.attempt > 1
+    }
+
+    /// True when the job was resumed after the worker process restarted.
+    pub fn is_recovered(&self) -> bool {
+        self.recovered
     }
 
     /// Which run of the handler this is: 1 for the first, 2 after one retry.
@@ -200,10 +240,11 @@ impl JobContext {
         self.attempt
     }
 
-    /// The context for the next attempt (same job, token and cancellation).
+    /// The context for the next attempt (same job, token, cancellation and
+    /// checkpoint), counted in the checkpoint.
     pub(crate) fn next_attempt(&self) -> Self {
         Self {
-            attempt: self.attempt.saturating_add(1),
+            attempt: self.checkpoint.next_attempt(),
             ..self.clone()
         }
     }

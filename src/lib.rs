@@ -52,10 +52,13 @@ mod auth;
 mod backoff;
 pub mod demo;
 mod handler;
+mod limits;
 mod load;
 mod options;
 mod outbox;
 pub mod protocol;
+mod queue;
+mod recovery;
 
 #[path = "../actors/mod.rs"]
 mod actors;
@@ -69,6 +72,10 @@ pub use backoff::Backoff;
 pub use handler::{
     Decision, DynHandler, JobContext, JobError, JobHandler, JobRequest, Participant,
 };
+pub use limits::{
+    AvailableResources, LimitError, PRESSURE_PERCENT, Reservation, ResourceLimiter, ResourceLimits,
+    ResourceRequest, UsageState, usage_state,
+};
 pub use load::cgroup::ContainerLimits;
 pub use load::system::{ResourceSample, SystemSampler};
 pub use load::{
@@ -79,6 +86,18 @@ pub use options::{
     ENV_AGENT_NAME, ENV_API_KEY, ENV_API_SECRET, ENV_URL, OptionsError, WorkerOptions,
 };
 pub use outbox::{Evicted, Outbox};
+pub use queue::{
+    AdmissionPolicy, DEFAULT_HEADROOM, DEFAULT_MAX_ROOMS, DEFAULT_QUEUE_CAPACITY,
+    DefaultPriorityCalculator, InvalidRateLimit, JobPriority, JobQueue, JobRateLimiter,
+    PRIORITY_METADATA_KEY, ParsePriorityError, PriorityCalculator, QueueFull, QueueStats, Queued,
+    RateLimit, RateLimited, RateLimits, RetryPolicy,
+};
+pub use recovery::{
+    CHECKPOINT_FORMAT, Checkpoint, CheckpointError, CheckpointStore, CompleteMessage,
+    DATABASE_FILE, DefaultRecovery, EmbeddedStore, JobCheckpoint, MAX_STATE_BYTES, MemoryStore,
+    PartialError, PartialMessageBuffer, RecoveryError, RecoveryHandler, RestartDecision,
+    RestartPolicy, StoreError, StoreFuture,
+};
 
 /// The LiveKit protocol types the public API speaks in.
 pub use livekit_protocol as proto;

@@ -13,6 +13,7 @@ use livekit_protocol::JobType;
 use crate::auth::{ApiSecret, Credentials};
 use crate::backoff::Backoff;
 use crate::protocol;
+use crate::recovery::RestartPolicy;
 
 /// The environment variable holding the server URL.
 pub const ENV_URL: &str = "LIVEKIT_URL";
@@ -84,11 +85,15 @@ pub struct WorkerOptions {
     /// How long a terminated job's handler may take to wind down after its
     /// cancellation signal before it is dropped.
     pub termination_grace: Duration,
-    /// How many times a job whose handler returns `JobError::Retryable` is
-    /// run again before it is reported FAILED.
-    pub max_job_retries: u32,
+    /// How a job whose handler panics or returns `JobError::Retryable` is
+    /// run again: at most N restarts within a period, with backoff (default
+    /// 3 within 60 s, 100 ms doubling). Each job starts with a fresh copy.
+    pub restart_policy: RestartPolicy,
     /// The longest `retry_after` honoured; longer requests wait this long.
     pub max_retry_delay: Duration,
+    /// How often a job's checkpoint, if changed, is written behind its
+    /// handler (`Checkpoint::flush` writes at once).
+    pub checkpoint_interval: Duration,
     /// How many arbiters (threads) run jobs; 0 means one per core.
     pub job_threads: usize,
     /// The load at which the worker reports FULL; `None` takes the load
@@ -125,8 +130,9 @@ impl WorkerOptions {
             request_timeout: Duration::from_millis(2500),
             assignment_timeout: Duration::from_millis(7500),
             termination_grace: Duration::from_secs(10),
-            max_job_retries: 3,
+            restart_policy: RestartPolicy::default(),
             max_retry_delay: Duration::from_secs(300),
+            checkpoint_interval: Duration::from_secs(1),
             job_threads: 0,
             load_threshold: None,
             load_sample_interval: Duration::from_millis(500),
@@ -213,6 +219,12 @@ impl WorkerOptions {
         self
     }
 
+    /// Sets how failed jobs are restarted.
+    pub fn restart_policy(mut self, policy: RestartPolicy) -> Self {
+        self.restart_policy = policy;
+        self
+    }
+
     /// Sets how long a terminated job may take to wind down.
     pub fn termination_grace(mut self, grace: Duration) -> Self {
         self.termination_grace = grace;
@@ -265,7 +277,14 @@ impl WorkerOptions {
         {
             return invalid("load_threshold", "must be above 0 and at most 1");
         }
+        self.restart_policy
+            .validate()
+            .map_err(|reason| OptionsError::Invalid {
+                name: "restart_policy",
+                reason,
+            })?;
         for (name, value) in [
+            ("checkpoint_interval", self.checkpoint_interval),
             ("load_sample_interval", self.load_sample_interval),
             ("load_report_interval", self.load_report_interval),
             ("register_timeout", self.register_timeout),

@@ -1,0 +1,36 @@
+//! Jobs that survive: checkpoints, where they are kept, restart limits,
+//! recovery decisions, and reassembly of fragmented messages.
+//!
+//! All of it is plain logic that reads no clock (time is passed in); the
+//! actors drive it:
+//! - [`JobCheckpoint`] (`checkpoint`): a job's identity, the job as first
+//!   assigned, and the handler's typed state, with a bound on its size and a
+//!   versioned record for the stores.
+//! - [`CheckpointStore`] (`store`): the async, object-safe store trait with
+//!   leases for jobs that move between workers; [`MemoryStore`] (the
+//!   default) beside it, and [`EmbeddedStore`] (`embedded`) on local disk
+//!   with redb, whose blocking calls run on a thread of its own.
+//! - [`Checkpoint`] (`handle`): the handler's handle on its job's record:
+//!   cheap saves, written behind, durable after `flush().await`.
+//! - [`RestartPolicy`] (`restart`): at most N restarts within a period, with
+//!   backoff, as an OTP supervisor would.
+//! - [`RecoveryHandler`] (`handler`): the user's say over which interrupted
+//!   jobs are resumed; [`DefaultRecovery`] resumes recent ones.
+//! - [`PartialMessageBuffer`] (`partial`): fragmented websocket messages put
+//!   back together within a size bound.
+
+mod checkpoint;
+mod embedded;
+mod handle;
+mod handler;
+mod partial;
+mod restart;
+mod store;
+
+pub use checkpoint::{CHECKPOINT_FORMAT, CheckpointError, JobCheckpoint, MAX_STATE_BYTES};
+pub use embedded::{DATABASE_FILE, EmbeddedStore};
+pub use handle::Checkpoint;
+pub use handler::{DefaultRecovery, RecoveryError, RecoveryHandler};
+pub use partial::{CompleteMessage, PartialError, PartialMessageBuffer};
+pub use restart::{RestartDecision, RestartPolicy};
+pub use store::{CheckpointStore, MemoryStore, StoreError, StoreFuture};

@@ -1,0 +1,402 @@
+//! Jobs that survive: a handler panic (restart from the checkpoint), a
+//! worker process killed with SIGKILL (resume from a durable checkpoint), and
+//! the recovery handler's say over which jobs come back. (A job surviving a
+//! dropped connection, its final status delivered once after the reconnect,
+//! is in `tests/worker.rs`.)
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
+
+use common::*;
+use lkagent::proto::{self, JobStatus};
+use lkagent::{
+    CheckpointStore, JobCheckpoint, JobContext, JobError, JobHandler, MemoryStore, RecoveryError,
+    RecoveryHandler, Worker,
+};
+use lkagent_devserver::{DevServer, DispatchRequest};
+
+/// What a handler saw in its context, run by run.
+#[derive(Clone, Debug, PartialEq)]
+struct Seen {
+    attempt: u32,
+    restart: bool,
+    recovered: bool,
+    stage: Option<String>,
+}
+
+/// Saves its stage, then panics on the first run; later runs read the stage
+/// back and succeed.
+#[derive(Clone, Default)]
+struct PanicsOnce {
+    seen: Arc<Mutex<Vec<Seen>>>,
+    /// When set, a run that finds a saved stage waits for a permit first.
+    gate: Option<Arc<tokio::sync::Semaphore>>,
+}
+
+impl JobHandler for PanicsOnce {
+    async fn on_job(&self, ctx: JobContext) -> Result<(), JobError> {
+        let stage = ctx.checkpoint().load::<String>("stage").unwrap();
+        self.seen.lock().unwrap().push(Seen {
+            attempt: ctx.attempt(),
+            restart: ctx.is_restart(),
+            recovered: ctx.is_recovered(),
+            stage: stage.clone(),
+        });
+        if stage.is_none() {
+            ctx.checkpoint()
+                .save("stage", "greeted the caller")
+                .unwrap();
+            panic!("lost the audio device");
+        }
+        if let Some(gate) = &self.gate {
+            let _permit = gate.acquire().await;
+        }
+        Ok(())
+    }
+}
+
+#[actix_rt::test]
+async fn a_handler_that_panics_once_resumes_from_its_checkpoint_and_succeeds() {
+    let server = devserver().await;
+    let handler = PanicsOnce::default();
+    let worker = worker(options(&server), handler.clone());
+    registered(&worker).await;
+    let job = server.dispatch(DispatchRequest::room("r")).await.unwrap();
+    let done = wait_final(&server, &job.id).await;
+    assert_eq!(
+        statuses(&done),
+        [JobStatus::JsRunning, JobStatus::JsSuccess],
+        "no FAILED in between"
+    );
+    let seen = handler.seen.lock().unwrap().clone();
+    assert_eq!(
+        seen,
+        [
+            Seen {
+                attempt: 1,
+                restart: false,
+                recovered: false,
+                stage: None
+            },
+            Seen {
+                attempt: 2,
+                restart: true,
+                recovered: false,
+                stage: Some("greeted the caller".into())
+            },
+        ]
+    );
+}
+
+/// Records what the recovery hooks were told.
+#[derive(Clone)]
+struct Recorder {
+    accept: bool,
+    failed: Arc<Mutex<Vec<String>>>,
+    recovered: Arc<Mutex<Vec<String>>>,
+}
+
+impl RecoveryHandler for Recorder {
+    fn on_recovery_attempt(&self, _job_id: &str, _checkpoint: &JobCheckpoint) -> bool {
+        self.accept
+    }
+
+    fn on_recovered(&self, job: &proto::Job, _ctx: &JobContext) {
+        self.recovered.lock().unwrap().push(job.id.clone());
+    }
+
+    fn on_recovery_failed(&self, job_id: &str, error: &RecoveryError) {
+        self.failed
+            .lock()
+            .unwrap()
+            .push(format!("{job_id}: {error}"));
+    }
+}
+
+/// Runs until the test ends: stands for a worker that died mid-job.
+struct Forever;
+
+impl JobHandler for Forever {
+    async fn on_job(&self, ctx: JobContext) -> Result<(), JobError> {
+        ctx.cancelled().await;
+        Ok(())
+    }
+}
+
+/// A checkpoint as a worker that died mid-job would have left it: the job
+/// (dispatched to a worker that then went away) and some saved state.
+async fn orphaned_checkpoint(server: &DevServer, store: &Arc<MemoryStore>) -> String {
+    let gone = worker(options(server).agent_name("gone"), Forever);
+    registered(&gone).await;
+    let job = server
+        .dispatch(DispatchRequest::room("r").agent_name("gone"))
+        .await
+        .unwrap();
+    let assigned = proto::Job {
+        id: job.id.clone(),
+        room: Some(proto::Room {
+            name: "r".into(),
+            ..Default::default()
+        }),
+        agent_name: "gone".into(),
+        ..Default::default()
+    };
+    let mut record = JobCheckpoint::new(&assigned, format!("agent-{}", job.id), SystemTime::now());
+    record.save("stage", "greeted the caller").unwrap();
+    store.put(&record).await.unwrap();
+    job.id
+}
+
+#[actix_rt::test]
+async fn a_refused_recovery_is_reported_and_not_resumed() {
+    let server = devserver().await;
+    let store = Arc::new(MemoryStore::new());
+    let job_id = orphaned_checkpoint(&server, &store).await;
+    let recorder = Recorder {
+        accept: false,
+        failed: Arc::default(),
+        recovered: Arc::default(),
+    };
+    let handler = PanicsOnce::default();
+    let worker = Worker::builder(options(&server))
+        .checkpoint_store(store.clone())
+        .recovery_handler(recorder.clone())
+        .handler(handler.clone())
+        .start()
+        .unwrap();
+    let worker_id = registered(&worker).await;
+
+    let job = wait_job(&server, &job_id, "the refusal reported", |j| {
+        j.updates.iter().any(|u| u.worker_id == worker_id)
+    })
+    .await;
+    let update = job
+        .updates
+        .iter()
+        .find(|u| u.worker_id == worker_id)
+        .unwrap();
+    assert_eq!(update.status, JobStatus::JsFailed);
+    assert!(update.error.contains("not recovered"), "{}", update.error);
+    let failed = recorder.failed.lock().unwrap().clone();
+    assert_eq!(failed.len(), 1, "{failed:?}");
+    assert!(failed[0].starts_with(&job_id), "{failed:?}");
+    assert!(recorder.recovered.lock().unwrap().is_empty());
+    assert!(
+        handler.seen.lock().unwrap().is_empty(),
+        "the handler never ran"
+    );
+    assert!(
+        worker
+            .send(lkagent::GetState)
+            .await
+            .unwrap()
+            .running_jobs
+            .is_empty()
+    );
+    assert!(
+        store.get(&job_id).await.unwrap().is_none(),
+        "the checkpoint was removed"
+    );
+}
+
+#[actix_rt::test]
+async fn an_accepted_recovery_resumes_with_the_saved_state_and_is_claimed() {
+    let server = devserver().await;
+    let store = Arc::new(MemoryStore::new());
+    let job_id = orphaned_checkpoint(&server, &store).await;
+    let recorder = Recorder {
+        accept: true,
+        failed: Arc::default(),
+        recovered: Arc::default(),
+    };
+    // the resumed job runs until the test has seen it claimed
+    let gate = Arc::new(tokio::sync::Semaphore::new(0));
+    let handler = PanicsOnce {
+        gate: Some(gate.clone()),
+        ..Default::default()
+    };
+    let worker = Worker::builder(options(&server))
+        .checkpoint_store(store.clone())
+        .recovery_handler(recorder.clone())
+        .handler(handler.clone())
+        .start()
+        .unwrap();
+    let worker_id = registered(&worker).await;
+    server
+        .wait_workers(DEADLINE, |ws| {
+            ws.iter()
+                .any(|w| w.id == worker_id && w.migrated_jobs.contains(&job_id))
+        })
+        .await
+        .expect("the resumed job is claimed with migrate_job");
+    gate.add_permits(1);
+    let job = wait_job(&server, &job_id, "SUCCESS from the new worker", |j| {
+        j.updates
+            .iter()
+            .any(|u| u.worker_id == worker_id && u.status == JobStatus::JsSuccess)
+    })
+    .await;
+    assert_eq!(
+        job.updates.iter().filter(|u| is_final(u.status)).count(),
+        1,
+        "{:?}",
+        job.updates
+    );
+    assert_eq!(recorder.recovered.lock().unwrap().clone(), [job_id.clone()]);
+    let seen = handler.seen.lock().unwrap().clone();
+    assert_eq!(
+        seen,
+        [Seen {
+            attempt: 2,
+            restart: true,
+            recovered: true,
+            stage: Some("greeted the caller".into())
+        }]
+    );
+    wait_worker(&worker, "the job to end", |s| s.running_jobs.is_empty()).await;
+    let start = Instant::now();
+    while store.get(&job_id).await.unwrap().is_some() {
+        assert!(
+            start.elapsed() < DEADLINE,
+            "the checkpoint is never removed"
+        );
+        actix_rt::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// The example worker, built by `cargo test` beside this test binary.
+fn example_worker() -> PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    let dir = exe.parent().and_then(|deps| deps.parent()).unwrap();
+    let path = dir.join("examples").join("worker");
+    assert!(
+        path.exists(),
+        "{} is missing: run the tests with cargo test",
+        path.display()
+    );
+    path
+}
+
+/// A child worker process, its log lines arriving on a channel.
+struct ChildWorker {
+    child: Child,
+    lines: mpsc::Receiver<String>,
+}
+
+impl ChildWorker {
+    fn spawn(server: &DevServer, state_dir: &std::path::Path) -> Self {
+        let mut child = Command::new(example_worker())
+            .args(["--max-jobs", "5", "--state-dir"])
+            .arg(state_dir)
+            .env("LIVEKIT_URL", server.ws_url())
+            .env("LIVEKIT_API_KEY", KEY)
+            .env("LIVEKIT_API_SECRET", SECRET)
+            .env("RUST_LOG", "info,lkagent::demo=debug")
+            .env("NO_COLOR", "1")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("the example worker starts");
+        let stdout = child.stdout.take().unwrap();
+        let (tx, lines) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        Self { child, lines }
+    }
+
+    /// Waits for a log line containing `needle` whose `progress_ms` is at
+    /// least `min`, and returns that value.
+    fn wait_progress(&self, needle: &str, min: u64) -> u64 {
+        let deadline = Instant::now() + DEADLINE;
+        let mut seen = Vec::new();
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let Ok(line) = self.lines.recv_timeout(left) else {
+                let tail = seen[seen.len().saturating_sub(20)..].join("\n");
+                panic!("no {needle:?} line with progress_ms >= {min}; the child said:\n{tail}");
+            };
+            seen.push(line.clone());
+            if line.contains(needle)
+                && let Some(progress) = progress_ms(&line)
+                && progress >= min
+            {
+                return progress;
+            }
+        }
+    }
+}
+
+impl Drop for ChildWorker {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn progress_ms(line: &str) -> Option<u64> {
+    let rest = &line[line.find("progress_ms=")? + "progress_ms=".len()..];
+    rest.split(|c: char| !c.is_ascii_digit())
+        .next()?
+        .parse()
+        .ok()
+}
+
+#[actix_rt::test]
+async fn a_worker_killed_mid_job_resumes_it_from_its_checkpoint_after_a_restart() {
+    let server = devserver().await;
+    let state_dir = tempfile::tempdir().unwrap();
+
+    let first = ChildWorker::spawn(&server, state_dir.path());
+    let workers = server
+        .wait_workers(DEADLINE, |ws| ws.iter().any(|w| w.connected))
+        .await
+        .expect("the child registers");
+    let first_id = workers.iter().find(|w| w.connected).unwrap().id.clone();
+    let job = server
+        .dispatch(DispatchRequest::room("r").metadata(r#"{"duration_ms": 4000}"#))
+        .await
+        .unwrap();
+    // durable progress of at least a second, then SIGKILL
+    let before_kill = first.wait_progress("progress checkpointed", 1000);
+    drop(first);
+    server
+        .wait_workers(DEADLINE, |ws| ws.iter().all(|w| !w.connected))
+        .await
+        .expect("the killed worker's connection ends");
+
+    let second = ChildWorker::spawn(&server, state_dir.path());
+    let resumed_at = second.wait_progress("resuming from checkpoint", before_kill);
+    assert!(resumed_at < 4000, "resumed at {resumed_at} ms");
+    let workers = server
+        .wait_workers(DEADLINE, |ws| {
+            ws.iter()
+                .any(|w| w.connected && w.migrated_jobs.contains(&job.id))
+        })
+        .await
+        .expect("the restarted worker claims the job");
+    let second_id = workers.iter().find(|w| w.connected).unwrap().id.clone();
+    assert_ne!(first_id, second_id);
+
+    let done = wait_job(&server, &job.id, "SUCCESS after the restart", |j| {
+        j.updates.iter().any(|u| is_final(u.status))
+    })
+    .await;
+    let last = done.updates.last().unwrap();
+    assert_eq!(last.status, JobStatus::JsSuccess);
+    assert_eq!(last.worker_id, second_id);
+    assert_eq!(
+        done.updates.iter().filter(|u| is_final(u.status)).count(),
+        1
+    );
+}
