@@ -254,6 +254,24 @@ impl Handler<TerminateJob> for JobActor {
     }
 }
 
+impl Handler<MemoryPressure> for JobActor {
+    type Result = ();
+
+    fn handle(&mut self, msg: MemoryPressure, _ctx: &mut Self::Context) {
+        let handler = &self.handler;
+        let job = self.context.job();
+        if let Err(panic) =
+            std::panic::catch_unwind(AssertUnwindSafe(|| handler.on_memory_pressure(job, msg.0)))
+        {
+            warn!(
+                job_id = job.id,
+                panic = panic_message(&*panic),
+                "on_memory_pressure panicked"
+            );
+        }
+    }
+}
+
 /// The text of a panic payload (`panic!` with a literal or a format string).
 pub(crate) fn panic_message(payload: &(dyn Any + Send)) -> String {
     if let Some(text) = payload.downcast_ref::<&str>() {

@@ -6,7 +6,9 @@
 use actix::prelude::*;
 use livekit_protocol::{Job, ServerInfo, UpdateJobStatus, WorkerStatus, worker_message};
 
+use crate::limits::{Reservation, ResourceRequest, UsageState};
 use crate::load::LoadReport;
+use crate::queue::{JobPriority, QueueStats};
 
 // ---------------------------------------------------------------------------
 // ConnectionActor → WorkerActor
@@ -142,6 +144,68 @@ pub(crate) const MAX_ERROR_TEXT: usize = 16 * 1024;
 pub(crate) struct TerminateJob;
 
 // ---------------------------------------------------------------------------
+// WorkerActor ↔ QueueActor
+
+/// Everything needed to start a job.
+pub(crate) struct JobLaunch {
+    /// The job.
+    pub job: Job,
+    /// Where to join the room.
+    pub url: String,
+    /// The room token.
+    pub token: String,
+    /// The identity it was accepted under, if known.
+    pub identity: Option<String>,
+    /// Server or local.
+    pub origin: JobOrigin,
+    /// The checkpoint of a job resumed after a restart.
+    pub recovered: Option<crate::recovery::Checkpoint>,
+    /// Its share of the resource limits, released when the job ends.
+    pub reservation: Option<Reservation>,
+}
+
+/// Queue this job until a slot frees; answers the queue depth, or the job
+/// back when the queue is full.
+#[derive(Message)]
+#[rtype(result = "Result<usize, JobLaunch>")]
+pub(crate) struct Enqueue {
+    /// The job.
+    pub launch: JobLaunch,
+    /// Its place in line.
+    pub priority: JobPriority,
+}
+
+/// A slot is free: the highest-priority queued job, if any.
+#[derive(Message)]
+#[rtype(result = "Option<JobLaunch>")]
+pub(crate) struct TakeNext;
+
+/// Queued jobs that waited longer than the queue's maximum wait: they are
+/// failed, not started.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub(crate) struct QueuedJobsExpired {
+    /// The jobs.
+    pub launches: Vec<JobLaunch>,
+    /// The maximum wait they exceeded.
+    pub max_wait: std::time::Duration,
+}
+
+/// Asks a worker (which asks its queue) for the queue's depth per priority
+/// and oldest wait.
+#[derive(Message, Debug, Default)]
+#[rtype(result = "QueueStats")]
+pub struct GetQueueStats;
+
+// ---------------------------------------------------------------------------
+// WorkerActor → JobActor (resources)
+
+/// The worker's memory state changed: tell the handler.
+#[derive(Message, Debug)]
+#[rtype(result = "()")]
+pub(crate) struct MemoryPressure(pub UsageState);
+
+// ---------------------------------------------------------------------------
 // WorkerActor ↔ LoadReporterActor
 
 /// The worker's slots changed (a reservation, a start, an end): recompute at
@@ -228,6 +292,10 @@ pub struct SpawnJob {
     pub metadata: String,
     /// The participant identity to join as; `None`: `agent-<job id>`.
     pub identity: Option<String>,
+    /// The job's priority; `None`: the worker's priority calculator decides.
+    pub priority: Option<JobPriority>,
+    /// What the job will use; `None`: one job slot.
+    pub resources: Option<ResourceRequest>,
 }
 
 impl SpawnJob {
@@ -239,7 +307,21 @@ impl SpawnJob {
             room: room.into(),
             metadata: String::new(),
             identity: None,
+            priority: None,
+            resources: None,
         }
+    }
+
+    /// Sets the priority.
+    pub fn priority(mut self, priority: JobPriority) -> Self {
+        self.priority = Some(priority);
+        self
+    }
+
+    /// Declares what the job will use.
+    pub fn resources(mut self, resources: ResourceRequest) -> Self {
+        self.resources = Some(resources);
+        self
     }
 
     /// Sets the job id.
@@ -275,6 +357,14 @@ pub enum SpawnOutcome {
         /// Its id.
         job_id: String,
     },
+    /// Every slot is busy: the job waits in the queue and starts, in
+    /// priority order, when one frees.
+    Queued {
+        /// Its id.
+        job_id: String,
+        /// Jobs waiting now, this one included.
+        depth: usize,
+    },
     /// The job was not started; the reason says why.
     Refused {
         /// Why.
@@ -291,9 +381,22 @@ pub enum SpawnRefusal {
     /// A job with this id is already running or reserved.
     #[error("a job with id {0} already exists")]
     Duplicate(String),
-    /// Every slot is taken: try again when a job ends.
-    #[error("the worker is at capacity")]
+    /// Every slot is taken and the queue is full (or queueing is off): try
+    /// again when a job ends.
+    #[error("the worker is at capacity and its queue is full")]
     AtCapacity,
+    /// The load leaves no room for a job of this priority.
+    #[error("the load leaves no room for a {0} priority job")]
+    Admission(JobPriority),
+    /// A rate limit refused it; the text says which and when to retry.
+    #[error("{0}")]
+    RateLimited(String),
+    /// The declared resources do not fit the worker's limits now.
+    #[error("{0}")]
+    Resources(String),
+    /// The worker is under memory pressure and takes no new jobs.
+    #[error("the worker is under memory pressure")]
+    MemoryPressure,
     /// The room token could not be minted.
     #[error("cannot mint the room token: {0}")]
     Token(String),
@@ -323,4 +426,6 @@ pub struct WorkerState {
     pub load: f32,
     /// Job statuses waiting for a connection.
     pub outbox: usize,
+    /// Accepted jobs waiting in the queue for a slot.
+    pub queued: usize,
 }

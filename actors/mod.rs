@@ -5,6 +5,7 @@
 //! ├── ConnectionActor   under actix's Supervisor: restarted in place, after
 //! │                     a backoff delay, on any socket error, close or timeout
 //! ├── LoadReporterActor samples every 500 ms, sends update_worker on change
+//! ├── QueueActor        accepted jobs waiting for a slot, by priority
 //! └── JobActor × N      one per job, spread over the worker's job arbiters
 //! ```
 //!
@@ -33,10 +34,11 @@ mod connection;
 mod job;
 mod load_reporter;
 pub(crate) mod messages;
+mod queue;
 mod worker;
 
 pub use messages::{
-    GetLoad, GetState, JobEvent, JobOrigin, JobOutcome, SpawnJob, SpawnOutcome, SpawnRefusal,
-    SubscribeJobEvents, WorkerState,
+    GetLoad, GetQueueStats, GetState, JobEvent, JobOrigin, JobOutcome, SpawnJob, SpawnOutcome,
+    SpawnRefusal, SubscribeJobEvents, WorkerState,
 };
 pub use worker::{MAX_SUBSCRIBERS, StartError, Worker, WorkerActor, WorkerBuilder};

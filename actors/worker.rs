@@ -16,8 +16,7 @@ use actix::prelude::*;
 use actix::{Supervisor, fut::wrap_future};
 use futures_util::FutureExt as _;
 use livekit_protocol::{
-    AvailabilityResponse, Job, JobStatus, MigrateJobRequest, Room, UpdateJobStatus, WorkerStatus,
-    worker_message,
+    AvailabilityResponse, Job, JobStatus, MigrateJobRequest, Room, UpdateJobStatus, worker_message,
 };
 use tracing::{debug, error, info, warn};
 
@@ -25,13 +24,19 @@ use super::connection::ConnectionActor;
 use super::job::{JobActor, JobRules, panic_message};
 use super::load_reporter::{LoadReporterActor, ReporterConfig};
 use super::messages::*;
+use super::queue::QueueActor;
 use crate::auth::ROOM_TOKEN_TTL;
 use crate::handler::{Decision, DynHandler, JobContext, JobHandler, JobRequest};
+use crate::limits::{Reservation, ResourceLimiter, ResourceLimits, ResourceRequest, UsageState};
 use crate::load::{
     DEFAULT_LOAD_EPSILON, DefaultLoadCalculator, LoadCalculator, LoadReport, ReportPolicy, Slots,
 };
 use crate::options::{OptionsError, WorkerOptions};
 use crate::outbox::{Evicted, Outbox};
+use crate::queue::{
+    AdmissionPolicy, DefaultPriorityCalculator, JobPriority, JobRateLimiter, PriorityCalculator,
+    QueueStats, RateLimits,
+};
 use crate::recovery::{
     Checkpoint, CheckpointStore, DefaultRecovery, JobCheckpoint, MemoryStore, RecoveryError,
     RecoveryHandler,
@@ -49,6 +54,7 @@ impl Worker {
             load_calculator: None,
             store: None,
             recovery: None,
+            priorities: None,
         }
     }
 }
@@ -71,6 +77,7 @@ pub struct WorkerBuilder {
     load_calculator: Option<Arc<dyn LoadCalculator>>,
     store: Option<Arc<dyn CheckpointStore>>,
     recovery: Option<Arc<dyn RecoveryHandler>>,
+    priorities: Option<Arc<dyn PriorityCalculator>>,
 }
 
 impl WorkerBuilder {
@@ -122,6 +129,32 @@ impl WorkerBuilder {
         self
     }
 
+    /// Decides job priorities (default: [`DefaultPriorityCalculator`],
+    /// `"priority"` in the metadata, else Normal). A handler's
+    /// `Decision::with_priority` overrides it.
+    pub fn priority_calculator(mut self, calculator: impl PriorityCalculator) -> Self {
+        self.priorities = Some(Arc::new(calculator));
+        self
+    }
+
+    /// Sets the resource limits jobs reserve from.
+    pub fn resource_limits(mut self, limits: ResourceLimits) -> Self {
+        self.options.resource_limits = limits;
+        self
+    }
+
+    /// Sets the rate limits on accepted jobs.
+    pub fn rate_limits(mut self, limits: RateLimits) -> Self {
+        self.options.rate_limits = Some(limits);
+        self
+    }
+
+    /// Sets which priorities are admitted at which load.
+    pub fn admission(mut self, policy: AdmissionPolicy) -> Self {
+        self.options.admission = Some(policy);
+        self
+    }
+
     /// Sets the handler that runs every job.
     pub fn handler<H: JobHandler>(mut self, handler: H) -> Self {
         self.handler = Some(Arc::new(handler));
@@ -137,7 +170,33 @@ impl WorkerBuilder {
         let calculator = self
             .load_calculator
             .unwrap_or_else(|| Arc::new(DefaultLoadCalculator));
+        let threshold = self
+            .options
+            .load_threshold
+            .unwrap_or_else(|| calculator.default_threshold());
+        let admission = self
+            .options
+            .admission
+            .unwrap_or_else(|| AdmissionPolicy::new(threshold));
+        let rate_limiter = match self.options.rate_limits {
+            Some(limits) => {
+                Some(
+                    JobRateLimiter::new(limits).map_err(|e| OptionsError::Invalid {
+                        name: "rate_limits",
+                        reason: e.to_string(),
+                    })?,
+                )
+            }
+            None => None,
+        };
+        let limiter = ResourceLimiter::new(self.options.resource_limits);
         let parts = WorkerParts {
+            priorities: self
+                .priorities
+                .unwrap_or_else(|| Arc::new(DefaultPriorityCalculator::default())),
+            admission,
+            limiter,
+            rate_limiter,
             options: Arc::new(self.options),
             handler,
             load_calculator: calculator,
@@ -163,6 +222,8 @@ struct RunningJob {
     addr: Addr<JobActor>,
     started_at: Instant,
     origin: JobOrigin,
+    /// The job's share of the resource limits, released when it ends.
+    _reservation: Option<Reservation>,
 }
 
 /// The arbiters jobs run on, stopped when the worker goes away.
@@ -210,7 +271,17 @@ pub struct WorkerActor {
     jobs: HashMap<String, RunningJob>,
     /// Slots held for jobs being decided on or accepted but not yet assigned,
     /// with the participant identity they were accepted under.
-    reserved: HashMap<String, Reservation>,
+    reserved: HashMap<String, Pending>,
+    /// Jobs waiting in the queue (the QueueActor holds them).
+    queued: usize,
+    /// Slots granted to queued jobs whose `TakeNext` answer is on its way.
+    granting: usize,
+    queue: Option<Addr<QueueActor>>,
+    priorities: Arc<dyn PriorityCalculator>,
+    admission: AdmissionPolicy,
+    limiter: ResourceLimiter,
+    rate_limiter: Option<JobRateLimiter>,
+    memory: UsageState,
     outbox: Outbox,
     reporter: Option<Addr<LoadReporterActor>>,
     load_calculator: Arc<dyn LoadCalculator>,
@@ -228,20 +299,6 @@ pub struct WorkerActor {
 /// every one of them on the worker's thread.
 pub const MAX_SUBSCRIBERS: usize = 64;
 
-/// A job about to start, and where it comes from.
-struct NewJob {
-    job: Job,
-    /// Where to join the room.
-    url: String,
-    /// The room token.
-    token: String,
-    /// The identity it was accepted under, if known.
-    identity: Option<String>,
-    origin: JobOrigin,
-    /// The checkpoint of a job resumed after a restart.
-    recovered: Option<Checkpoint>,
-}
-
 /// What a worker is made of, as the builder hands it over.
 struct WorkerParts {
     options: Arc<WorkerOptions>,
@@ -249,11 +306,28 @@ struct WorkerParts {
     load_calculator: Arc<dyn LoadCalculator>,
     store: Arc<dyn CheckpointStore>,
     recovery: Arc<dyn RecoveryHandler>,
+    priorities: Arc<dyn PriorityCalculator>,
+    admission: AdmissionPolicy,
+    limiter: ResourceLimiter,
+    rate_limiter: Option<JobRateLimiter>,
 }
 
-struct Reservation {
+/// A slot held for a server job between the availability request and its
+/// assignment.
+struct Pending {
+    /// The identity it was accepted under (None while deciding).
     identity: Option<String>,
+    /// Releases the slot if the assignment never comes.
     expiry: Option<SpawnHandle>,
+    /// Its priority, from the calculator and then the handler.
+    priority: JobPriority,
+    /// Its share of the resource limits, once accepted.
+    limits: Option<Reservation>,
+    /// Accepted beyond the free slots (priority headroom): queued on
+    /// assignment.
+    over_capacity: bool,
+    /// The room, for the per-room rate limit.
+    room: String,
 }
 
 impl WorkerActor {
@@ -264,6 +338,10 @@ impl WorkerActor {
             load_calculator,
             store,
             recovery,
+            priorities,
+            admission,
+            limiter,
+            rate_limiter,
         } = parts;
         // each job holds at most one queued status, and jobs are bounded by
         // max_jobs; the slack covers jobs that end while others start
@@ -278,6 +356,14 @@ impl WorkerActor {
             registrations: 0,
             jobs: HashMap::new(),
             reserved: HashMap::new(),
+            queued: 0,
+            granting: 0,
+            queue: None,
+            priorities,
+            admission,
+            limiter,
+            rate_limiter,
+            memory: UsageState::Ok,
             outbox,
             reporter: None,
             load_calculator,
@@ -300,12 +386,159 @@ impl WorkerActor {
         self.worker_id.is_some()
     }
 
+    /// Running jobs, and everything that holds a claim on a slot: pending
+    /// server jobs, queued jobs, grants in flight.
     fn slots(&self) -> Slots {
         Slots {
             active: self.jobs.len(),
-            reserved: self.reserved.len(),
+            reserved: self.reserved.len() + self.queued + self.granting,
             max: self.options.max_jobs,
         }
+    }
+
+    /// True when a job could start now without taking a slot held for a
+    /// pending server job.
+    fn can_run_now(&self) -> bool {
+        self.jobs.len()
+            + self.granting
+            + self.reserved.values().filter(|p| !p.over_capacity).count()
+            < self.options.max_jobs
+    }
+
+    /// True when the queue can take one more job (counting over-capacity
+    /// acceptances on their way to it).
+    fn queue_has_room(&self) -> bool {
+        let on_the_way = self.reserved.values().filter(|p| p.over_capacity).count();
+        self.options.queue_capacity > 0 && self.queued + on_the_way < self.options.queue_capacity
+    }
+
+    /// The first checks every new job passes, server or local, before
+    /// anything is reserved for it: no memory pressure, and a load that
+    /// leaves room for its priority.
+    fn admissible(&self, priority: JobPriority) -> Result<(), SpawnRefusal> {
+        if matches!(self.memory, UsageState::Pressure | UsageState::Exceeded) {
+            return Err(SpawnRefusal::MemoryPressure);
+        }
+        if !self.admission.admits(self.load.load, priority) {
+            return Err(SpawnRefusal::Admission(priority));
+        }
+        Ok(())
+    }
+
+    /// The last checks, once the job is to be accepted: its resources fit
+    /// the limits, and the rate limits allow one more job (only accepted
+    /// jobs count against them). On success, the job's reservation.
+    fn reserve(
+        &mut self,
+        room: &str,
+        resources: ResourceRequest,
+    ) -> Result<Reservation, SpawnRefusal> {
+        let reservation = self
+            .limiter
+            .reserve(resources)
+            .map_err(|e| SpawnRefusal::Resources(e.to_string()))?;
+        if let Some(limiter) = &self.rate_limiter {
+            limiter
+                .check(room)
+                .map_err(|e| SpawnRefusal::RateLimited(e.to_string()))?;
+        }
+        Ok(reservation)
+    }
+
+    /// Starts the job if a slot is free, else queues it. Answers the queue
+    /// depth when queued.
+    fn launch(
+        &mut self,
+        launch: JobLaunch,
+        priority: JobPriority,
+        ctx: &mut Context<Self>,
+    ) -> Option<usize> {
+        if self.can_run_now() {
+            self.start_job(launch, ctx);
+            return None;
+        }
+        self.queued += 1;
+        let depth = self.queued;
+        let Some(queue) = self.queue.clone() else {
+            return Some(depth);
+        };
+        ctx.spawn(wrap_future(queue.send(Enqueue { launch, priority })).map(
+            |result, act: &mut Self, _ctx| {
+                match result {
+                    Ok(Ok(_)) => {}
+                    Ok(Err(launch)) => {
+                        // counted room, so this means the accounting is off: fail loudly
+                        act.queued = act.queued.saturating_sub(1);
+                        error!(
+                            job_id = launch.job.id,
+                            "the queue refused a job it had room for"
+                        );
+                        act.fail_unstarted(launch, "the job queue is full".into());
+                    }
+                    Err(err) => error!(%err, "the queue is gone"),
+                }
+            },
+        ));
+        self.slots_changed();
+        Some(depth)
+    }
+
+    /// A slot freed: hand it to the next queued job, if any.
+    fn grant_slot(&mut self, ctx: &mut Context<Self>) {
+        if self.queued == 0 || !self.can_run_now() {
+            return;
+        }
+        let Some(queue) = self.queue.clone() else {
+            return;
+        };
+        self.granting += 1;
+        ctx.spawn(
+            wrap_future(queue.send(TakeNext)).map(|result, act: &mut Self, ctx| {
+                act.granting -= 1;
+                if let Ok(Some(launch)) = result {
+                    act.queued = act.queued.saturating_sub(1);
+                    info!(job_id = launch.job.id, "starting a queued job");
+                    act.start_job(launch, ctx);
+                    act.grant_slot(ctx);
+                } else {
+                    act.slots_changed();
+                }
+            }),
+        );
+    }
+
+    /// Checks memory against the limits; tells every running job when the
+    /// state changes, and forgets rooms the rate limiter no longer needs.
+    fn check_resources(&mut self) {
+        let state = self.limiter.check_memory();
+        if state != self.memory {
+            match state {
+                UsageState::Pressure | UsageState::Exceeded => {
+                    warn!(?state, "memory pressure: telling jobs, admitting none")
+                }
+                _ => info!(?state, "memory pressure over"),
+            }
+            self.memory = state;
+            for job in self.jobs.values() {
+                job.addr.do_send(MemoryPressure(state));
+            }
+        }
+        if let Some(limiter) = &self.rate_limiter {
+            limiter.retain_recent();
+        }
+    }
+
+    /// Reports a job that never ran as FAILED (to the server if it is the
+    /// server's, to subscribers either way).
+    fn fail_unstarted(&mut self, launch: JobLaunch, error: String) {
+        self.report_job(
+            UpdateJobStatus {
+                job_id: launch.job.id,
+                status: JobStatus::JsFailed as i32,
+                error,
+            },
+            launch.origin,
+        );
     }
 
     fn send(&self, messages: Vec<worker_message::Message>) {
@@ -367,12 +600,6 @@ impl WorkerActor {
         }
     }
 
-    /// True when a new job cannot be taken: every slot is running or
-    /// reserved (exact), or the last computed load is at the threshold.
-    fn is_full(&self) -> bool {
-        self.slots().is_full() || self.load.status == WorkerStatus::WsFull
-    }
-
     fn answer(&mut self, job_id: &str, accepted: Option<&crate::handler::Participant>) {
         let response = match accepted {
             Some(participant) => AvailabilityResponse {
@@ -403,47 +630,62 @@ impl WorkerActor {
     }
 
     fn on_decision(&mut self, job_id: String, decision: Decision, ctx: &mut Context<Self>) {
-        if !self.reserved.contains_key(&job_id) {
+        let Some(pending) = self.reserved.get(&job_id) else {
             return; // released meanwhile (terminated, or the worker stopped)
-        }
-        match decision {
-            Decision::Accept(participant) => {
-                info!(job_id, identity = participant.identity, "accepting job");
-                self.answer(&job_id, Some(&participant));
-                let timeout = self.options.assignment_timeout;
-                let id = job_id.clone();
-                let expiry = ctx.run_later(timeout, move |act, ctx| {
-                    if act.reserved.contains_key(&id) {
-                        warn!(
-                            job_id = id,
-                            ?timeout,
-                            "no assignment after accepting: releasing the slot"
-                        );
-                        act.release(&id, ctx);
-                    }
-                });
-                if let Some(reservation) = self.reserved.get_mut(&job_id) {
-                    reservation.identity = Some(participant.identity);
-                    reservation.expiry = Some(expiry);
-                }
-            }
+        };
+        let acceptance = match decision {
+            Decision::Accept(acceptance) => acceptance,
             Decision::Reject { reason } => {
                 info!(job_id, reason, "declining job");
                 self.answer(&job_id, None);
                 self.release(&job_id, ctx);
+                return;
             }
+        };
+        let priority = acceptance.priority.unwrap_or(pending.priority);
+        let room = pending.room.clone();
+        let limits = match self.reserve(&room, acceptance.resources.unwrap_or_default()) {
+            Ok(limits) => limits,
+            Err(reason) => {
+                info!(job_id, %reason, "declining job");
+                self.answer(&job_id, None);
+                self.release(&job_id, ctx);
+                return;
+            }
+        };
+        let participant = acceptance.participant;
+        info!(job_id, identity = participant.identity, %priority, "accepting job");
+        self.answer(&job_id, Some(&participant));
+        let timeout = self.options.assignment_timeout;
+        let id = job_id.clone();
+        let expiry = ctx.run_later(timeout, move |act, ctx| {
+            if act.reserved.contains_key(&id) {
+                warn!(
+                    job_id = id,
+                    ?timeout,
+                    "no assignment after accepting: releasing the slot"
+                );
+                act.release(&id, ctx);
+            }
+        });
+        if let Some(pending) = self.reserved.get_mut(&job_id) {
+            pending.identity = Some(participant.identity);
+            pending.expiry = Some(expiry);
+            pending.priority = priority;
+            pending.limits = Some(limits);
         }
     }
 
-    fn start_job(&mut self, new: NewJob, ctx: &mut Context<Self>) -> JobContext {
-        let NewJob {
+    fn start_job(&mut self, launch: JobLaunch, ctx: &mut Context<Self>) -> JobContext {
+        let JobLaunch {
             job,
             url,
             token,
             identity,
             origin,
             recovered,
-        } = new;
+            reservation,
+        } = launch;
         let job_id = job.id.clone();
         let mut context = JobContext::new(job, url, token);
         if let Some(identity) = identity {
@@ -486,6 +728,7 @@ impl WorkerActor {
                 addr,
                 started_at: Instant::now(),
                 origin,
+                _reservation: reservation,
             },
         );
         self.slots_changed();
@@ -578,15 +821,16 @@ impl WorkerActor {
             "resuming a job after a restart"
         );
         let url = self.options.url.clone();
-        let new = NewJob {
+        let launch = JobLaunch {
             job,
             url,
             token,
             identity: Some(identity),
             origin: JobOrigin::Server,
             recovered: Some(checkpoint),
+            reservation: None,
         };
-        let context = self.start_job(new, ctx);
+        let context = self.start_job(launch, ctx);
         if std::panic::catch_unwind(AssertUnwindSafe(|| {
             recovery.on_recovered(context.job(), &context)
         }))
@@ -631,6 +875,14 @@ impl Actor for WorkerActor {
         let options = self.options.clone();
         let me = ctx.address();
         let connection = Supervisor::start(move |_| ConnectionActor::new(options, me));
+        let me = ctx.address();
+        let (capacity, max_wait) = (self.options.queue_capacity, self.options.queue_max_wait);
+        self.queue = Some(QueueActor::create(move |_| {
+            QueueActor::new(capacity, max_wait, me)
+        }));
+        ctx.run_interval(self.options.memory_check_interval, |act, _ctx| {
+            act.check_resources()
+        });
         ctx.spawn(
             wrap_future(self.store.list()).map(|result, act: &mut Self, ctx| match result {
                 Ok(checkpoints) if !checkpoints.is_empty() => act.recover(checkpoints, ctx),
@@ -760,18 +1012,41 @@ impl Handler<AvailabilityAsked> for WorkerActor {
             self.answer(&job_id, None);
             return;
         }
-        if self.is_full() {
-            info!(job_id, load = self.load.load, "declining job: at capacity");
+        let priorities = self.priorities.clone();
+        let priority = std::panic::catch_unwind(AssertUnwindSafe(|| priorities.priority(&msg.job)))
+            .unwrap_or_else(|_| {
+                warn!(job_id, "the priority calculator panicked: Normal");
+                JobPriority::Normal
+            });
+        // beyond the free slots only high-priority work is taken, and only
+        // as far as the queue has room
+        let over_capacity = self.slots().is_full();
+        if over_capacity && (priority < JobPriority::High || !self.queue_has_room()) {
+            info!(job_id, %priority, load = self.load.load, "declining job: at capacity");
             self.answer(&job_id, None);
             self.slots_changed();
+            return;
+        }
+        if let Err(reason) = self.admissible(priority) {
+            info!(job_id, %reason, "declining job");
+            self.answer(&job_id, None);
             return;
         }
         // reserve before deciding, so a burst of requests cannot overbook
         self.reserved.insert(
             job_id.clone(),
-            Reservation {
+            Pending {
                 identity: None,
                 expiry: None,
+                priority,
+                limits: None,
+                over_capacity,
+                room: msg
+                    .job
+                    .room
+                    .as_ref()
+                    .map(|r| r.name.clone())
+                    .unwrap_or_default(),
             },
         );
         self.slots_changed();
@@ -801,14 +1076,14 @@ impl Handler<JobAssigned> for WorkerActor {
             warn!(job_id, "ignoring a second assignment of a running job");
             return;
         }
-        let identity = match self.reserved.remove(&job_id) {
-            Some(reservation) => {
-                if let Some(handle) = reservation.expiry {
+        let (identity, priority, reservation) = match self.reserved.remove(&job_id) {
+            Some(pending) => {
+                if let Some(handle) = pending.expiry {
                     ctx.cancel_future(handle);
                 }
-                reservation.identity
+                (pending.identity, pending.priority, pending.limits)
             }
-            None if self.is_full() => {
+            None if self.slots().is_full() => {
                 warn!(
                     job_id,
                     "assigned a job that was not accepted, at capacity: failing it"
@@ -828,7 +1103,7 @@ impl Handler<JobAssigned> for WorkerActor {
                     job_id,
                     "assigned a job that was not offered first: running it"
                 );
-                None
+                (None, self.priorities.priority(&msg.job), None)
             }
         };
         let url = msg
@@ -836,15 +1111,16 @@ impl Handler<JobAssigned> for WorkerActor {
             .filter(|u| !u.is_empty())
             .unwrap_or_else(|| self.options.url.clone());
         info!(job_id, "job assigned");
-        let new = NewJob {
+        let launch = JobLaunch {
             job: msg.job,
             url,
             token: msg.token,
             identity,
             origin: JobOrigin::Server,
             recovered: None,
+            reservation,
         };
-        self.start_job(new, ctx);
+        self.launch(launch, priority, ctx);
     }
 }
 
@@ -885,7 +1161,9 @@ impl Handler<JobExited> for WorkerActor {
             self.forget(&msg.job_id, ctx);
         }
         self.report_job(msg.outcome.to_update(&msg.job_id), job.origin);
+        drop(job); // releases its resources before the next job takes them
         self.slots_changed();
+        self.grant_slot(ctx);
     }
 }
 
@@ -923,6 +1201,7 @@ impl Handler<GetState> for WorkerActor {
             status: report.status,
             load: report.load,
             outbox: self.outbox.len(),
+            queued: self.queued,
         })
     }
 }
@@ -972,18 +1251,9 @@ impl Handler<SpawnJob> for WorkerActor {
         if self.jobs.contains_key(&job_id) || self.reserved.contains_key(&job_id) {
             return refuse(SpawnRefusal::Duplicate(job_id));
         }
-        if self.is_full() {
+        if !self.can_run_now() && !self.queue_has_room() {
             return refuse(SpawnRefusal::AtCapacity);
         }
-        let identity = msg.identity.unwrap_or_else(|| format!("agent-{job_id}"));
-        let token = match self
-            .options
-            .credentials
-            .room_token(&msg.room, &identity, ROOM_TOKEN_TTL)
-        {
-            Ok(token) => token,
-            Err(err) => return refuse(SpawnRefusal::Token(err.to_string())),
-        };
         let job = Job {
             id: job_id.clone(),
             r#type: msg.job_type as i32,
@@ -995,18 +1265,82 @@ impl Handler<SpawnJob> for WorkerActor {
             agent_name: self.options.agent_name.clone(),
             ..Default::default()
         };
-        info!(job_id, "starting a local job");
-        let url = self.options.url.clone();
-        let new = NewJob {
+        let priority = msg
+            .priority
+            .unwrap_or_else(|| self.priorities.priority(&job));
+        let room = msg_room(&job);
+        // no load-based admission here: a server offer can go to another
+        // worker, a local job has nowhere else to go, so it queues instead
+        if matches!(self.memory, UsageState::Pressure | UsageState::Exceeded) {
+            return refuse(SpawnRefusal::MemoryPressure);
+        }
+        let reservation = match self.reserve(&room, msg.resources.unwrap_or_default()) {
+            Ok(reservation) => reservation,
+            Err(reason) => return refuse(reason),
+        };
+        let identity = msg.identity.unwrap_or_else(|| format!("agent-{job_id}"));
+        let token = match self
+            .options
+            .credentials
+            .room_token(&room, &identity, ROOM_TOKEN_TTL)
+        {
+            Ok(token) => token,
+            Err(err) => return refuse(SpawnRefusal::Token(err.to_string())),
+        };
+        let launch = JobLaunch {
             job,
-            url,
+            url: self.options.url.clone(),
             token,
             identity: Some(identity),
             origin: JobOrigin::Local,
             recovered: None,
+            reservation: Some(reservation),
         };
-        self.start_job(new, ctx);
-        MessageResult(SpawnOutcome::Started { job_id })
+        MessageResult(match self.launch(launch, priority, ctx) {
+            None => {
+                info!(job_id, %priority, "started a local job");
+                SpawnOutcome::Started { job_id }
+            }
+            Some(depth) => {
+                info!(job_id, %priority, depth, "queued a local job");
+                SpawnOutcome::Queued { job_id, depth }
+            }
+        })
+    }
+}
+
+fn msg_room(job: &Job) -> String {
+    job.room
+        .as_ref()
+        .map(|r| r.name.clone())
+        .unwrap_or_default()
+}
+
+impl Handler<QueuedJobsExpired> for WorkerActor {
+    type Result = ();
+
+    fn handle(&mut self, msg: QueuedJobsExpired, _ctx: &mut Self::Context) {
+        self.queued = self.queued.saturating_sub(msg.launches.len());
+        for launch in msg.launches {
+            let error = format!("waited longer than {:?} in the job queue", msg.max_wait);
+            warn!(job_id = launch.job.id, error, "failing a queued job");
+            self.fail_unstarted(launch, error);
+        }
+        self.slots_changed();
+    }
+}
+
+impl Handler<GetQueueStats> for WorkerActor {
+    type Result = ResponseFuture<QueueStats>;
+
+    fn handle(&mut self, msg: GetQueueStats, _ctx: &mut Self::Context) -> Self::Result {
+        let queue = self.queue.clone();
+        Box::pin(async move {
+            match queue {
+                Some(queue) => queue.send(msg).await.unwrap_or_default(),
+                None => QueueStats::default(),
+            }
+        })
     }
 }
 

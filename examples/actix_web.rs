@@ -40,6 +40,9 @@ async fn start_job(
         Ok(SpawnOutcome::Started { job_id }) => {
             HttpResponse::Accepted().json(serde_json::json!({ "job_id": job_id }))
         }
+        Ok(SpawnOutcome::Queued { job_id, depth }) => {
+            HttpResponse::Accepted().json(serde_json::json!({ "job_id": job_id, "queued": depth }))
+        }
         Ok(SpawnOutcome::Refused { reason }) => HttpResponse::ServiceUnavailable()
             .json(serde_json::json!({ "refused": reason.to_string() })),
         Err(err) => HttpResponse::InternalServerError().body(err.to_string()),

@@ -22,6 +22,8 @@ use std::time::SystemTime;
 use livekit_protocol::{Job, JobType, ParticipantInfo};
 use tokio_util::sync::CancellationToken;
 
+use crate::limits::{ResourceRequest, UsageState};
+use crate::queue::JobPriority;
 use crate::recovery::{Checkpoint, JobCheckpoint};
 
 /// A job the server offers this worker.
@@ -86,11 +88,25 @@ pub struct Participant {
     pub attributes: HashMap<String, String>,
 }
 
+/// What accepting a job involves: who joins, how urgent it is, and what it
+/// will use.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Acceptance {
+    /// How the agent appears in the room.
+    pub participant: Participant,
+    /// The job's priority; `None`: the worker's priority calculator decides
+    /// (by default from `"priority"` in the metadata).
+    pub priority: Option<JobPriority>,
+    /// What the job expects to use, reserved from the worker's resource
+    /// limits before the server is told yes; `None`: one job slot.
+    pub resources: Option<ResourceRequest>,
+}
+
 /// The answer to a [`JobRequest`].
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq)]
 pub enum Decision {
-    /// Take the job, joining the room as this participant.
-    Accept(Participant),
+    /// Take the job.
+    Accept(Acceptance),
     /// Decline; the server offers the job to another worker. The reason is
     /// logged, not sent.
     Reject {
@@ -102,7 +118,7 @@ pub enum Decision {
 impl Decision {
     /// Accept with the default identity `agent-<job id>`.
     pub fn accept(request: &JobRequest) -> Self {
-        Self::Accept(Participant {
+        Self::accept_as(Participant {
             identity: format!("agent-{}", request.id()),
             ..Participant::default()
         })
@@ -110,7 +126,26 @@ impl Decision {
 
     /// Accept as the given participant.
     pub fn accept_as(participant: Participant) -> Self {
-        Self::Accept(participant)
+        Self::Accept(Acceptance {
+            participant,
+            ..Acceptance::default()
+        })
+    }
+
+    /// Sets the priority of an acceptance (a rejection stays one).
+    pub fn with_priority(mut self, priority: JobPriority) -> Self {
+        if let Self::Accept(acceptance) = &mut self {
+            acceptance.priority = Some(priority);
+        }
+        self
+    }
+
+    /// Declares what an accepted job will use (a rejection stays one).
+    pub fn with_resources(mut self, resources: ResourceRequest) -> Self {
+        if let Self::Accept(acceptance) = &mut self {
+            acceptance.resources = Some(resources);
+        }
+        self
     }
 
     /// Decline, saying why in the worker's log.
@@ -361,6 +396,14 @@ pub trait JobHandler: Send + Sync + 'static {
     fn on_terminated(&self, job: &Job) {
         let _ = job;
     }
+
+    /// Called on each running job when the worker's memory crosses its soft
+    /// limit (`UsageState::Pressure`) or its limit (`Exceeded`), and again
+    /// with `Ok` when it falls back. Shed what can be shed (caches, buffers).
+    /// While under pressure the worker accepts no new jobs.
+    fn on_memory_pressure(&self, job: &Job, state: UsageState) {
+        let _ = (job, state);
+    }
 }
 
 /// A boxed future, as the runtime stores handler calls.
@@ -375,6 +418,8 @@ pub trait DynHandler: Send + Sync + 'static {
     fn on_job(self: Arc<Self>, ctx: JobContext) -> BoxFuture<Result<(), JobError>>;
     /// See [`JobHandler::on_terminated`].
     fn on_terminated(&self, job: &Job);
+    /// See [`JobHandler::on_memory_pressure`].
+    fn on_memory_pressure(&self, job: &Job, state: UsageState);
 }
 
 impl<H: JobHandler> DynHandler for H {
@@ -388,6 +433,10 @@ impl<H: JobHandler> DynHandler for H {
 
     fn on_terminated(&self, job: &Job) {
         JobHandler::on_terminated(self, job)
+    }
+
+    fn on_memory_pressure(&self, job: &Job, state: UsageState) {
+        JobHandler::on_memory_pressure(self, job, state)
     }
 }
 
@@ -411,10 +460,18 @@ mod tests {
     #[test]
     fn default_acceptance_uses_the_job_id_as_identity() {
         let request = JobRequest::new(job("AJ_abc"), false);
-        match Decision::accept(&request) {
-            Decision::Accept(p) => assert_eq!(p.identity, "agent-AJ_abc"),
+        match Decision::accept(&request).with_priority(JobPriority::High) {
+            Decision::Accept(a) => {
+                assert_eq!(a.participant.identity, "agent-AJ_abc");
+                assert_eq!(a.priority, Some(JobPriority::High));
+                assert_eq!(a.resources, None);
+            }
             other => panic!("unexpected {other:?}"),
         }
+        assert_eq!(
+            Decision::reject("no").with_priority(JobPriority::Urgent),
+            Decision::reject("no")
+        );
         assert_eq!(request.room_name(), "lobby");
         assert_eq!(request.metadata(), r#"{"k":1}"#);
     }

@@ -64,13 +64,14 @@ mod recovery;
 mod actors;
 
 pub use actors::{
-    GetLoad, GetState, JobEvent, JobOrigin, JobOutcome, MAX_SUBSCRIBERS, SpawnJob, SpawnOutcome,
-    SpawnRefusal, StartError, SubscribeJobEvents, Worker, WorkerActor, WorkerBuilder, WorkerState,
+    GetLoad, GetQueueStats, GetState, JobEvent, JobOrigin, JobOutcome, MAX_SUBSCRIBERS, SpawnJob,
+    SpawnOutcome, SpawnRefusal, StartError, SubscribeJobEvents, Worker, WorkerActor, WorkerBuilder,
+    WorkerState,
 };
 pub use auth::{ApiSecret, AuthError, Credentials};
 pub use backoff::Backoff;
 pub use handler::{
-    Decision, DynHandler, JobContext, JobError, JobHandler, JobRequest, Participant,
+    Acceptance, Decision, DynHandler, JobContext, JobError, JobHandler, JobRequest, Participant,
 };
 pub use limits::{
     AvailableResources, LimitError, PRESSURE_PERCENT, Reservation, ResourceLimiter, ResourceLimits,
@@ -90,7 +91,7 @@ pub use queue::{
     AdmissionPolicy, DEFAULT_HEADROOM, DEFAULT_MAX_ROOMS, DEFAULT_QUEUE_CAPACITY,
     DefaultPriorityCalculator, InvalidRateLimit, JobPriority, JobQueue, JobRateLimiter,
     PRIORITY_METADATA_KEY, ParsePriorityError, PriorityCalculator, QueueFull, QueueStats, Queued,
-    RateLimit, RateLimited, RateLimits, RetryPolicy,
+    RateLimit, RateLimited, RateLimits,
 };
 pub use recovery::{
     CHECKPOINT_FORMAT, Checkpoint, CheckpointError, CheckpointStore, CompleteMessage,

@@ -12,7 +12,9 @@ use livekit_protocol::JobType;
 
 use crate::auth::{ApiSecret, Credentials};
 use crate::backoff::Backoff;
+use crate::limits::ResourceLimits;
 use crate::protocol;
+use crate::queue::{AdmissionPolicy, DEFAULT_QUEUE_CAPACITY, RateLimits};
 use crate::recovery::RestartPolicy;
 
 /// The environment variable holding the server URL.
@@ -94,6 +96,19 @@ pub struct WorkerOptions {
     /// How often a job's checkpoint, if changed, is written behind its
     /// handler (`Checkpoint::flush` writes at once).
     pub checkpoint_interval: Duration,
+    /// The most accepted jobs waiting for a slot; 0 turns queueing off.
+    pub queue_capacity: usize,
+    /// A queued job that waits longer than this is failed; `None`: no limit.
+    pub queue_max_wait: Option<Duration>,
+    /// What the worker may use: memory, CPU, jobs, open files (0: no limit).
+    pub resource_limits: ResourceLimits,
+    /// Limits on accepted jobs, globally and per room; `None`: none.
+    pub rate_limits: Option<RateLimits>,
+    /// Which priorities are admitted at which load; `None`: the default
+    /// headroom around the load threshold.
+    pub admission: Option<AdmissionPolicy>,
+    /// How often memory is checked against the limits.
+    pub memory_check_interval: Duration,
     /// How many arbiters (threads) run jobs; 0 means one per core.
     pub job_threads: usize,
     /// The load at which the worker reports FULL; `None` takes the load
@@ -133,6 +148,12 @@ impl WorkerOptions {
             restart_policy: RestartPolicy::default(),
             max_retry_delay: Duration::from_secs(300),
             checkpoint_interval: Duration::from_secs(1),
+            queue_capacity: DEFAULT_QUEUE_CAPACITY,
+            queue_max_wait: None,
+            resource_limits: ResourceLimits::default(),
+            rate_limits: None,
+            admission: None,
+            memory_check_interval: Duration::from_secs(1),
             job_threads: 0,
             load_threshold: None,
             load_sample_interval: Duration::from_millis(500),
@@ -285,6 +306,7 @@ impl WorkerOptions {
             })?;
         for (name, value) in [
             ("checkpoint_interval", self.checkpoint_interval),
+            ("memory_check_interval", self.memory_check_interval),
             ("load_sample_interval", self.load_sample_interval),
             ("load_report_interval", self.load_report_interval),
             ("register_timeout", self.register_timeout),

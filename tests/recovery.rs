@@ -248,7 +248,10 @@ async fn an_accepted_recovery_resumes_with_the_saved_state_and_is_claimed() {
         "{:?}",
         job.updates
     );
-    assert_eq!(recorder.recovered.lock().unwrap().clone(), [job_id.clone()]);
+    assert_eq!(
+        *recorder.recovered.lock().unwrap(),
+        std::slice::from_ref(&job_id)
+    );
     let seen = handler.seen.lock().unwrap().clone();
     assert_eq!(
         seen,

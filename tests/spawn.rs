@@ -156,7 +156,9 @@ async fn spawn_job_from_another_actor_runs_end_to_end() {
 #[actix_rt::test]
 async fn bad_and_excess_spawns_are_refused_with_a_reason() {
     let server = devserver().await;
-    let worker = worker(options(&server).max_jobs(1), DemoAgent);
+    let mut options = options(&server).max_jobs(1);
+    options.queue_capacity = 0; // no queue: a busy worker refuses
+    let worker = worker(options, DemoAgent);
     registered(&worker).await;
 
     let refused = |outcome| match outcome {

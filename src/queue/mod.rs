@@ -13,8 +13,8 @@
 //! 4. once accepted, if no slot is free, it waits in the [`JobQueue`]:
 //!    highest priority first, FIFO within a priority, bounded, expiring
 //!    jobs that waited too long;
-//! 5. if it fails asking to be retried, [`RetryPolicy`] says when, or that
-//!    it is time to give up.
+//! 5. if it fails asking to be retried, the job's `RestartPolicy` (in
+//!    `recovery`) says when, or that it is time to give up.
 //!
 //! Resource budgets (the other source of slots) are in `limits`. The
 //! `QueueActor` in `actors/` owns these values and does the timing; nothing
@@ -24,7 +24,6 @@ mod admission;
 mod heap;
 mod priority;
 mod rate;
-mod retry;
 
 pub use admission::{AdmissionPolicy, DEFAULT_HEADROOM};
 pub use heap::{DEFAULT_QUEUE_CAPACITY, JobQueue, QueueFull, QueueStats, Queued};
@@ -35,4 +34,3 @@ pub use priority::{
 pub use rate::{
     DEFAULT_MAX_ROOMS, InvalidRateLimit, JobRateLimiter, RateLimit, RateLimited, RateLimits,
 };
-pub use retry::RetryPolicy;

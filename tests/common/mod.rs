@@ -136,3 +136,70 @@ pub async fn serve_quick_job(server: &DevServer, room: &str) -> JobInfo {
     );
     job
 }
+
+/// An actor that subscribes to a worker's job events and keeps them, for
+/// tests that watch job statuses from the application's side.
+pub struct EventLog {
+    events: Vec<lkagent::JobEvent>,
+}
+
+impl EventLog {
+    /// Starts a log subscribed to `worker`.
+    pub async fn start(worker: &Addr<WorkerActor>) -> Addr<EventLog> {
+        use actix::Actor as _;
+        let log = EventLog { events: Vec::new() }.start();
+        let subscribed = worker
+            .send(lkagent::SubscribeJobEvents(log.clone().recipient()))
+            .await
+            .expect("worker alive");
+        assert!(subscribed, "the worker took the subscription");
+        log
+    }
+}
+
+impl actix::Actor for EventLog {
+    type Context = actix::Context<Self>;
+
+    fn started(&mut self, ctx: &mut Self::Context) {
+        ctx.set_mailbox_capacity(1024);
+    }
+}
+
+impl actix::Handler<lkagent::JobEvent> for EventLog {
+    type Result = ();
+    fn handle(&mut self, event: lkagent::JobEvent, _ctx: &mut Self::Context) {
+        self.events.push(event);
+    }
+}
+
+/// Every event logged so far.
+#[derive(actix::Message)]
+#[rtype(result = "Vec<lkagent::JobEvent>")]
+pub struct Events;
+
+impl actix::Handler<Events> for EventLog {
+    type Result = actix::MessageResult<Events>;
+    fn handle(&mut self, _msg: Events, _ctx: &mut Self::Context) -> Self::Result {
+        actix::MessageResult(self.events.clone())
+    }
+}
+
+/// Waits until the log holds events satisfying `pred`, and returns them.
+pub async fn wait_events(
+    log: &Addr<EventLog>,
+    what: &str,
+    pred: impl Fn(&[lkagent::JobEvent]) -> bool,
+) -> Vec<lkagent::JobEvent> {
+    let start = Instant::now();
+    loop {
+        let events = log.send(Events).await.expect("log alive");
+        if pred(&events) {
+            return events;
+        }
+        assert!(
+            start.elapsed() < DEADLINE,
+            "timed out waiting for {what}; events {events:?}"
+        );
+        actix_rt::time::sleep(Duration::from_millis(10)).await;
+    }
+}
