@@ -99,6 +99,16 @@ pub fn extract_token<'a>(
 /// signed with. The issuer is read unverified only to pick the secret; the
 /// token is then verified with it (HS256, `exp`, `nbf` with 60 s leeway, `iss`).
 pub fn authorize(token: &str, keys: &[(String, String)]) -> Result<String, AuthError> {
+    let (key, claims) = verify(token, keys)?;
+    if !claims.video.agent {
+        return Err(AuthError::NoAgentGrant);
+    }
+    Ok(key)
+}
+
+/// Verifies a token against `keys` (any grants): the API key it was signed
+/// with and its claims.
+pub fn verify(token: &str, keys: &[(String, String)]) -> Result<(String, Claims), AuthError> {
     let unverified = Claims::from_unverified(token).map_err(|_| AuthError::Malformed)?;
     let (key, secret) = keys
         .iter()
@@ -107,10 +117,7 @@ pub fn authorize(token: &str, keys: &[(String, String)]) -> Result<String, AuthE
     let claims = TokenVerifier::with_api_key(key, secret)
         .verify(token)
         .map_err(AuthError::Invalid)?;
-    if !claims.video.agent {
-        return Err(AuthError::NoAgentGrant);
-    }
-    Ok(key.clone())
+    Ok((key.clone(), claims))
 }
 
 /// What goes into an agent's room token.

@@ -66,6 +66,32 @@ mod tests {
         assert_eq!(pick_weighted(&[1.0, 0.2, 1.0], 0.99), Some(1));
     }
 
+    /// A seeded source of samples in `[0, 1)` (splitmix64): the statistics
+    /// below are the same on every run.
+    fn samples(seed: u64) -> impl Iterator<Item = f64> {
+        let mut state = seed;
+        std::iter::repeat_with(move || {
+            state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
+            let mut z = state;
+            z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+            z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+            z ^= z >> 31;
+            (z >> 11) as f64 / (1u64 << 53) as f64
+        })
+    }
+
+    #[test]
+    fn over_many_jobs_spare_capacity_sets_the_share() {
+        // loads 0.2, 0.8 and FULL (1.0): weights 0.8, 0.2, 0 -> 80 % / 20 % / 0
+        let mut counts = [0usize; 3];
+        for sample in samples(7).take(10_000) {
+            counts[pick_weighted(&[0.2, 0.8, 1.0], sample).unwrap()] += 1;
+        }
+        assert_eq!(counts[2], 0, "{counts:?}");
+        assert!((7_700..=8_300).contains(&counts[0]), "{counts:?}");
+        assert!((1_700..=2_300).contains(&counts[1]), "{counts:?}");
+    }
+
     #[test]
     fn negative_load_counts_as_idle() {
         assert_eq!(weight(-3.0), 1.0);

@@ -14,6 +14,12 @@ pub const DEFAULT_PING_INTERVAL: Duration = Duration::from_secs(10);
 pub const DEFAULT_MAX_FRAME_SIZE: usize = 2 << 20;
 /// Validity of the room token sent with an assignment (`BuildAgentToken`).
 pub const DEFAULT_ROOM_TOKEN_TTL: Duration = Duration::from_secs(3600);
+/// How long a disconnected worker's jobs wait to be claimed (by `migrate_job`
+/// or an `update_job` on a new connection) before they count as failed.
+pub const DEFAULT_RECONNECT_GRACE: Duration = Duration::from_secs(10);
+/// Attempts per job target (the first one included) for dispatches with
+/// `restart_policy = JRP_ON_FAILURE`.
+pub const DEFAULT_MAX_JOB_ATTEMPTS: u32 = 3;
 /// The well-known local development key pair (`livekit-server --dev`).
 pub const DEV_KEY: (&str, &str) = ("devkey", "secret");
 
@@ -38,6 +44,14 @@ pub struct DevServerConfig {
     /// false to play a server that has hung while its socket stays open:
     /// a worker must notice through its own keepalive.
     pub answer_pings: bool,
+    /// A disconnected worker's unfinished jobs stay its own for this long: a
+    /// worker that registers again and claims them (`migrate_job`, or a
+    /// status for them) keeps them. After it, they count as failed and
+    /// restart-on-failure dispatches launch them again (default 10 s).
+    pub reconnect_grace: Duration,
+    /// Attempts per job target, the first included, for dispatches whose
+    /// `restart_policy` is `JRP_ON_FAILURE` (default 3).
+    pub max_job_attempts: u32,
 }
 
 impl Default for DevServerConfig {
@@ -51,6 +65,8 @@ impl Default for DevServerConfig {
             max_frame_size: DEFAULT_MAX_FRAME_SIZE,
             room_token_ttl: DEFAULT_ROOM_TOKEN_TTL,
             answer_pings: true,
+            reconnect_grace: DEFAULT_RECONNECT_GRACE,
+            max_job_attempts: DEFAULT_MAX_JOB_ATTEMPTS,
         }
     }
 }
@@ -68,6 +84,8 @@ impl fmt::Debug for DevServerConfig {
             .field("max_frame_size", &self.max_frame_size)
             .field("room_token_ttl", &self.room_token_ttl)
             .field("answer_pings", &self.answer_pings)
+            .field("reconnect_grace", &self.reconnect_grace)
+            .field("max_job_attempts", &self.max_job_attempts)
             .finish()
     }
 }

@@ -14,8 +14,9 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use actix::{Actor, ActorContext, Addr, AsyncContext, Context, Handler, SpawnHandle};
 use livekit_protocol::{
-    AvailabilityRequest, Job, JobAssignment, JobState, JobStatus, JobTermination, JobType,
-    ParticipantPermission, Room, ServerMessage, WorkerStatus, server_message,
+    AvailabilityRequest, AvailabilityResponse, Job, JobAssignment, JobRestartPolicy, JobState,
+    JobStatus, JobTermination, JobType, ParticipantPermission, Room, ServerMessage, WorkerStatus,
+    server_message,
 };
 use tokio::sync::{oneshot, watch};
 
@@ -29,6 +30,8 @@ use crate::messages::{
 };
 use crate::model::{DevServerError, DispatchError, JobInfo, StatusUpdate, WorkerInfo};
 use crate::session::Session;
+
+mod rooms;
 
 /// Job records kept; above this the oldest finished job is evicted first.
 pub const MAX_JOBS: usize = 10_000;
@@ -48,6 +51,10 @@ pub struct DispatcherConfig {
     pub availability_timeout: Duration,
     /// Validity of minted room tokens.
     pub room_token_ttl: Duration,
+    /// How long a disconnected worker's jobs wait to be claimed.
+    pub reconnect_grace: Duration,
+    /// Attempts per target for restart-on-failure dispatches.
+    pub max_job_attempts: u32,
 }
 
 struct WorkerEntry {
@@ -61,10 +68,46 @@ struct WorkerEntry {
 
 struct JobRecord {
     info: JobInfo,
-    /// The job as sent to workers.
+    /// The job as sent to workers; its `state` follows the job.
     proto: Job,
     /// SUCCESS or FAILED reached: later updates go to history only.
     ended: bool,
+    /// Whether a failure after assignment launches the job again.
+    policy: JobRestartPolicy,
+    /// Any namespace may take it (`DispatchRequest` without a namespace).
+    any_namespace: bool,
+    /// An assignment was sent (or the worker answered `terminate`): the job
+    /// belongs to its dispatch's state from then on, as on the server.
+    assigned: bool,
+    /// The worker's accepting answer (the agent participant's name,
+    /// metadata and attributes).
+    accepted: Option<AvailabilityResponse>,
+    /// Running while the job's worker is disconnected: the grace period.
+    grace: Option<SpawnHandle>,
+}
+
+/// How a job is launched: who asks for it and what happens when it fails.
+struct Launch {
+    forced: Option<String>,
+    reply: Option<oneshot::Sender<Result<JobInfo, DispatchError>>>,
+    policy: JobRestartPolicy,
+    any_namespace: bool,
+    attempt: u32,
+    restart_of: Option<String>,
+}
+
+impl Launch {
+    /// A first launch from a dispatch: no reply, no forced worker.
+    fn dispatched(policy: JobRestartPolicy) -> Self {
+        Self {
+            forced: None,
+            reply: None,
+            policy,
+            any_namespace: false,
+            attempt: 1,
+            restart_of: None,
+        }
+    }
 }
 
 /// A dispatch waiting for an outcome.
@@ -86,6 +129,7 @@ pub struct Dispatcher {
     jobs: HashMap<String, JobRecord>,
     job_order: VecDeque<String>,
     pending: HashMap<String, Pending>,
+    rooms: rooms::Rooms,
     version: watch::Sender<u64>,
 }
 
@@ -100,6 +144,7 @@ impl Dispatcher {
             jobs: HashMap::new(),
             job_order: VecDeque::new(),
             pending: HashMap::new(),
+            rooms: rooms::Rooms::default(),
             version,
         }
     }
@@ -130,13 +175,9 @@ impl Dispatcher {
     }
 
     /// Creates the record for `job` and starts placing it.
-    fn start_job(
-        &mut self,
-        job: Job,
-        forced: Option<String>,
-        reply: Option<oneshot::Sender<Result<JobInfo, DispatchError>>>,
-        ctx: &mut Context<Self>,
-    ) {
+    fn start_job(&mut self, job: Job, launch: Launch, ctx: &mut Context<Self>) {
+        #[allow(deprecated)] // the server still fills `namespace`
+        let namespace = job.namespace.clone();
         let info = JobInfo {
             id: job.id.clone(),
             dispatch_id: job.dispatch_id.clone(),
@@ -153,6 +194,10 @@ impl Dispatcher {
             status: JobStatus::JsPending,
             error: String::new(),
             updates: Vec::new(),
+            namespace,
+            participant: job.participant.as_ref().map(|p| p.identity.clone()),
+            attempt: launch.attempt,
+            restart_of: launch.restart_of,
         };
         let job_id = job.id.clone();
         self.pending.insert(
@@ -160,14 +205,19 @@ impl Dispatcher {
             Pending {
                 tried: Vec::new(),
                 asking: None,
-                forced,
-                reply,
+                forced: launch.forced,
+                reply: launch.reply,
             },
         );
         self.insert_job(JobRecord {
             info,
             proto: job,
             ended: false,
+            policy: launch.policy,
+            any_namespace: launch.any_namespace,
+            assigned: false,
+            accepted: None,
+            grace: None,
         });
         self.changed();
         self.ask_next(&job_id, ctx);
@@ -182,6 +232,9 @@ impl Dispatcher {
         let tried = pending.tried.clone();
         let forced = pending.forced.clone();
         let (agent_name, job_type) = (record.info.agent_name.clone(), record.info.job_type);
+        let any_namespace = record.any_namespace;
+        let namespace = record.info.namespace.clone();
+        let deployment = record.proto.deployment.clone();
         let chosen = match forced {
             Some(forced) if tried.contains(&forced) => {
                 return self.finish(job_id, Err(DispatchError::Declined { tried }));
@@ -206,6 +259,9 @@ impl Dispatcher {
                         w.session.is_some()
                             && w.info.agent_name == agent_name
                             && w.info.job_type == job_type
+                            && w.info.deployment == deployment
+                            && (any_namespace
+                                || w.info.namespace.as_deref().unwrap_or_default() == namespace)
                             && w.info.status == WorkerStatus::WsAvailable
                             && balance::weight(w.info.load) > 0.0
                             && !tried.contains(&w.info.id)
@@ -220,10 +276,17 @@ impl Dispatcher {
                         ?tried,
                         "dispatch: no eligible worker left"
                     );
-                    let error = if tried.is_empty() {
-                        DispatchError::NoWorkers
-                    } else {
-                        DispatchError::Declined { tried }
+                    // A worker that closed while asked is tried no more; if it
+                    // was the last one asked, that is the reason.
+                    let last_closed = tried
+                        .last()
+                        .filter(|w| self.workers.get(*w).is_none_or(|w| w.session.is_none()));
+                    let error = match (tried.is_empty(), last_closed) {
+                        (true, _) => DispatchError::NoWorkers,
+                        (false, Some(w)) => DispatchError::WorkerClosed {
+                            worker_id: w.clone(),
+                        },
+                        (false, None) => DispatchError::Declined { tried },
                     };
                     return self.finish(job_id, Err(error));
                 };
@@ -260,10 +323,16 @@ impl Dispatcher {
             message: Some(server_message::Message::Availability(request)),
         };
         if !self.deliver(&chosen, msg) {
-            return self.finish(
+            // As the server: a closed worker is not an answer; try the next.
+            tracing::info!(
                 job_id,
-                Err(DispatchError::WorkerClosed { worker_id: chosen }),
+                worker_id = chosen,
+                "dispatch: worker closed; trying the next"
             );
+            if let Some(p) = self.pending.get_mut(job_id) {
+                p.tried.push(chosen);
+            }
+            return self.ask_next(job_id, ctx);
         }
         let timer = {
             let (job_id, worker_id) = (job_id.to_owned(), chosen.clone());
@@ -378,6 +447,8 @@ impl Dispatcher {
         if let Some(state) = record.proto.state.as_mut() {
             state.participant_identity = identity.clone();
         }
+        record.assigned = true;
+        record.accepted = Some(answer.clone());
         record.info.worker_id = Some(worker_id.to_owned());
         record.info.participant_identity = identity;
         record.info.status = JobStatus::JsRunning;
@@ -402,6 +473,159 @@ impl Dispatcher {
         }
     }
 
+    /// Sends `termination` to the worker holding the job and ends it as a
+    /// success, as the server does for `TERMINATION_REQUESTED`.
+    fn terminate(&mut self, job_id: &str, why: &str) -> Result<(), DevServerError> {
+        let record = self
+            .jobs
+            .get(job_id)
+            .ok_or_else(|| DevServerError::UnknownJob(job_id.to_owned()))?;
+        let worker_id = match (&record.info.worker_id, record.ended) {
+            (Some(w), false) => w.clone(),
+            _ => return Err(DevServerError::JobNotRunning(job_id.to_owned())),
+        };
+        match self.workers.get(&worker_id) {
+            None => return Err(DevServerError::UnknownWorker(worker_id)),
+            Some(w) if w.session.is_none() => {
+                return Err(DevServerError::WorkerDisconnected(worker_id));
+            }
+            Some(_) => {}
+        }
+        let termination = JobTermination {
+            job_id: job_id.to_owned(),
+        };
+        let sent = self.deliver(
+            &worker_id,
+            ServerMessage {
+                message: Some(server_message::Message::Termination(termination)),
+            },
+        );
+        if !sent {
+            return Err(DevServerError::WorkerDisconnected(worker_id));
+        }
+        if let Some(record) = self.jobs.get_mut(job_id) {
+            record.info.status = JobStatus::JsSuccess;
+            record.info.error.clear();
+            record.ended = true;
+            if let Some(state) = record.proto.state.as_mut() {
+                let now = unix_nanos();
+                state.status = JobStatus::JsSuccess as i32;
+                state.error.clear();
+                state.updated_at = now;
+                state.ended_at = now;
+            }
+        }
+        tracing::info!(job_id, worker_id, reason = why, "job terminated");
+        Ok(())
+    }
+
+    /// Ends a job of a deleted dispatch or room: terminates it if it runs,
+    /// cancels its placement if it is still being placed. A job whose worker
+    /// is away (grace period) just ends as a success.
+    fn end_for_deletion(&mut self, job_id: &str, why: &str, ctx: &mut Context<Self>) {
+        if self.pending.contains_key(job_id) {
+            if let Some((_, timer)) = self.pending.get_mut(job_id).and_then(|p| p.asking.take()) {
+                ctx.cancel_future(timer);
+            }
+            return self.finish(job_id, Err(DispatchError::Cancelled));
+        }
+        if let Err(e) = self.terminate(job_id, why) {
+            tracing::debug!(job_id, error = %e, "no termination sent");
+            if let Some(record) = self.jobs.get_mut(job_id).filter(|r| !r.ended) {
+                record.info.status = JobStatus::JsSuccess;
+                record.ended = true;
+            }
+        }
+        if let Some(timer) = self.jobs.get_mut(job_id).and_then(|r| r.grace.take()) {
+            ctx.cancel_future(timer);
+        }
+    }
+
+    /// The grace period of a job whose worker disconnected is over and
+    /// nobody claimed it.
+    fn grace_expired(&mut self, job_id: &str, ctx: &mut Context<Self>) {
+        let Some(record) = self.jobs.get_mut(job_id) else {
+            return;
+        };
+        record.grace = None;
+        if record.ended {
+            return;
+        }
+        if record.policy != JobRestartPolicy::JrpOnFailure {
+            // The open-source server forgets the worker's jobs and leaves
+            // their state as it was; so does the dev server.
+            tracing::info!(
+                job_id,
+                "job not claimed within the grace period; no restart policy: left as is"
+            );
+            return;
+        }
+        let error = "the worker disconnected and did not claim the job in time";
+        tracing::info!(job_id, "job not claimed within the grace period: failed");
+        record.info.status = JobStatus::JsFailed;
+        record.info.error = error.to_owned();
+        record.ended = true;
+        if let Some(state) = record.proto.state.as_mut() {
+            let now = unix_nanos();
+            state.status = JobStatus::JsFailed as i32;
+            state.error = error.to_owned();
+            state.updated_at = now;
+            state.ended_at = now;
+        }
+        self.maybe_restart(job_id, ctx);
+        self.changed();
+    }
+
+    /// Launches a failed job again if its restart policy and budget allow.
+    fn maybe_restart(&mut self, job_id: &str, ctx: &mut Context<Self>) {
+        let Some(record) = self.jobs.get(job_id) else {
+            return;
+        };
+        if record.policy != JobRestartPolicy::JrpOnFailure || !record.assigned {
+            return;
+        }
+        let attempt = record.info.attempt;
+        if attempt >= self.config.max_job_attempts {
+            tracing::info!(
+                job_id,
+                attempt,
+                max = self.config.max_job_attempts,
+                "job failed: restart budget used up, not launching it again"
+            );
+            return;
+        }
+        let dispatch_id = record.info.dispatch_id.clone();
+        if !self.rooms.dispatch_is_live(&dispatch_id) {
+            tracing::info!(
+                job_id,
+                dispatch_id,
+                "job failed: its dispatch is gone, no restart"
+            );
+            return;
+        }
+        let mut job = record.proto.clone();
+        job.id = ids::new_id(ids::JOB_PREFIX);
+        job.state = None;
+        let launch = Launch {
+            forced: None,
+            reply: None,
+            policy: record.policy,
+            any_namespace: record.any_namespace,
+            attempt: attempt + 1,
+            restart_of: Some(job_id.to_owned()),
+        };
+        tracing::info!(
+            job_id,
+            new_job_id = job.id,
+            dispatch_id,
+            attempt = attempt + 1,
+            max = self.config.max_job_attempts,
+            "job failed: restart policy JRP_ON_FAILURE, launching it again"
+        );
+        self.rooms.add_job(&dispatch_id, &job.id);
+        self.start_job(job, launch, ctx);
+    }
+
     fn worker_infos(&self) -> Vec<WorkerInfo> {
         let mut entries: Vec<&WorkerEntry> = self.workers.values().collect();
         entries.sort_by_key(|w| w.seq);
@@ -418,6 +642,7 @@ impl Handler<Dispatch> for Dispatcher {
 
     fn handle(&mut self, msg: Dispatch, ctx: &mut Context<Self>) {
         let request = msg.request;
+        #[allow(deprecated)] // the server still fills `namespace`
         let job = Job {
             id: ids::new_id(ids::JOB_PREFIX),
             dispatch_id: ids::new_id(ids::DISPATCH_PREFIX),
@@ -427,11 +652,21 @@ impl Handler<Dispatch> for Dispatcher {
                 name: request.room,
                 ..Default::default()
             }),
+            participant: request.participant,
+            namespace: request.namespace.clone().unwrap_or_default(),
             metadata: request.metadata,
             agent_name: request.agent_name,
             ..Default::default()
         };
-        self.start_job(job, request.worker_id, Some(msg.reply), ctx);
+        let launch = Launch {
+            forced: request.worker_id,
+            reply: Some(msg.reply),
+            policy: request.restart_policy,
+            any_namespace: request.namespace.is_none(),
+            attempt: 1,
+            restart_of: None,
+        };
+        self.start_job(job, launch, ctx);
     }
 }
 
@@ -454,12 +689,15 @@ impl Handler<SimulateJob> for Dispatcher {
         } else {
             JobType::JtRoom
         };
+        #[allow(deprecated)] // the server still fills `namespace`
         let job = Job {
             id: ids::new_id(ids::JOB_PREFIX),
             r#type: job_type as i32,
             room: Some(room),
             participant: msg.request.participant,
+            namespace: worker.info.namespace.clone().unwrap_or_default(),
             agent_name: worker.info.agent_name.clone(),
+            deployment: worker.info.deployment.clone(),
             ..Default::default()
         };
         tracing::info!(
@@ -467,7 +705,11 @@ impl Handler<SimulateJob> for Dispatcher {
             worker_id = msg.worker_id,
             "simulate_job: dispatching to the requester"
         );
-        self.start_job(job, Some(msg.worker_id), None, ctx);
+        let launch = Launch {
+            forced: Some(msg.worker_id),
+            ..Launch::dispatched(JobRestartPolicy::JrpNever)
+        };
+        self.start_job(job, launch, ctx);
     }
 }
 
@@ -509,6 +751,11 @@ impl Handler<AvailabilityAnswer> for Dispatcher {
             if let Some(record) = self.jobs.get_mut(&job_id) {
                 record.info.status = JobStatus::JsSuccess;
                 record.ended = true;
+                record.assigned = true;
+                if let Some(state) = record.proto.state.as_mut() {
+                    state.status = JobStatus::JsSuccess as i32;
+                    state.ended_at = unix_nanos();
+                }
             }
             self.finish(&job_id, Ok(()));
         } else if !answer.available {
@@ -535,6 +782,7 @@ impl Handler<WorkerRegistered> for Dispatcher {
             agent_name: r.agent_name,
             job_type: JobType::try_from(r.r#type).unwrap_or(JobType::JtRoom),
             namespace: r.namespace,
+            deployment: r.deployment,
             version: r.version,
             status: WorkerStatus::WsAvailable,
             load: 0.0,
@@ -588,14 +836,38 @@ impl Handler<WorkerGone> for Dispatcher {
             tracing::info!(
                 job_id,
                 worker_id = msg.worker_id,
-                "dispatch: worker disconnected while asked"
+                "dispatch: worker disconnected while asked; trying the next"
             );
-            self.finish(
-                &job_id,
-                Err(DispatchError::WorkerClosed {
-                    worker_id: msg.worker_id.clone(),
-                }),
+            self.ask_next(&job_id, ctx);
+        }
+        // Its unfinished jobs wait for a claim before they count as failed.
+        let grace = self.config.reconnect_grace;
+        let orphans: Vec<String> = self
+            .jobs
+            .values()
+            .filter(|j| {
+                j.assigned && !j.ended && j.info.worker_id.as_deref() == Some(&*msg.worker_id)
+            })
+            .map(|j| j.info.id.clone())
+            .collect();
+        for job_id in orphans {
+            tracing::info!(
+                job_id,
+                worker_id = msg.worker_id,
+                ?grace,
+                "job's worker disconnected: waiting for a claim (migrate_job or update_job)"
             );
+            let timer = {
+                let job_id = job_id.clone();
+                ctx.run_later(grace, move |act, ctx| act.grace_expired(&job_id, ctx))
+            };
+            if let Some(old) = self
+                .jobs
+                .get_mut(&job_id)
+                .and_then(|record| record.grace.replace(timer))
+            {
+                ctx.cancel_future(old);
+            }
         }
         self.changed();
     }
@@ -623,7 +895,7 @@ impl Handler<WorkerStatusUpdate> for Dispatcher {
 impl Handler<JobStatusUpdate> for Dispatcher {
     type Result = ();
 
-    fn handle(&mut self, msg: JobStatusUpdate, _: &mut Context<Self>) {
+    fn handle(&mut self, msg: JobStatusUpdate, ctx: &mut Context<Self>) {
         let u = msg.update;
         let Some(record) = self.jobs.get_mut(&u.job_id) else {
             tracing::debug!(
@@ -643,20 +915,43 @@ impl Handler<JobStatusUpdate> for Dispatcher {
             worker_id: msg.worker_id.clone(),
             at: SystemTime::now(),
         });
+        if let Some(timer) = record.grace.take() {
+            ctx.cancel_future(timer);
+            tracing::info!(
+                job_id = u.job_id,
+                worker_id = msg.worker_id,
+                "job claimed by a status update within the grace period"
+            );
+        }
         if record.info.worker_id.as_deref() != Some(msg.worker_id.as_str()) {
             tracing::info!(
                 job_id = u.job_id,
                 worker_id = msg.worker_id,
                 "job re-associated with a new connection"
             );
-            record.info.worker_id = Some(msg.worker_id);
+            record.info.worker_id = Some(msg.worker_id.clone());
         }
         // Like the server, an ended job no longer changes state; the
         // update is still kept in the history.
+        let mut failed = false;
         if !record.ended {
             record.info.status = status;
-            record.info.error = u.error;
+            record.info.error = u.error.clone();
             record.ended = matches!(status, JobStatus::JsSuccess | JobStatus::JsFailed);
+            failed = status == JobStatus::JsFailed;
+            if let Some(state) = record.proto.state.as_mut() {
+                let now = unix_nanos();
+                state.status = status as i32;
+                state.error = u.error;
+                state.updated_at = now;
+                state.worker_id = msg.worker_id;
+                if record.ended {
+                    state.ended_at = now;
+                }
+            }
+        }
+        if failed {
+            self.maybe_restart(&u.job_id, ctx);
         }
         self.changed();
     }
@@ -665,7 +960,7 @@ impl Handler<JobStatusUpdate> for Dispatcher {
 impl Handler<MigrateJobs> for Dispatcher {
     type Result = ();
 
-    fn handle(&mut self, msg: MigrateJobs, _: &mut Context<Self>) {
+    fn handle(&mut self, msg: MigrateJobs, ctx: &mut Context<Self>) {
         let Some(worker) = self.workers.get_mut(&msg.worker_id) else {
             return;
         };
@@ -673,8 +968,26 @@ impl Handler<MigrateJobs> for Dispatcher {
             push_bounded(&mut worker.info.migrated_jobs, id.clone());
         }
         for id in msg.request.job_ids {
-            if let Some(record) = self.jobs.get_mut(&id) {
-                record.info.worker_id = Some(msg.worker_id.clone());
+            let Some(record) = self.jobs.get_mut(&id) else {
+                tracing::info!(
+                    job_id = id,
+                    worker_id = msg.worker_id,
+                    "migrate_job for an unknown job: ignored"
+                );
+                continue;
+            };
+            if let Some(timer) = record.grace.take() {
+                ctx.cancel_future(timer);
+            }
+            tracing::info!(
+                job_id = id,
+                worker_id = msg.worker_id,
+                ended = record.ended,
+                "migrate_job: job re-associated with the claiming worker"
+            );
+            record.info.worker_id = Some(msg.worker_id.clone());
+            if let Some(state) = record.proto.state.as_mut() {
+                state.worker_id = msg.worker_id.clone();
             }
         }
         self.changed();
@@ -685,40 +998,8 @@ impl Handler<TerminateJob> for Dispatcher {
     type Result = Result<(), DevServerError>;
 
     fn handle(&mut self, msg: TerminateJob, _: &mut Context<Self>) -> Self::Result {
-        let record = self
-            .jobs
-            .get(&msg.job_id)
-            .ok_or_else(|| DevServerError::UnknownJob(msg.job_id.clone()))?;
-        let worker_id = match (&record.info.worker_id, record.ended) {
-            (Some(w), false) => w.clone(),
-            _ => return Err(DevServerError::JobNotRunning(msg.job_id)),
-        };
-        match self.workers.get(&worker_id) {
-            None => return Err(DevServerError::UnknownWorker(worker_id)),
-            Some(w) if w.session.is_none() => {
-                return Err(DevServerError::WorkerDisconnected(worker_id));
-            }
-            Some(_) => {}
-        }
-        let termination = JobTermination {
-            job_id: msg.job_id.clone(),
-        };
-        let sent = self.deliver(
-            &worker_id,
-            ServerMessage {
-                message: Some(server_message::Message::Termination(termination)),
-            },
-        );
-        if !sent {
-            return Err(DevServerError::WorkerDisconnected(worker_id));
-        }
         // As when a dispatch is deleted: the job ends as a success.
-        if let Some(record) = self.jobs.get_mut(&msg.job_id) {
-            record.info.status = JobStatus::JsSuccess;
-            record.info.error.clear();
-            record.ended = true;
-        }
-        tracing::info!(job_id = msg.job_id, worker_id, "job terminated");
+        self.terminate(&msg.job_id, "termination requested")?;
         self.changed();
         Ok(())
     }

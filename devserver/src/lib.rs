@@ -2,8 +2,10 @@
 //! LiveKit server, for developing and testing agent workers over loopback.
 //!
 //! Workers connect to `ws://HOST:PORT/agent` with a LiveKit access token
-//! carrying the `agent` grant, register, and receive jobs that a test (or the
-//! binary's operator) dispatches through a [`DevServer`] handle. The server
+//! carrying the `agent` grant, register, and receive jobs created through
+//! the Twirp APIs the official server SDKs call (`AgentDispatchService`,
+//! `RoomService`, on the same port), through the development endpoints that
+//! simulate participants, or directly through a [`DevServer`] handle. The server
 //! follows the open-source LiveKit server's worker protocol; it shares nothing
 //! with the `lkagent` crate but `livekit-protocol`, so each side checks the
 //! other honestly.
@@ -16,9 +18,12 @@
 //!   `ids` (`AW_`/`AJ_`/`AD_` ids), `balance` (weighted choice by `1 - load`),
 //!   `auth` (key lists, token checks, room-token minting).
 //! - Actors: `session` (one per worker socket: frames, the register
-//!   handshake, pings) and `dispatcher` (the one owner of workers, jobs and
-//!   dispatches in flight), talking only through the typed messages in
-//!   `messages`.
+//!   handshake, pings) and `dispatcher` (the one owner of workers, jobs,
+//!   placements in flight, restarts and grace periods; its `rooms` part keeps
+//!   rooms, dispatches and participants and turns them into jobs), talking
+//!   only through the typed messages in `messages`.
+//! - `twirp`: the HTTP APIs (Twirp in protobuf or JSON, grants, Twirp
+//!   errors) and the `/dev/…` participant endpoints.
 //! - `server`: the [`DevServer`] handle: starts actix-web, relays calls to the
 //!   dispatcher, and waits on its state-change counter.
 //!
@@ -41,18 +46,25 @@ mod messages;
 mod model;
 mod server;
 mod session;
+mod twirp;
 
 pub use auth::{AGENT_NAME_ATTRIBUTE, KeyParseError, parse_keys};
 pub use config::{
-    DEFAULT_AVAILABILITY_TIMEOUT, DEFAULT_MAX_FRAME_SIZE, DEFAULT_PING_INTERVAL,
-    DEFAULT_REGISTER_TIMEOUT, DEFAULT_ROOM_TOKEN_TTL, DEV_KEY, DevServerConfig,
+    DEFAULT_AVAILABILITY_TIMEOUT, DEFAULT_MAX_FRAME_SIZE, DEFAULT_MAX_JOB_ATTEMPTS,
+    DEFAULT_PING_INTERVAL, DEFAULT_RECONNECT_GRACE, DEFAULT_REGISTER_TIMEOUT,
+    DEFAULT_ROOM_TOKEN_TTL, DEV_KEY, DevServerConfig,
 };
 pub use dispatcher::{MAX_JOB_UPDATES, MAX_JOBS};
 pub use model::{
-    DevServerError, DispatchError, DispatchRequest, JobInfo, RawFrame, StatusUpdate, WaitTimeout,
-    WorkerInfo,
+    ApiError, DevServerError, DispatchError, DispatchRequest, JobInfo, RawFrame, StatusUpdate,
+    WaitTimeout, WorkerInfo,
 };
 pub use server::DevServer;
 
+/// The official LiveKit Rust server SDK (`livekit-api`, with its `services`
+/// Twirp clients), re-exported so that a test embedding the dev server can
+/// drive it the way an application drives a real server.
+pub use livekit_api as official_api;
+
 /// The protocol types this crate speaks, re-exported for convenience.
-pub use livekit_protocol::{JobStatus, JobType, WorkerStatus};
+pub use livekit_protocol::{JobRestartPolicy, JobStatus, JobType, WorkerStatus};

@@ -1,10 +1,20 @@
 //! `lkagent-devserver`: run a local LiveKit-compatible agent dispatcher.
 //!
 //! ```text
-//! lkagent-devserver [--port 7880] [--bind 127.0.0.1] [--keys devkey:secret]
+//! lkagent-devserver [serve] [--port 7880] [--bind 127.0.0.1] [--keys devkey:secret]
+//! lkagent-devserver dispatch create ROOM [AGENT] [METADATA]
+//! lkagent-devserver dispatch list ROOM
+//! lkagent-devserver dispatch delete ROOM DISPATCH_ID
+//! lkagent-devserver room create|delete ROOM
+//! lkagent-devserver room list
+//! lkagent-devserver participant join ROOM IDENTITY [--publish]
+//! lkagent-devserver participant publish ROOM IDENTITY
 //! ```
-//! Flags fall back to `LKAGENT_DEVSERVER_PORT`, `LKAGENT_DEVSERVER_BIND` and
-//! `LIVEKIT_KEYS`; logs follow `RUST_LOG` (default `info`).
+//! Server flags fall back to `LKAGENT_DEVSERVER_PORT`, `LKAGENT_DEVSERVER_BIND`
+//! and `LIVEKIT_KEYS`; logs follow `RUST_LOG` (default `info`). The client
+//! subcommands talk to `LIVEKIT_URL` (default `http://127.0.0.1:7880`) with
+//! `LIVEKIT_API_KEY` / `LIVEKIT_API_SECRET` (default the dev pair) through the
+//! official Rust server SDK, and print JSON.
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::process::ExitCode;
@@ -14,7 +24,13 @@ use tracing_subscriber::EnvFilter;
 
 const DEFAULT_PORT: u16 = 7880;
 const USAGE: &str =
-    "usage: lkagent-devserver [--port PORT] [--bind ADDR] [--keys KEY:SECRET[,KEY:SECRET...]]
+    "usage: lkagent-devserver [serve] [--port PORT] [--bind ADDR] [--keys KEY:SECRET[,KEY:SECRET...]]
+       lkagent-devserver dispatch create ROOM [AGENT] [METADATA] | dispatch list ROOM
+       lkagent-devserver dispatch delete ROOM DISPATCH_ID
+       lkagent-devserver room create ROOM | room list | room delete ROOM
+       lkagent-devserver participant join ROOM IDENTITY [--publish]
+       lkagent-devserver participant publish ROOM IDENTITY
+       (clients use LIVEKIT_URL, LIVEKIT_API_KEY, LIVEKIT_API_SECRET; default the local dev server)
 
   --port  PORT   port to listen on (env LKAGENT_DEVSERVER_PORT, default 7880)
   --bind  ADDR   address to listen on (env LKAGENT_DEVSERVER_BIND, default 127.0.0.1)
@@ -31,7 +47,7 @@ fn parse_args() -> Result<Args, String> {
     let mut port = std::env::var("LKAGENT_DEVSERVER_PORT").ok();
     let mut bind = std::env::var("LKAGENT_DEVSERVER_BIND").ok();
     let mut keys = std::env::var("LIVEKIT_KEYS").ok();
-    let mut args = std::env::args().skip(1);
+    let mut args = std::env::args().skip(1).skip_while(|a| a == "serve");
     while let Some(arg) = args.next() {
         let (flag, inline) = match arg.split_once('=') {
             Some((f, v)) => (f.to_owned(), Some(v.to_owned())),
@@ -66,6 +82,12 @@ fn parse_args() -> Result<Args, String> {
 }
 
 fn main() -> ExitCode {
+    let argv: Vec<String> = std::env::args().skip(1).collect();
+    if let Some(cmd) = argv.first().map(String::as_str)
+        && matches!(cmd, "dispatch" | "room" | "participant")
+    {
+        return actix_rt::System::new().block_on(client::run(argv));
+    }
     let args = match parse_args() {
         Ok(a) => a,
         Err(e) => {
@@ -116,4 +138,140 @@ async fn run(args: Args) -> ExitCode {
     println!("stopping");
     server.stop().await;
     ExitCode::SUCCESS
+}
+
+mod client {
+    //! The client subcommands: the official SDK against a running dev server.
+
+    use std::process::ExitCode;
+
+    use livekit_protocol::CreateAgentDispatchRequest;
+    use lkagent_devserver::DEV_KEY;
+    use lkagent_devserver::official_api::access_token::{AccessToken, VideoGrants};
+    use lkagent_devserver::official_api::services::agent_dispatch::AgentDispatchClient;
+    use lkagent_devserver::official_api::services::room::{CreateRoomOptions, RoomClient};
+
+    const DEFAULT_URL: &str = "http://127.0.0.1:7880";
+
+    fn env_or(name: &str, default: &str) -> String {
+        std::env::var(name).unwrap_or_else(|_| default.to_owned())
+    }
+
+    fn print<T: serde::Serialize>(value: &T) {
+        match serde_json::to_string_pretty(value) {
+            Ok(text) => println!("{text}"),
+            Err(e) => eprintln!("error: cannot print the answer: {e}"),
+        }
+    }
+
+    pub async fn run(argv: Vec<String>) -> ExitCode {
+        let url = env_or("LIVEKIT_URL", DEFAULT_URL);
+        let key = env_or("LIVEKIT_API_KEY", DEV_KEY.0);
+        let secret = env_or("LIVEKIT_API_SECRET", DEV_KEY.1);
+        let a: Vec<&str> = argv.iter().map(String::as_str).collect();
+        let dispatches = || AgentDispatchClient::with_api_key(&url, &key, &secret);
+        let rooms = || RoomClient::with_api_key(&url, &key, &secret);
+        let result: Result<(), String> = async {
+            match a.as_slice() {
+                ["dispatch", "create", room, rest @ ..] => {
+                    let req = CreateAgentDispatchRequest {
+                        room: (*room).to_owned(),
+                        agent_name: rest.first().copied().unwrap_or_default().to_owned(),
+                        metadata: rest.get(1).copied().unwrap_or_default().to_owned(),
+                        ..Default::default()
+                    };
+                    print(
+                        &dispatches()
+                            .create_dispatch(req)
+                            .await
+                            .map_err(|e| e.to_string())?,
+                    );
+                }
+                ["dispatch", "list", room] => print(
+                    &dispatches()
+                        .list_dispatch(*room)
+                        .await
+                        .map_err(|e| e.to_string())?,
+                ),
+                ["dispatch", "delete", room, id] => print(
+                    &dispatches()
+                        .delete_dispatch(*id, *room)
+                        .await
+                        .map_err(|e| e.to_string())?,
+                ),
+                ["room", "create", room] => print(
+                    &rooms()
+                        .create_room(room, CreateRoomOptions::default())
+                        .await
+                        .map_err(|e| e.to_string())?,
+                ),
+                ["room", "list"] => print(
+                    &rooms()
+                        .list_rooms(vec![])
+                        .await
+                        .map_err(|e| e.to_string())?,
+                ),
+                ["room", "delete", room] => {
+                    rooms().delete_room(room).await.map_err(|e| e.to_string())?;
+                    println!("deleted {room}");
+                }
+                ["participant", "join", room, identity, flags @ ..] => {
+                    let publish = flags.contains(&"--publish");
+                    let body = serde_json::json!({"identity": identity, "publish": publish});
+                    let path = format!("/dev/rooms/{room}/participants");
+                    post(&url, &key, &secret, room, &path, body.to_string()).await?;
+                }
+                ["participant", "publish", room, identity] => {
+                    let path = format!("/dev/rooms/{room}/participants/{identity}/publish");
+                    post(&url, &key, &secret, room, &path, String::new()).await?;
+                }
+                _ => return Err(format!("unknown command {argv:?}; see --help")),
+            }
+            Ok(())
+        }
+        .await;
+        match result {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("error: {e}");
+                ExitCode::FAILURE
+            }
+        }
+    }
+
+    async fn post(
+        url: &str,
+        key: &str,
+        secret: &str,
+        room: &str,
+        path: &str,
+        body: String,
+    ) -> Result<(), String> {
+        let token = AccessToken::with_api_key(key, secret)
+            .with_grants(VideoGrants {
+                room_admin: true,
+                room: room.to_owned(),
+                ..Default::default()
+            })
+            .to_jwt()
+            .map_err(|e| e.to_string())?;
+        let base = url
+            .replacen("ws://", "http://", 1)
+            .replacen("wss://", "https://", 1);
+        let mut resp = awc::Client::new()
+            .post(format!("{}{path}", base.trim_end_matches('/')))
+            .bearer_auth(token)
+            .insert_header(("content-type", "application/json"))
+            .send_body(body)
+            .await
+            .map_err(|e| e.to_string())?;
+        let bytes = resp.body().await.map_err(|e| e.to_string())?;
+        let text = String::from_utf8_lossy(&bytes);
+        if resp.status().is_success() {
+            println!("{text}");
+            Ok(())
+        } else {
+            Err(format!("{}: {text}", resp.status()))
+        }
+    }
 }

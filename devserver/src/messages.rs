@@ -9,12 +9,17 @@
 
 use actix::{Addr, Message};
 use livekit_protocol::{
-    AvailabilityResponse, MigrateJobRequest, RegisterWorkerRequest, ServerMessage,
-    SimulateJobRequest, UpdateJobStatus, UpdateWorkerStatus,
+    AgentDispatch, AvailabilityResponse, CreateAgentDispatchRequest, CreateRoomRequest,
+    DeleteAgentDispatchRequest, DeleteRoomRequest, ListAgentDispatchRequest,
+    ListParticipantsRequest, ListRoomsRequest, MigrateJobRequest, ParticipantInfo,
+    RegisterWorkerRequest, Room, ServerMessage, SimulateJobRequest, UpdateJobStatus,
+    UpdateWorkerStatus,
 };
 use tokio::sync::oneshot;
 
-use crate::model::{DevServerError, DispatchError, DispatchRequest, JobInfo, RawFrame, WorkerInfo};
+use crate::model::{
+    ApiError, DevServerError, DispatchError, DispatchRequest, JobInfo, RawFrame, WorkerInfo,
+};
 use crate::session::Session;
 
 // ---- handle → dispatcher -------------------------------------------------
@@ -163,3 +168,65 @@ pub struct Inject(pub RawFrame);
 #[derive(Message)]
 #[rtype(result = "()")]
 pub struct Kill;
+
+// ---- Twirp and development endpoints → dispatcher -------------------------
+
+/// `RoomService.CreateRoom`: the room (existing or new); a new room gets its
+/// dispatches (`agents`, or the default one) at once.
+#[derive(Message)]
+#[rtype(result = "Result<Room, ApiError>")]
+pub struct CreateRoom(pub CreateRoomRequest);
+
+/// `RoomService.ListRooms`: every room, or those named.
+#[derive(Message)]
+#[rtype(result = "Vec<Room>")]
+pub struct ListRooms(pub ListRoomsRequest);
+
+/// `RoomService.DeleteRoom`: ends the room's jobs and forgets it.
+#[derive(Message)]
+#[rtype(result = "Result<(), ApiError>")]
+pub struct DeleteRoom(pub DeleteRoomRequest);
+
+/// `RoomService.ListParticipants`: simulated participants and the agent
+/// participants of running jobs.
+#[derive(Message)]
+#[rtype(result = "Result<Vec<ParticipantInfo>, ApiError>")]
+pub struct ListParticipants(pub ListParticipantsRequest);
+
+/// `AgentDispatchService.CreateDispatch` (the room is created if missing).
+#[derive(Message)]
+#[rtype(result = "Result<AgentDispatch, ApiError>")]
+pub struct CreateDispatch(pub CreateAgentDispatchRequest);
+
+/// `AgentDispatchService.DeleteDispatch`: terminates its jobs (success).
+#[derive(Message)]
+#[rtype(result = "Result<AgentDispatch, ApiError>")]
+pub struct DeleteDispatch(pub DeleteAgentDispatchRequest);
+
+/// `AgentDispatchService.ListDispatch`: the room's dispatches and their jobs.
+#[derive(Message)]
+#[rtype(result = "Result<Vec<AgentDispatch>, ApiError>")]
+pub struct ListDispatch(pub ListAgentDispatchRequest);
+
+/// Development: a participant joins `room` (created if missing); with
+/// `publish`, it also publishes its first track.
+#[derive(Message)]
+#[rtype(result = "Result<ParticipantInfo, ApiError>")]
+pub struct JoinParticipant {
+    /// The room.
+    pub room: String,
+    /// Who joins (identity required; kind AGENT never triggers jobs).
+    pub participant: ParticipantInfo,
+    /// Publish a first track right away.
+    pub publish: bool,
+}
+
+/// Development: a joined participant publishes its first track.
+#[derive(Message)]
+#[rtype(result = "Result<ParticipantInfo, ApiError>")]
+pub struct PublishTrack {
+    /// The room.
+    pub room: String,
+    /// The participant's identity.
+    pub identity: String,
+}

@@ -3,7 +3,9 @@
 
 use std::time::{Duration, SystemTime};
 
-use livekit_protocol::{JobStatus, JobType, UpdateWorkerStatus, WorkerStatus};
+use livekit_protocol::{
+    JobRestartPolicy, JobStatus, JobType, ParticipantInfo, UpdateWorkerStatus, WorkerStatus,
+};
 
 /// A job to dispatch, as a room dispatch would create it.
 #[derive(Debug, Clone)]
@@ -19,6 +21,14 @@ pub struct DispatchRequest {
     /// Force this worker, bypassing its status and load (no other worker is
     /// tried): lets a test see a worker's own refusal.
     pub worker_id: Option<String>,
+    /// Only workers registered with this namespace; `None` = any namespace.
+    pub namespace: Option<String>,
+    /// For participant and publisher jobs: the participant.
+    pub participant: Option<ParticipantInfo>,
+    /// `JRP_NEVER` by default here (one job, as the open-source server);
+    /// `JRP_ON_FAILURE` launches the job again when it fails after assignment
+    /// or its worker disconnects without claiming it back.
+    pub restart_policy: JobRestartPolicy,
 }
 
 impl DispatchRequest {
@@ -30,7 +40,28 @@ impl DispatchRequest {
             metadata: String::new(),
             job_type: JobType::JtRoom,
             worker_id: None,
+            namespace: None,
+            participant: None,
+            restart_policy: JobRestartPolicy::JrpNever,
         }
+    }
+
+    /// Only workers registered with this namespace.
+    pub fn namespace(mut self, namespace: impl Into<String>) -> Self {
+        self.namespace = Some(namespace.into());
+        self
+    }
+
+    /// The participant of a participant or publisher job.
+    pub fn participant(mut self, participant: ParticipantInfo) -> Self {
+        self.participant = Some(participant);
+        self
+    }
+
+    /// Sets the restart policy (see the field).
+    pub fn restart_policy(mut self, policy: JobRestartPolicy) -> Self {
+        self.restart_policy = policy;
+        self
     }
 
     /// Targets workers registered with this agent name.
@@ -98,6 +129,14 @@ pub struct JobInfo {
     pub error: String,
     /// Every `update_job` received, oldest first (bounded).
     pub updates: Vec<StatusUpdate>,
+    /// The namespace it was launched for (empty = default).
+    pub namespace: String,
+    /// The participant identity of a participant or publisher job.
+    pub participant: Option<String>,
+    /// 1 for the first launch; restarts of the same target count up.
+    pub attempt: u32,
+    /// The job this one restarts, if it is a restart.
+    pub restart_of: Option<String>,
 }
 
 /// A snapshot of a worker connection (current or recently disconnected).
@@ -111,6 +150,8 @@ pub struct WorkerInfo {
     pub job_type: JobType,
     /// The registered namespace, if any.
     pub namespace: Option<String>,
+    /// The registered deployment (empty = the default one).
+    pub deployment: String,
     /// The worker's reported version.
     pub version: String,
     /// The last status it reported (AVAILABLE at register).
@@ -174,9 +215,81 @@ pub enum DispatchError {
     /// The room token could not be minted (e.g. an empty room name).
     #[error("cannot mint the room token: {0}")]
     Token(String),
+    /// The job's dispatch or room was deleted before it was placed.
+    #[error("the dispatch or its room was deleted")]
+    Cancelled,
     /// The dev server has stopped.
     #[error("the dev server has stopped")]
     Stopped,
+}
+
+/// A Twirp error: what the APIs answer when a call cannot be served.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{code}: {msg}")]
+pub struct ApiError {
+    /// The Twirp code (`not_found`, `invalid_argument`, `unauthenticated`, …).
+    pub code: &'static str,
+    /// A message for a person.
+    pub msg: String,
+}
+
+impl ApiError {
+    /// `not_found` (HTTP 404).
+    pub fn not_found(msg: impl Into<String>) -> Self {
+        Self {
+            code: "not_found",
+            msg: msg.into(),
+        }
+    }
+
+    /// `invalid_argument` (HTTP 400).
+    pub fn invalid_argument(msg: impl Into<String>) -> Self {
+        Self {
+            code: "invalid_argument",
+            msg: msg.into(),
+        }
+    }
+
+    /// `already_exists` (HTTP 409).
+    pub fn already_exists(msg: impl Into<String>) -> Self {
+        Self {
+            code: "already_exists",
+            msg: msg.into(),
+        }
+    }
+
+    /// `unauthenticated` (HTTP 401): what the server answers for a missing or
+    /// bad token and for a token without the needed grant.
+    pub fn unauthenticated(msg: impl Into<String>) -> Self {
+        Self {
+            code: "unauthenticated",
+            msg: msg.into(),
+        }
+    }
+
+    /// `internal` (HTTP 500): the dev server is stopping.
+    pub fn internal(msg: impl Into<String>) -> Self {
+        Self {
+            code: "internal",
+            msg: msg.into(),
+        }
+    }
+
+    /// The HTTP status Twirp maps the code to.
+    pub fn http_status(&self) -> u16 {
+        match self.code {
+            "invalid_argument" | "malformed" | "out_of_range" => 400,
+            "unauthenticated" => 401,
+            "permission_denied" => 403,
+            "not_found" | "bad_route" => 404,
+            "already_exists" | "aborted" => 409,
+            "failed_precondition" => 412,
+            "resource_exhausted" => 429,
+            "unimplemented" => 501,
+            "unavailable" => 503,
+            _ => 500,
+        }
+    }
 }
 
 /// Errors of the [`DevServer`](crate::DevServer) control calls.

@@ -44,9 +44,9 @@ const SHUTDOWN_TIMEOUT_SECS: u64 = 1;
 const CLIENT_DISCONNECT_TIMEOUT: Duration = Duration::from_millis(20);
 
 /// What the HTTP handlers share (read-only).
-struct AppState {
-    dispatcher: Addr<Dispatcher>,
-    keys: Arc<Vec<(String, String)>>,
+pub(crate) struct AppState {
+    pub(crate) dispatcher: Addr<Dispatcher>,
+    pub(crate) keys: Arc<Vec<(String, String)>>,
     session: Arc<SessionConfig>,
     max_frame_size: usize,
 }
@@ -100,6 +100,8 @@ impl DevServer {
                 keys: config.keys.clone(),
                 availability_timeout: config.availability_timeout,
                 room_token_ttl: config.room_token_ttl,
+                reconnect_grace: config.reconnect_grace,
+                max_job_attempts: config.max_job_attempts.max(1),
             }),
             version_tx,
         )
@@ -129,6 +131,7 @@ impl DevServer {
                 .app_data(state.clone())
                 .route("/", web::get().to(health))
                 .route("/agent", web::get().to(agent_socket))
+                .configure(crate::twirp::configure)
         })
         .workers(HTTP_WORKERS)
         .disable_signals()
@@ -268,6 +271,20 @@ impl DevServer {
         self.wait_for(timeout, || async {
             let workers = self.workers().await;
             pred(&workers).then_some(workers)
+        })
+        .await
+    }
+
+    /// Waits until `pred` holds for the job list (oldest first),
+    /// re-checking on every state change, for at most `timeout`.
+    pub async fn wait_jobs(
+        &self,
+        timeout: Duration,
+        pred: impl Fn(&[JobInfo]) -> bool,
+    ) -> Result<Vec<JobInfo>, WaitTimeout> {
+        self.wait_for(timeout, || async {
+            let jobs = self.jobs().await;
+            pred(&jobs).then_some(jobs)
         })
         .await
     }

@@ -186,3 +186,109 @@ pub async fn update_job(
     )
     .await;
 }
+
+/// Connects and registers with a job type and namespace.
+pub async fn worker_of(
+    server: &DevServer,
+    agent_name: &str,
+    job_type: JobType,
+    namespace: Option<&str>,
+) -> (Conn, String) {
+    let mut conn = connect(server).await;
+    let register = worker_message::Message::Register(RegisterWorkerRequest {
+        r#type: job_type as i32,
+        agent_name: agent_name.to_owned(),
+        version: "test-1".to_owned(),
+        namespace: namespace.map(str::to_owned),
+        ..Default::default()
+    });
+    send(&mut conn, register).await;
+    match next_msg(&mut conn).await {
+        server_message::Message::Register(r) => (conn, r.worker_id),
+        other => panic!("expected register, got {other:?}"),
+    }
+}
+
+/// The official Rust SDK's dispatch client, pointed at the dev server.
+pub fn dispatch_client(
+    server: &DevServer,
+) -> livekit_api::services::agent_dispatch::AgentDispatchClient {
+    livekit_api::services::agent_dispatch::AgentDispatchClient::with_api_key(
+        &server.http_url(),
+        "devkey",
+        "secret",
+    )
+}
+
+/// The official Rust SDK's room client, pointed at the dev server.
+pub fn room_client(server: &DevServer) -> livekit_api::services::room::RoomClient {
+    livekit_api::services::room::RoomClient::with_api_key(&server.http_url(), "devkey", "secret")
+}
+
+/// A token with these video grants, signed with the dev key.
+pub fn grant_token(grants: VideoGrants) -> String {
+    AccessToken::with_api_key("devkey", "secret")
+        .with_grants(grants)
+        .to_jwt()
+        .unwrap()
+}
+
+/// A raw HTTP POST: (status, content type, body).
+pub async fn post(
+    server: &DevServer,
+    path: &str,
+    content_type: &str,
+    token: Option<&str>,
+    body: Vec<u8>,
+) -> (u16, String, Vec<u8>) {
+    let mut req = awc::Client::new()
+        .post(format!("{}{path}", server.http_url()))
+        .insert_header(("content-type", content_type));
+    if let Some(t) = token {
+        req = req.bearer_auth(t);
+    }
+    let mut resp = req.send_body(body).await.expect("request sent");
+    let ct = resp
+        .headers()
+        .get("content-type")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_owned();
+    let body = resp.body().await.expect("body read").to_vec();
+    (resp.status().as_u16(), ct, body)
+}
+
+/// Simulates a participant joining through the development endpoint.
+pub async fn join(server: &DevServer, room: &str, body: serde_json::Value) -> (u16, Vec<u8>) {
+    let token = grant_token(VideoGrants {
+        room_admin: true,
+        room: room.to_owned(),
+        ..Default::default()
+    });
+    let (status, _, body) = post(
+        server,
+        &format!("/dev/rooms/{room}/participants"),
+        "application/json",
+        Some(&token),
+        body.to_string().into_bytes(),
+    )
+    .await;
+    (status, body)
+}
+
+/// Waits until the server has at least `n` jobs matching `pred`; returns them.
+pub async fn wait_jobs(
+    server: &DevServer,
+    n: usize,
+    pred: impl Fn(&lkagent_devserver::JobInfo) -> bool,
+) -> Vec<lkagent_devserver::JobInfo> {
+    match server
+        .wait_jobs(DEADLINE, |jobs| {
+            jobs.iter().filter(|j| pred(j)).count() >= n
+        })
+        .await
+    {
+        Ok(jobs) => jobs.into_iter().filter(|j| pred(j)).collect(),
+        Err(e) => panic!("waiting for {n} jobs: {e}; have {:?}", server.jobs().await),
+    }
+}
