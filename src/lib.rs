@@ -18,12 +18,22 @@
 //! - `load`: [`LoadMetrics`], the [`LoadCalculator`]s (job slots,
 //!   CPU/memory against the container's cgroup limits, predictive), and the
 //!   [`ReportPolicy`] that batches `update_worker`.
+//! - `queue`: [`JobPriority`] and the [`PriorityCalculator`], the bounded
+//!   [`JobQueue`], the [`AdmissionPolicy`] (priority headroom around the load
+//!   threshold) and the [`JobRateLimiter`].
+//! - `limits`: [`ResourceLimits`] and the [`ResourceLimiter`] whose
+//!   [`Reservation`]s jobs hold; memory and open-file checks.
+//! - `recovery`: [`JobCheckpoint`] and the handler's [`Checkpoint`], the
+//!   [`CheckpointStore`]s ([`MemoryStore`], [`EmbeddedStore`]), the
+//!   [`RestartPolicy`], the [`RecoveryHandler`], the
+//!   [`PartialMessageBuffer`].
 //! - `demo`: a demo agent driven by job metadata, for examples and tests.
 //!
 //! The actors (`actors/`, wired in here), which call into the core and do
 //! the I/O: [`WorkerActor`] supervises a `ConnectionActor` (the websocket), a
-//! `LoadReporterActor` (samples and reports the load) and one `JobActor` per
-//! job. Start one with [`Worker::builder`].
+//! `LoadReporterActor` (samples and reports the load), a `QueueActor`
+//! (accepted jobs waiting for a slot) and one `JobActor` per job. Start one
+//! with [`Worker::builder`].
 //!
 //! ```no_run
 //! use lkagent::{JobContext, JobError, JobHandler, Worker, WorkerOptions};
@@ -80,8 +90,9 @@ pub use limits::{
 pub use load::cgroup::ContainerLimits;
 pub use load::system::{ResourceSample, SystemSampler};
 pub use load::{
-    CpuMemoryLoadCalculator, DEFAULT_LOAD_THRESHOLD, DefaultLoadCalculator, LoadCalculator,
-    LoadMetrics, LoadReport, PredictiveLoadCalculator, ReportPolicy, Slots,
+    CpuMemoryLoadCalculator, DEFAULT_HORIZON_SAMPLES, DEFAULT_LOAD_THRESHOLD,
+    DefaultLoadCalculator, LoadCalculator, LoadMetrics, LoadReport, PredictiveLoadCalculator,
+    ReportPolicy, Slots,
 };
 pub use options::{
     ENV_AGENT_NAME, ENV_API_KEY, ENV_API_SECRET, ENV_URL, OptionsError, WorkerOptions,
