@@ -327,6 +327,55 @@ async fn a_server_that_stops_answering_pings_is_left_for_a_new_connection() {
 }
 
 #[actix_rt::test]
+async fn a_fragmented_message_is_reassembled_and_an_oversized_one_dropped() {
+    let server = devserver().await;
+    let worker = worker(options(&server), DemoAgent);
+    let worker_id = registered(&worker).await;
+    let job = server
+        .dispatch(demo_job("r", r#"{"duration_ms": 60000}"#))
+        .await
+        .unwrap();
+    wait_worker(&worker, "the job", |s| s.running_jobs.len() == 1).await;
+
+    // a termination in three fragments, with pings between them
+    let frame = lkagent::protocol::encode_server(proto::server_message::Message::Termination(
+        proto::JobTermination {
+            job_id: job.id.clone(),
+        },
+    ));
+    let (a, rest) = frame.split_at(2);
+    let (b, c) = rest.split_at(rest.len() / 2);
+    server
+        .inject_frame(
+            &worker_id,
+            RawFrame::Fragmented(vec![a.to_vec(), b.to_vec(), c.to_vec()]),
+        )
+        .await
+        .unwrap();
+    wait_worker(&worker, "the reassembled termination", |s| {
+        s.running_jobs.is_empty()
+    })
+    .await;
+    assert_eq!(
+        wait_final(&server, &job.id)
+            .await
+            .updates
+            .last()
+            .unwrap()
+            .status,
+        JobStatus::JsSuccess
+    );
+
+    // 3 MiB in 1 MiB fragments: over the bound, dropped, the stream stays
+    let huge = RawFrame::Fragmented(vec![vec![0x0a; 1 << 20]; 3]);
+    server.inject_frame(&worker_id, huge).await.unwrap();
+    serve_quick_job(&server, "after").await;
+    let state = wait_worker(&worker, "idle", |s| s.running_jobs.is_empty()).await;
+    assert_eq!(state.registrations, 1, "the same connection throughout");
+    assert_eq!(state.worker_id.as_deref(), Some(worker_id.as_str()));
+}
+
+#[actix_rt::test]
 async fn hostile_frames_do_not_stop_the_worker() {
     let server = devserver().await;
     let worker = worker(options(&server), DemoAgent);

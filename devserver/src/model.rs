@@ -179,6 +179,10 @@ pub enum RawFrame {
     Binary(Vec<u8>),
     /// A text frame.
     Text(String),
+    /// One binary message split into these fragments (a first frame, then
+    /// continuation frames), with a WebSocket Ping between every two: a
+    /// worker must reassemble it and answer the pings meanwhile.
+    Fragmented(Vec<Vec<u8>>),
 }
 
 /// Why a dispatch did not end in an assignment.

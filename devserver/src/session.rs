@@ -266,6 +266,25 @@ impl Handler<Inject> for Session {
         match msg.0 {
             RawFrame::Binary(bytes) => ctx.binary(Bytes::from(bytes)),
             RawFrame::Text(text) => ctx.text(text),
+            RawFrame::Fragmented(parts) => {
+                let last = parts.len().saturating_sub(1);
+                for (i, part) in parts.into_iter().enumerate() {
+                    let part = Bytes::from(part);
+                    let item = match i {
+                        0 if last == 0 => {
+                            ctx.binary(part);
+                            break;
+                        }
+                        0 => actix_http::ws::Item::FirstBinary(part),
+                        i if i == last => actix_http::ws::Item::Last(part),
+                        _ => actix_http::ws::Item::Continue(part),
+                    };
+                    ctx.write_raw(ws::Message::Continuation(item));
+                    if i != last {
+                        ctx.ping(b"between fragments");
+                    }
+                }
+            }
         }
     }
 }
