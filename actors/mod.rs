@@ -18,17 +18,31 @@
 //! - Load: the WorkerActor sends `SlotsChanged` and `ConnectionChanged` to
 //!   the LoadReporterActor, which sends `update_worker` through the
 //!   connection and the computed report back as `LoadChanged`.
-//! - Jobs: the WorkerActor starts a JobActor per assignment and sends it
-//!   `TerminateJob`; the JobActor answers with `JobStarted` and exactly one
+//! - Queue: the WorkerActor sends `Enqueue` when an accepted job finds no
+//!   free slot and `TakeNext` when a slot frees; the QueueActor answers, and
+//!   hands back `QueuedJobsExpired` for jobs that waited too long.
+//! - Jobs: the WorkerActor starts a JobActor per assignment (or local spawn,
+//!   or recovered checkpoint) and sends it `TerminateJob` and
+//!   `MemoryPressure`; the JobActor answers with `JobStarted` and exactly one
 //!   `JobExited`.
 //!
 //! What survives what:
 //! - A connection restart keeps the ConnectionActor's fields (options, the
 //!   attempt counter) and drops its socket and timers. The WorkerActor and
 //!   every JobActor are untouched: jobs keep running, their statuses queue,
-//!   and after the next registration the worker sends `migrate_job` for the
-//!   running jobs and then the queued statuses, in order.
-//! - A handler panic ends only its JobActor (caught, reported FAILED).
+//!   and after the next registration the worker asks the recovery handler
+//!   about each running job (declined ones are terminated and reported
+//!   FAILED), sends `migrate_job` for the rest and then the queued statuses,
+//!   in order. Final statuses the old socket may have swallowed (no pong
+//!   since) are among them.
+//! - A handler panic or a retryable error restarts the handler inside its
+//!   JobActor — the actor, its checkpoint and its slot stay — under the job's
+//!   `RestartPolicy` (an OTP-style intensity limit with backoff; actix's own
+//!   `Supervisor` has neither, so it is used only for the connection). When
+//!   the policy gives up the JobActor ends and the job is reported FAILED.
+//! - A worker restart loses every actor; with a durable checkpoint store the
+//!   new WorkerActor finds the jobs' checkpoints at start-up and starts a
+//!   JobActor for each one the recovery handler accepts.
 
 mod connection;
 mod job;

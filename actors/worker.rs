@@ -7,7 +7,7 @@
 //! [`Outbox`] and go out, in order, after the next registration, preceded by
 //! `migrate_job` for the jobs that kept running.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::panic::AssertUnwindSafe;
 use std::sync::{Arc, Once};
 use std::time::{Instant, SystemTime};
@@ -224,6 +224,8 @@ struct RunningJob {
     origin: JobOrigin,
     /// The job's share of the resource limits, released when it ends.
     _reservation: Option<Reservation>,
+    /// The job's context, for the recovery hooks after a reconnect.
+    context: JobContext,
 }
 
 /// The arbiters jobs run on, stopped when the worker goes away.
@@ -274,6 +276,9 @@ pub struct WorkerActor {
     reserved: HashMap<String, Pending>,
     /// Jobs waiting in the queue (the QueueActor holds them).
     queued: usize,
+    /// Running jobs the recovery handler declined after a reconnect: being
+    /// terminated, to be reported FAILED.
+    abandoned: HashSet<String>,
     /// Slots granted to queued jobs whose `TakeNext` answer is on its way.
     granting: usize,
     queue: Option<Addr<QueueActor>>,
@@ -357,6 +362,7 @@ impl WorkerActor {
             jobs: HashMap::new(),
             reserved: HashMap::new(),
             queued: 0,
+            abandoned: HashSet::new(),
             granting: 0,
             queue: None,
             priorities,
@@ -729,6 +735,7 @@ impl WorkerActor {
                 started_at: Instant::now(),
                 origin,
                 _reservation: reservation,
+                context: job_context.clone(),
             },
         );
         self.slots_changed();
@@ -740,7 +747,7 @@ impl WorkerActor {
         let mut ids: Vec<String> = self
             .jobs
             .iter()
-            .filter(|(_, job)| job.origin == JobOrigin::Server)
+            .filter(|(id, job)| job.origin == JobOrigin::Server && !self.abandoned.contains(*id))
             .map(|(id, _)| id.clone())
             .collect();
         ids.sort();
@@ -841,6 +848,48 @@ impl WorkerActor {
         Ok(())
     }
 
+    /// After a reconnect, asks the recovery handler about every server job
+    /// that kept running: `on_recovered` for those it keeps; those it
+    /// declines are terminated and reported FAILED (`on_recovery_failed`).
+    fn recover_after_reconnect(&mut self) {
+        let now = SystemTime::now();
+        for job_id in self.server_job_ids() {
+            let Some(running) = self.jobs.get(&job_id) else {
+                continue;
+            };
+            let context = running.context.clone();
+            // the job is alive right now: its state is as fresh as it gets
+            let mut snapshot = context.checkpoint().snapshot();
+            snapshot.touch(now);
+            let recovery = self.recovery.clone();
+            let keep = std::panic::catch_unwind(AssertUnwindSafe(|| {
+                recovery.on_recovery_attempt(&job_id, &snapshot)
+            }))
+            .unwrap_or_else(|_| {
+                warn!(job_id, "on_recovery_attempt panicked: keeping the job");
+                true
+            });
+            let outcome = std::panic::catch_unwind(AssertUnwindSafe(|| {
+                if keep {
+                    recovery.on_recovered(context.job(), &context)
+                } else {
+                    recovery.on_recovery_failed(&job_id, &RecoveryError::Declined)
+                }
+            }));
+            if outcome.is_err() {
+                warn!(job_id, "a recovery hook panicked");
+            }
+            if !keep {
+                info!(
+                    job_id,
+                    "the recovery handler declined the job after a reconnect: ending it"
+                );
+                running.addr.do_send(TerminateJob);
+                self.abandoned.insert(job_id);
+            }
+        }
+    }
+
     /// Removes a job's checkpoint from the store.
     fn forget(&self, job_id: &str, ctx: &mut Context<Self>) {
         let id = job_id.to_owned();
@@ -920,6 +969,9 @@ impl Handler<Registered> for WorkerActor {
         self.worker_id = Some(msg.worker_id);
         if let Some(info) = &msg.server_info {
             debug!(version = info.version, region = info.region, "server info");
+        }
+        if self.registrations > 1 {
+            self.recover_after_reconnect();
         }
         let mut messages = Vec::new();
         let job_ids = self.server_job_ids();
@@ -1148,6 +1200,17 @@ impl Handler<JobExited> for WorkerActor {
     fn handle(&mut self, msg: JobExited, ctx: &mut Self::Context) {
         let Some(job) = self.jobs.remove(&msg.job_id) else {
             return;
+        };
+        let outcome = if self.abandoned.remove(&msg.job_id) {
+            JobOutcome::Failed(
+                "not recovered after a reconnect: the recovery handler declined it".into(),
+            )
+        } else {
+            msg.outcome
+        };
+        let msg = JobExited {
+            job_id: msg.job_id,
+            outcome,
         };
         match &msg.outcome {
             JobOutcome::Succeeded | JobOutcome::Terminated => {

@@ -403,3 +403,61 @@ async fn a_worker_killed_mid_job_resumes_it_from_its_checkpoint_after_a_restart(
         1
     );
 }
+
+#[actix_rt::test]
+async fn after_a_reconnect_the_recovery_handler_keeps_or_ends_running_jobs() {
+    for accept in [true, false] {
+        let server = devserver().await;
+        let recorder = Recorder {
+            accept,
+            failed: Arc::default(),
+            recovered: Arc::default(),
+        };
+        let worker = Worker::builder(options(&server))
+            .recovery_handler(recorder.clone())
+            .handler(Forever)
+            .start()
+            .unwrap();
+        registered(&worker).await;
+        let job = server.dispatch(DispatchRequest::room("r")).await.unwrap();
+        wait_job(&server, &job.id, "RUNNING", |j| {
+            statuses(j).contains(&JobStatus::JsRunning)
+        })
+        .await;
+        server.drop_connections().await;
+        let state = wait_worker(&worker, "the reconnect", |s| {
+            s.connected && s.registrations == 2
+        })
+        .await;
+        let second_id = state.worker_id.unwrap();
+        if accept {
+            assert_eq!(
+                *recorder.recovered.lock().unwrap(),
+                std::slice::from_ref(&job.id)
+            );
+            assert!(recorder.failed.lock().unwrap().is_empty());
+            let workers = server
+                .wait_workers(DEADLINE, |ws| {
+                    ws.iter()
+                        .any(|w| w.id == second_id && w.migrated_jobs.contains(&job.id))
+                })
+                .await
+                .expect("the kept job is claimed");
+            assert!(!workers.is_empty());
+            assert_eq!(state.running_jobs, std::slice::from_ref(&job.id));
+        } else {
+            let done = wait_final(&server, &job.id).await;
+            let last = done.updates.last().unwrap();
+            assert_eq!(last.status, JobStatus::JsFailed);
+            assert!(last.error.contains("not recovered"), "{}", last.error);
+            assert_eq!(last.worker_id, second_id);
+            let failed = recorder.failed.lock().unwrap().clone();
+            assert_eq!(failed.len(), 1, "{failed:?}");
+            assert!(recorder.recovered.lock().unwrap().is_empty());
+            wait_worker(&worker, "the declined job to end", |s| {
+                s.running_jobs.is_empty()
+            })
+            .await;
+        }
+    }
+}
