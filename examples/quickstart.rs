@@ -45,7 +45,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             .map(|s| s.to_string())
             .or_else(|| info.payload().downcast_ref::<String>().cloned())
             .unwrap_or_default();
-        println!("  (a handler panicked: {message:?}; lkagent caught it)");
+        println!("  (a handler panicked: {message:?}; lkagent caught it and restarts the job)");
     }));
 
     let server = DevServer::start(DevServerConfig::default()).await?;

@@ -139,6 +139,29 @@ impl EmbeddedStore {
         })
     }
 
+    /// Applies a lease rule in one transaction; true when it granted a new
+    /// lease.
+    fn set_lease(
+        &self,
+        job_id: &str,
+        rule: store::LeaseRule,
+        owner: &str,
+        ttl: Duration,
+        now: SystemTime,
+    ) -> StoreFuture<bool> {
+        let (job_id, owner) = (job_id.to_owned(), owner.to_owned());
+        self.with_leases(move |leases| {
+            let current = leases.get(job_id.as_str())?.map(|v| lease_of(v.value()));
+            Ok(match rule(current.as_ref(), &owner, ttl, now) {
+                Some(lease) => {
+                    leases.insert(job_id.as_str(), (lease.owner.as_str(), lease.expires_at_ms))?;
+                    true
+                }
+                None => false,
+            })
+        })
+    }
+
     /// Runs `change` on the lease table in one write transaction.
     fn with_leases<T: Send + 'static>(
         &self,
@@ -274,17 +297,7 @@ impl CheckpointStore for EmbeddedStore {
         ttl: Duration,
         now: SystemTime,
     ) -> StoreFuture<bool> {
-        let (job_id, owner) = (job_id.to_owned(), owner.to_owned());
-        self.with_leases(move |leases| {
-            let current = leases.get(job_id.as_str())?.map(|v| lease_of(v.value()));
-            Ok(match store::acquire(current.as_ref(), &owner, ttl, now) {
-                Some(lease) => {
-                    leases.insert(job_id.as_str(), (lease.owner.as_str(), lease.expires_at_ms))?;
-                    true
-                }
-                None => false,
-            })
-        })
+        self.set_lease(job_id, store::acquire, owner, ttl, now)
     }
 
     fn renew_lease(
@@ -294,17 +307,7 @@ impl CheckpointStore for EmbeddedStore {
         ttl: Duration,
         now: SystemTime,
     ) -> StoreFuture<bool> {
-        let (job_id, owner) = (job_id.to_owned(), owner.to_owned());
-        self.with_leases(move |leases| {
-            let current = leases.get(job_id.as_str())?.map(|v| lease_of(v.value()));
-            Ok(match store::renew(current.as_ref(), &owner, ttl, now) {
-                Some(lease) => {
-                    leases.insert(job_id.as_str(), (lease.owner.as_str(), lease.expires_at_ms))?;
-                    true
-                }
-                None => false,
-            })
-        })
+        self.set_lease(job_id, store::renew, owner, ttl, now)
     }
 
     fn release_lease(&self, job_id: &str, owner: &str) -> StoreFuture<bool> {

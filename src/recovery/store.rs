@@ -224,6 +224,9 @@ pub(crate) fn renew(
     }
 }
 
+/// A lease rule: [`acquire`] or [`renew`].
+pub(crate) type LeaseRule = fn(Option<&Lease>, &str, Duration, SystemTime) -> Option<Lease>;
+
 /// True if `release_lease` should delete `current`.
 pub(crate) fn releases(current: Option<&Lease>, owner: &str) -> bool {
     current.is_some_and(|lease| lease.owner == owner)
@@ -255,6 +258,24 @@ impl MemoryStore {
         let mut memory = self.inner.lock().unwrap_or_else(PoisonError::into_inner);
         let out = op(&mut memory);
         Box::pin(std::future::ready(Ok(out)))
+    }
+
+    /// Applies a lease rule; true when it granted a new lease.
+    fn set_lease(
+        &self,
+        job_id: &str,
+        rule: LeaseRule,
+        owner: &str,
+        ttl: Duration,
+        now: SystemTime,
+    ) -> StoreFuture<bool> {
+        self.with(|m| match rule(m.leases.get(job_id), owner, ttl, now) {
+            Some(lease) => {
+                m.leases.insert(job_id.to_owned(), lease);
+                true
+            }
+            None => false,
+        })
     }
 }
 
@@ -289,13 +310,7 @@ impl CheckpointStore for MemoryStore {
         ttl: Duration,
         now: SystemTime,
     ) -> StoreFuture<bool> {
-        self.with(|m| match acquire(m.leases.get(job_id), owner, ttl, now) {
-            Some(lease) => {
-                m.leases.insert(job_id.to_owned(), lease);
-                true
-            }
-            None => false,
-        })
+        self.set_lease(job_id, acquire, owner, ttl, now)
     }
 
     fn renew_lease(
@@ -305,13 +320,7 @@ impl CheckpointStore for MemoryStore {
         ttl: Duration,
         now: SystemTime,
     ) -> StoreFuture<bool> {
-        self.with(|m| match renew(m.leases.get(job_id), owner, ttl, now) {
-            Some(lease) => {
-                m.leases.insert(job_id.to_owned(), lease);
-                true
-            }
-            None => false,
-        })
+        self.set_lease(job_id, renew, owner, ttl, now)
     }
 
     fn release_lease(&self, job_id: &str, owner: &str) -> StoreFuture<bool> {
