@@ -349,8 +349,10 @@ impl WorkerActor {
             rate_limiter,
         } = parts;
         // each job holds at most one queued status, and jobs are bounded by
-        // max_jobs; the slack covers jobs that end while others start
-        let outbox = Outbox::new(options.max_jobs.saturating_mul(4).saturating_add(64));
+        // the slots plus the queue; the slack covers jobs that end while
+        // others start
+        let jobs_bound = options.max_jobs.saturating_add(options.queue_capacity);
+        let outbox = Outbox::new(jobs_bound.saturating_mul(2).saturating_add(64));
         let max_jobs = options.max_jobs;
         Self {
             options,
@@ -632,6 +634,7 @@ impl WorkerActor {
                 ctx.cancel_future(handle);
             }
             self.slots_changed();
+            self.grant_slot(ctx); // a queued job may take the slot it held
         }
     }
 
