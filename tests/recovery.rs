@@ -102,6 +102,16 @@ struct Recorder {
     recovered: Arc<Mutex<Vec<String>>>,
 }
 
+impl Recorder {
+    fn new(accept: bool) -> Self {
+        Self {
+            accept,
+            failed: Arc::default(),
+            recovered: Arc::default(),
+        }
+    }
+}
+
 impl RecoveryHandler for Recorder {
     fn on_recovery_attempt(&self, _job_id: &str, _checkpoint: &JobCheckpoint) -> bool {
         self.accept
@@ -158,11 +168,7 @@ async fn a_refused_recovery_is_reported_and_not_resumed() {
     let server = devserver().await;
     let store = Arc::new(MemoryStore::new());
     let job_id = orphaned_checkpoint(&server, &store).await;
-    let recorder = Recorder {
-        accept: false,
-        failed: Arc::default(),
-        recovered: Arc::default(),
-    };
+    let recorder = Recorder::new(false);
     let handler = PanicsOnce::default();
     let worker = Worker::builder(options(&server))
         .checkpoint_store(store.clone())
@@ -210,11 +216,7 @@ async fn an_accepted_recovery_resumes_with_the_saved_state_and_is_claimed() {
     let server = devserver().await;
     let store = Arc::new(MemoryStore::new());
     let job_id = orphaned_checkpoint(&server, &store).await;
-    let recorder = Recorder {
-        accept: true,
-        failed: Arc::default(),
-        recovered: Arc::default(),
-    };
+    let recorder = Recorder::new(true);
     // the resumed job runs until the test has seen it claimed
     let gate = Arc::new(tokio::sync::Semaphore::new(0));
     let handler = PanicsOnce {
@@ -408,11 +410,7 @@ async fn a_worker_killed_mid_job_resumes_it_from_its_checkpoint_after_a_restart(
 async fn after_a_reconnect_the_recovery_handler_keeps_or_ends_running_jobs() {
     for accept in [true, false] {
         let server = devserver().await;
-        let recorder = Recorder {
-            accept,
-            failed: Arc::default(),
-            recovered: Arc::default(),
-        };
+        let recorder = Recorder::new(accept);
         let worker = Worker::builder(options(&server))
             .recovery_handler(recorder.clone())
             .handler(Forever)
