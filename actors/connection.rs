@@ -137,7 +137,7 @@ impl ConnectionActor {
                 .unwrap_or(u32::MAX),
             ..Default::default()
         };
-        self.write(worker_message::Message::Register(register));
+        self.write(&worker_message::Message::Register(register));
         let deadline = options.register_timeout;
         ctx.run_later(deadline, move |act, ctx| {
             if !act.registered {
@@ -183,7 +183,7 @@ impl ConnectionActor {
     fn ping(&mut self) -> i64 {
         self.last_ping = unix_millis().max(self.last_ping + 1);
         let timestamp = self.last_ping;
-        self.write(worker_message::Message::Ping(WorkerPing { timestamp }));
+        self.write(&worker_message::Message::Ping(WorkerPing { timestamp }));
         timestamp
     }
 
@@ -197,7 +197,7 @@ impl ConnectionActor {
 
     /// Writes one message; false when there is no open sink or the message
     /// cannot be encoded.
-    fn write(&mut self, message: worker_message::Message) -> bool {
+    fn write(&mut self, message: &worker_message::Message) -> bool {
         let Some(sink) = self.sink.as_mut() else {
             return false;
         };
@@ -320,7 +320,7 @@ impl Handler<SendToServer> for ConnectionActor {
                 }
                 _ => None,
             };
-            if !self.write(message.clone()) {
+            if !self.write(&message) {
                 let rest = std::iter::once(message).chain(messages);
                 self.worker.do_send(Undelivered(rest.collect()));
                 break;

@@ -23,7 +23,7 @@
 use std::any::Any;
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use actix::prelude::*;
 use futures_util::FutureExt as _;
@@ -32,10 +32,12 @@ use tracing::{info, warn};
 use super::messages::*;
 use super::worker::WorkerActor;
 use crate::handler::{DynHandler, JobContext, JobError};
-use crate::recovery::{RestartDecision, RestartPolicy, StoreFuture};
+use crate::recovery::{
+    RecoveryError, RecoveryHandler, RestartDecision, RestartPolicy, StoreFuture,
+};
 
 /// How jobs are run: the bounds that are the same for every job.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub(crate) struct JobRules {
     /// How long a terminated handler may take to return.
     pub grace: Duration,
@@ -45,6 +47,8 @@ pub(crate) struct JobRules {
     pub max_retry_delay: Duration,
     /// How often a dirty checkpoint is written behind the handler.
     pub checkpoint_interval: Duration,
+    /// Asked about the job when it is recovered (read-only, shared).
+    pub recovery: Arc<dyn RecoveryHandler>,
 }
 
 /// Runs one job.
@@ -54,7 +58,10 @@ pub struct JobActor {
     worker: Addr<WorkerActor>,
     rules: JobRules,
     policy: RestartPolicy,
-    terminated: bool,
+    /// Set once the job is being ended from outside (terminated by the
+    /// server, or declined after a reconnect): the outcome it will report,
+    /// whatever the handler returns.
+    ending: Option<JobOutcome>,
     exited: bool,
     /// Set while a restart is waiting for its delay.
     restart_pending: bool,
@@ -83,7 +90,7 @@ impl JobActor {
             worker,
             rules,
             policy,
-            terminated: false,
+            ending: None,
             exited: false,
             restart_pending: false,
         }
@@ -119,8 +126,10 @@ impl JobActor {
             AssertUnwindSafe(self.handler.clone().on_job(self.context.clone())).catch_unwind();
         ctx.spawn(
             actix::fut::wrap_future(run).map(|result, act: &mut Self, ctx| {
+                if let Some(outcome) = act.ending.clone() {
+                    return act.exit(outcome, ctx);
+                }
                 let failure = match result {
-                    _ if act.terminated => return act.exit(JobOutcome::Terminated, ctx),
                     Ok(Ok(())) => return act.exit(JobOutcome::Succeeded, ctx),
                     Ok(Err(JobError::Failed(reason))) => {
                         return act.exit(JobOutcome::Failed(reason), ctx);
@@ -194,6 +203,12 @@ impl Actor for JobActor {
         // dies before the first save still finds the job
         let write = self.context.checkpoint().write();
         self.write_checkpoint(write, ctx);
+        if self.context.is_recovered() {
+            let (recovery, context) = (&self.rules.recovery, &self.context);
+            guard("on_recovered", context.id(), || {
+                recovery.on_recovered(context.job(), context)
+            });
+        }
         ctx.run_interval(self.rules.checkpoint_interval, |act, ctx| {
             if let Some(write) = act.context.checkpoint().write_if_dirty() {
                 act.write_checkpoint(write, ctx);
@@ -205,15 +220,36 @@ impl Actor for JobActor {
     fn stopped(&mut self, _ctx: &mut Self::Context) {
         if !self.exited {
             self.exited = true;
+            let outcome = self.ending.take().unwrap_or_else(|| {
+                JobOutcome::Failed("the job was stopped before its handler finished".into())
+            });
             self.worker.do_send(JobExited {
                 job_id: self.context.id().to_owned(),
-                outcome: if self.terminated {
-                    JobOutcome::Terminated
-                } else {
-                    JobOutcome::Failed("the job was stopped before its handler finished".into())
-                },
+                outcome,
             });
         }
+    }
+}
+
+impl JobActor {
+    /// Ends the job from outside: cancels it and gives the handler the grace
+    /// period to return; it then reports `outcome`.
+    fn wind_down(&mut self, outcome: JobOutcome, ctx: &mut Context<Self>) {
+        self.ending = Some(outcome.clone());
+        self.context.cancel();
+        if self.restart_pending {
+            // nothing runs: the pending restart is simply not made
+            self.exit(outcome, ctx);
+            return;
+        }
+        ctx.run_later(self.rules.grace, move |act, ctx| {
+            warn!(
+                job_id = act.context.id(),
+                grace = ?act.rules.grace,
+                "the handler did not return after being cancelled: dropping it"
+            );
+            act.exit(outcome, ctx);
+        });
     }
 }
 
@@ -221,36 +257,52 @@ impl Handler<TerminateJob> for JobActor {
     type Result = ();
 
     fn handle(&mut self, _msg: TerminateJob, ctx: &mut Self::Context) {
-        if self.terminated {
+        if self.ending.is_some() {
             return;
         }
-        self.terminated = true;
         info!(job_id = self.context.id(), "job terminated by the server");
         self.context.cancel();
-        let handler = &self.handler;
-        let job = self.context.job();
-        if let Err(panic) =
-            std::panic::catch_unwind(AssertUnwindSafe(|| handler.on_terminated(job)))
-        {
-            warn!(
-                job_id = job.id,
-                panic = panic_message(&*panic),
-                "on_terminated panicked"
-            );
-        }
-        if self.restart_pending {
-            // nothing runs: the pending restart is simply not made
-            self.exit(JobOutcome::Terminated, ctx);
+        let (handler, job) = (&self.handler, self.context.job());
+        guard("on_terminated", &job.id, || handler.on_terminated(job));
+        self.wind_down(JobOutcome::Terminated, ctx);
+    }
+}
+
+impl Handler<Reconnected> for JobActor {
+    type Result = ();
+
+    fn handle(&mut self, _msg: Reconnected, ctx: &mut Self::Context) {
+        if self.ending.is_some() {
             return;
         }
-        ctx.run_later(self.rules.grace, |act, ctx| {
-            warn!(
-                job_id = act.context.id(),
-                grace = ?act.rules.grace,
-                "the handler did not return after termination: dropping it"
-            );
-            act.exit(JobOutcome::Terminated, ctx);
+        let (recovery, context) = (self.rules.recovery.clone(), &self.context);
+        let job_id = context.id().to_owned();
+        // the job is alive right now: its state is as fresh as it gets
+        let mut snapshot = context.checkpoint().snapshot();
+        snapshot.touch(SystemTime::now());
+        let keep = guard("on_recovery_attempt", &job_id, || {
+            recovery.on_recovery_attempt(&job_id, &snapshot)
+        })
+        .unwrap_or(true);
+        if keep {
+            guard("on_recovered", &job_id, || {
+                recovery.on_recovered(context.job(), context)
+            });
+            return;
+        }
+        guard("on_recovery_failed", &job_id, || {
+            recovery.on_recovery_failed(&job_id, &RecoveryError::Declined)
         });
+        info!(
+            job_id,
+            "the recovery handler declined the job after a reconnect: ending it"
+        );
+        self.wind_down(
+            JobOutcome::Failed(
+                "not recovered after a reconnect: the recovery handler declined it".into(),
+            ),
+            ctx,
+        );
     }
 }
 
@@ -258,16 +310,26 @@ impl Handler<MemoryPressure> for JobActor {
     type Result = ();
 
     fn handle(&mut self, msg: MemoryPressure, _ctx: &mut Self::Context) {
-        let handler = &self.handler;
-        let job = self.context.job();
-        if let Err(panic) =
-            std::panic::catch_unwind(AssertUnwindSafe(|| handler.on_memory_pressure(job, msg.0)))
-        {
+        let (handler, job) = (&self.handler, self.context.job());
+        guard("on_memory_pressure", &job.id, || {
+            handler.on_memory_pressure(job, msg.0)
+        });
+    }
+}
+
+/// Runs one of the user's hooks for a job; a panic in it is logged and
+/// becomes `None`, never an unwound arbiter.
+pub(crate) fn guard<T>(hook: &str, job_id: &str, call: impl FnOnce() -> T) -> Option<T> {
+    match std::panic::catch_unwind(AssertUnwindSafe(call)) {
+        Ok(value) => Some(value),
+        Err(panic) => {
             warn!(
-                job_id = job.id,
+                job_id,
+                hook,
                 panic = panic_message(&*panic),
-                "on_memory_pressure panicked"
+                "a handler hook panicked"
             );
+            None
         }
     }
 }

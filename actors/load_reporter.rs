@@ -127,6 +127,12 @@ impl LoadReporterActor {
     /// Computes and, if the policy says so (or `force`), sends a report.
     fn report(&mut self, now: Instant, force: bool) {
         let report = self.compute(now);
+        self.offer(report, now, force);
+    }
+
+    /// Hands a computed report to the worker and, if the policy says so (or
+    /// `force`), to the server.
+    fn offer(&mut self, report: LoadReport, now: Instant, force: bool) {
         self.worker.do_send(LoadChanged { report });
         if !self.connected {
             return;
@@ -191,8 +197,9 @@ impl Handler<SlotsChanged> for LoadReporterActor {
             .is_some_and(|(last, _)| last.status != report.status);
         if flipped {
             // AVAILABLE <-> FULL must not wait for the next tick
-            self.report(now, true);
+            self.offer(report, now, true);
         } else {
+            // anything else waits for the tick: batching, not flooding
             self.worker.do_send(LoadChanged { report });
         }
     }

@@ -138,6 +138,13 @@ pub(crate) const MAX_ERROR_TEXT: usize = 16 * 1024;
 // ---------------------------------------------------------------------------
 // WorkerActor → JobActor
 
+/// The worker registered again after losing its connection: ask the
+/// recovery handler whether to keep this job (`on_recovered`) or end it
+/// (`on_recovery_failed`, reported FAILED).
+#[derive(Message, Debug)]
+#[rtype(result = "()")]
+pub(crate) struct Reconnected;
+
 /// The server terminated this job: cancel it, call `on_terminated` once.
 #[derive(Message, Debug)]
 #[rtype(result = "()")]

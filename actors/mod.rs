@@ -22,7 +22,7 @@
 //!   free slot and `TakeNext` when a slot frees; the QueueActor answers, and
 //!   hands back `QueuedJobsExpired` for jobs that waited too long.
 //! - Jobs: the WorkerActor starts a JobActor per assignment (or local spawn,
-//!   or recovered checkpoint) and sends it `TerminateJob` and
+//!   or recovered checkpoint) and sends it `TerminateJob`, `Reconnected` and
 //!   `MemoryPressure`; the JobActor answers with `JobStarted` and exactly one
 //!   `JobExited`.
 //!
@@ -30,10 +30,11 @@
 //! - A connection restart keeps the ConnectionActor's fields (options, the
 //!   attempt counter) and drops its socket and timers. The WorkerActor and
 //!   every JobActor are untouched: jobs keep running, their statuses queue,
-//!   and after the next registration the worker asks the recovery handler
-//!   about each running job (declined ones are terminated and reported
-//!   FAILED), sends `migrate_job` for the rest and then the queued statuses,
-//!   in order. Final statuses the old socket may have swallowed (no pong
+//!   and after the next registration the worker sends `migrate_job` for the
+//!   running jobs and then the queued statuses, in order, and sends each
+//!   server job `Reconnected`: the JobActor asks the recovery handler about
+//!   itself, with its own checkpoint, and ends itself (reported FAILED) if
+//!   declined. Final statuses the old socket may have swallowed (no pong
 //!   since) are among them.
 //! - A handler panic or a retryable error restarts the handler inside its
 //!   JobActor — the actor, its checkpoint and its slot stay — under the job's

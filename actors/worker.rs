@@ -7,7 +7,7 @@
 //! [`Outbox`] and go out, in order, after the next registration, preceded by
 //! `migrate_job` for the jobs that kept running.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::panic::AssertUnwindSafe;
 use std::sync::{Arc, Once};
 use std::time::{Instant, SystemTime};
@@ -21,12 +21,12 @@ use livekit_protocol::{
 use tracing::{debug, error, info, warn};
 
 use super::connection::ConnectionActor;
-use super::job::{JobActor, JobRules, panic_message};
+use super::job::{JobActor, JobRules, guard, panic_message};
 use super::load_reporter::{LoadReporterActor, ReporterConfig};
 use super::messages::*;
 use super::queue::QueueActor;
 use crate::auth::ROOM_TOKEN_TTL;
-use crate::handler::{Decision, DynHandler, JobContext, JobHandler, JobRequest};
+use crate::handler::{Decision, DynHandler, JobContext, JobHandler, JobRequest, room_name};
 use crate::limits::{Reservation, ResourceLimiter, ResourceLimits, ResourceRequest, UsageState};
 use crate::load::{
     DEFAULT_LOAD_EPSILON, DefaultLoadCalculator, LoadCalculator, LoadReport, ReportPolicy, Slots,
@@ -197,6 +197,7 @@ impl WorkerBuilder {
             admission,
             limiter,
             rate_limiter,
+            threshold,
             options: Arc::new(self.options),
             handler,
             load_calculator: calculator,
@@ -224,8 +225,6 @@ struct RunningJob {
     origin: JobOrigin,
     /// The job's share of the resource limits, released when it ends.
     _reservation: Option<Reservation>,
-    /// The job's context, for the recovery hooks after a reconnect.
-    context: JobContext,
 }
 
 /// The arbiters jobs run on, stopped when the worker goes away.
@@ -276,9 +275,6 @@ pub struct WorkerActor {
     reserved: HashMap<String, Pending>,
     /// Jobs waiting in the queue (the QueueActor holds them).
     queued: usize,
-    /// Running jobs the recovery handler declined after a reconnect: being
-    /// terminated, to be reported FAILED.
-    abandoned: HashSet<String>,
     /// Slots granted to queued jobs whose `TakeNext` answer is on its way.
     granting: usize,
     queue: Option<Addr<QueueActor>>,
@@ -290,6 +286,9 @@ pub struct WorkerActor {
     outbox: Outbox,
     reporter: Option<Addr<LoadReporterActor>>,
     load_calculator: Arc<dyn LoadCalculator>,
+    /// The load at which the worker reports FULL (options, else the
+    /// calculator's default), decided once at start.
+    threshold: f32,
     /// The latest report computed by the reporter.
     load: LoadReport,
     /// Who hears about job statuses (bounded by [`MAX_SUBSCRIBERS`]).
@@ -315,6 +314,7 @@ struct WorkerParts {
     admission: AdmissionPolicy,
     limiter: ResourceLimiter,
     rate_limiter: Option<JobRateLimiter>,
+    threshold: f32,
 }
 
 /// A slot held for a server job between the availability request and its
@@ -347,6 +347,7 @@ impl WorkerActor {
             admission,
             limiter,
             rate_limiter,
+            threshold,
         } = parts;
         // each job holds at most one queued status, and jobs are bounded by
         // the slots plus the queue; the slack covers jobs that end while
@@ -364,7 +365,6 @@ impl WorkerActor {
             jobs: HashMap::new(),
             reserved: HashMap::new(),
             queued: 0,
-            abandoned: HashSet::new(),
             granting: 0,
             queue: None,
             priorities,
@@ -375,6 +375,7 @@ impl WorkerActor {
             outbox,
             reporter: None,
             load_calculator,
+            threshold,
             subscribers: Vec::new(),
             store,
             recovery,
@@ -418,6 +419,12 @@ impl WorkerActor {
     fn queue_has_room(&self) -> bool {
         let on_the_way = self.reserved.values().filter(|p| p.over_capacity).count();
         self.options.queue_capacity > 0 && self.queued + on_the_way < self.options.queue_capacity
+    }
+
+    /// The calculator's priority for a job (Normal if it panics).
+    fn priority_of(&self, job: &Job) -> JobPriority {
+        let priorities = &self.priorities;
+        guard("priority calculator", &job.id, || priorities.priority(job)).unwrap_or_default()
     }
 
     /// The first checks every new job passes, server or local, before
@@ -517,6 +524,8 @@ impl WorkerActor {
 
     /// Checks memory against the limits; tells every running job when the
     /// state changes, and forgets rooms the rate limiter no longer needs.
+    /// The reads are of procfs, which lives in memory: they cannot stall the
+    /// arbiter on a disk.
     fn check_resources(&mut self) {
         let state = self.limiter.check_memory();
         if state != self.memory {
@@ -685,7 +694,7 @@ impl WorkerActor {
         }
     }
 
-    fn start_job(&mut self, launch: JobLaunch, ctx: &mut Context<Self>) -> JobContext {
+    fn start_job(&mut self, launch: JobLaunch, ctx: &mut Context<Self>) {
         let JobLaunch {
             job,
             url,
@@ -716,7 +725,6 @@ impl WorkerActor {
             }
         });
         let context = context.with_checkpoint(checkpoint, is_recovered);
-        let job_context = context.clone();
         let handler = self.handler.clone();
         let worker = ctx.address();
         let rules = JobRules {
@@ -724,6 +732,7 @@ impl WorkerActor {
             restart_policy: self.options.restart_policy.clone(),
             max_retry_delay: self.options.max_retry_delay,
             checkpoint_interval: self.options.checkpoint_interval,
+            recovery: self.recovery.clone(),
         };
         let threads = self
             .threads
@@ -738,11 +747,9 @@ impl WorkerActor {
                 started_at: Instant::now(),
                 origin,
                 _reservation: reservation,
-                context: job_context.clone(),
             },
         );
         self.slots_changed();
-        job_context
     }
 
     /// The running jobs the server knows, for `migrate_job`.
@@ -750,7 +757,7 @@ impl WorkerActor {
         let mut ids: Vec<String> = self
             .jobs
             .iter()
-            .filter(|(id, job)| job.origin == JobOrigin::Server && !self.abandoned.contains(*id))
+            .filter(|(_, job)| job.origin == JobOrigin::Server)
             .map(|(id, _)| id.clone())
             .collect();
         ids.sort();
@@ -770,22 +777,16 @@ impl WorkerActor {
             match self.resume(record, ctx) {
                 Ok(()) => resumed.push(job_id),
                 Err(error) => {
-                    let recovery = self.recovery.clone();
-                    let id = job_id.clone();
-                    let error_text = error.to_string();
-                    if std::panic::catch_unwind(AssertUnwindSafe(|| {
-                        recovery.on_recovery_failed(&id, &error)
-                    }))
-                    .is_err()
-                    {
-                        warn!(job_id, "on_recovery_failed panicked");
-                    }
+                    let recovery = &self.recovery;
+                    guard("on_recovery_failed", &job_id, || {
+                        recovery.on_recovery_failed(&job_id, &error)
+                    });
                     self.forget(&job_id, ctx);
                     self.report_job(
                         UpdateJobStatus {
                             job_id,
                             status: JobStatus::JsFailed as i32,
-                            error: format!("not recovered after a worker restart: {error_text}"),
+                            error: format!("not recovered after a worker restart: {error}"),
                         },
                         JobOrigin::Server,
                     );
@@ -807,12 +808,12 @@ impl WorkerActor {
         record: JobCheckpoint,
         ctx: &mut Context<Self>,
     ) -> Result<(), RecoveryError> {
-        let recovery = self.recovery.clone();
+        let recovery = &self.recovery;
         let job_id = record.job_id().to_owned();
-        let accepted = std::panic::catch_unwind(AssertUnwindSafe(|| {
+        let accepted = guard("on_recovery_attempt", &job_id, || {
             recovery.on_recovery_attempt(&job_id, &record)
-        }))
-        .map_err(|_| RecoveryError::Resume("on_recovery_attempt panicked".into()))?;
+        })
+        .ok_or_else(|| RecoveryError::Resume("on_recovery_attempt panicked".into()))?;
         if !accepted {
             return Err(RecoveryError::Declined);
         }
@@ -840,56 +841,21 @@ impl WorkerActor {
             recovered: Some(checkpoint),
             reservation: None,
         };
-        let context = self.start_job(launch, ctx);
-        if std::panic::catch_unwind(AssertUnwindSafe(|| {
-            recovery.on_recovered(context.job(), &context)
-        }))
-        .is_err()
-        {
-            warn!(job_id, "on_recovered panicked");
-        }
+        // the JobActor calls on_recovered once it runs
+        self.start_job(launch, ctx);
         Ok(())
     }
 
-    /// After a reconnect, asks the recovery handler about every server job
-    /// that kept running: `on_recovered` for those it keeps; those it
-    /// declines are terminated and reported FAILED (`on_recovery_failed`).
-    fn recover_after_reconnect(&mut self) {
-        let now = SystemTime::now();
-        for job_id in self.server_job_ids() {
-            let Some(running) = self.jobs.get(&job_id) else {
-                continue;
-            };
-            let context = running.context.clone();
-            // the job is alive right now: its state is as fresh as it gets
-            let mut snapshot = context.checkpoint().snapshot();
-            snapshot.touch(now);
-            let recovery = self.recovery.clone();
-            let keep = std::panic::catch_unwind(AssertUnwindSafe(|| {
-                recovery.on_recovery_attempt(&job_id, &snapshot)
-            }))
-            .unwrap_or_else(|_| {
-                warn!(job_id, "on_recovery_attempt panicked: keeping the job");
-                true
-            });
-            let outcome = std::panic::catch_unwind(AssertUnwindSafe(|| {
-                if keep {
-                    recovery.on_recovered(context.job(), &context)
-                } else {
-                    recovery.on_recovery_failed(&job_id, &RecoveryError::Declined)
-                }
-            }));
-            if outcome.is_err() {
-                warn!(job_id, "a recovery hook panicked");
-            }
-            if !keep {
-                info!(
-                    job_id,
-                    "the recovery handler declined the job after a reconnect: ending it"
-                );
-                running.addr.do_send(TerminateJob);
-                self.abandoned.insert(job_id);
-            }
+    /// After a reconnect, has every server job ask the recovery handler
+    /// whether it stays (`on_recovered`) or ends (`on_recovery_failed`,
+    /// reported FAILED). Each job asks about itself, with its own state.
+    fn recover_after_reconnect(&self) {
+        for job in self
+            .jobs
+            .values()
+            .filter(|job| job.origin == JobOrigin::Server)
+        {
+            job.addr.do_send(Reconnected);
         }
     }
 
@@ -944,10 +910,7 @@ impl Actor for WorkerActor {
         );
         let config = ReporterConfig {
             calculator: self.load_calculator.clone(),
-            threshold: self
-                .options
-                .load_threshold
-                .unwrap_or_else(|| self.load_calculator.default_threshold()),
+            threshold: self.threshold,
             policy: ReportPolicy {
                 epsilon: DEFAULT_LOAD_EPSILON,
                 keepalive: self.options.load_report_interval,
@@ -1067,12 +1030,7 @@ impl Handler<AvailabilityAsked> for WorkerActor {
             self.answer(&job_id, None);
             return;
         }
-        let priorities = self.priorities.clone();
-        let priority = std::panic::catch_unwind(AssertUnwindSafe(|| priorities.priority(&msg.job)))
-            .unwrap_or_else(|_| {
-                warn!(job_id, "the priority calculator panicked: Normal");
-                JobPriority::Normal
-            });
+        let priority = self.priority_of(&msg.job);
         // beyond the free slots only high-priority work is taken, and only
         // as far as the queue has room
         let over_capacity = self.slots().is_full();
@@ -1096,12 +1054,7 @@ impl Handler<AvailabilityAsked> for WorkerActor {
                 priority,
                 limits: None,
                 over_capacity,
-                room: msg
-                    .job
-                    .room
-                    .as_ref()
-                    .map(|r| r.name.clone())
-                    .unwrap_or_default(),
+                room: room_name(&msg.job).to_owned(),
             },
         );
         self.slots_changed();
@@ -1158,7 +1111,7 @@ impl Handler<JobAssigned> for WorkerActor {
                     job_id,
                     "assigned a job that was not offered first: running it"
                 );
-                (None, self.priorities.priority(&msg.job), None)
+                (None, self.priority_of(&msg.job), None)
             }
         };
         let url = msg
@@ -1203,17 +1156,6 @@ impl Handler<JobExited> for WorkerActor {
     fn handle(&mut self, msg: JobExited, ctx: &mut Self::Context) {
         let Some(job) = self.jobs.remove(&msg.job_id) else {
             return;
-        };
-        let outcome = if self.abandoned.remove(&msg.job_id) {
-            JobOutcome::Failed(
-                "not recovered after a reconnect: the recovery handler declined it".into(),
-            )
-        } else {
-            msg.outcome
-        };
-        let msg = JobExited {
-            job_id: msg.job_id,
-            outcome,
         };
         match &msg.outcome {
             JobOutcome::Succeeded | JobOutcome::Terminated => {
@@ -1331,10 +1273,8 @@ impl Handler<SpawnJob> for WorkerActor {
             agent_name: self.options.agent_name.clone(),
             ..Default::default()
         };
-        let priority = msg
-            .priority
-            .unwrap_or_else(|| self.priorities.priority(&job));
-        let room = msg_room(&job);
+        let priority = msg.priority.unwrap_or_else(|| self.priority_of(&job));
+        let room = room_name(&job).to_owned();
         // no load-based admission here: a server offer can go to another
         // worker, a local job has nowhere else to go, so it queues instead
         if matches!(self.memory, UsageState::Pressure | UsageState::Exceeded) {
@@ -1373,13 +1313,6 @@ impl Handler<SpawnJob> for WorkerActor {
             }
         })
     }
-}
-
-fn msg_room(job: &Job) -> String {
-    job.room
-        .as_ref()
-        .map(|r| r.name.clone())
-        .unwrap_or_default()
 }
 
 impl Handler<QueuedJobsExpired> for WorkerActor {

@@ -26,6 +26,11 @@ use crate::limits::{ResourceRequest, UsageState};
 use crate::queue::JobPriority;
 use crate::recovery::{Checkpoint, JobCheckpoint};
 
+/// A job's room name, empty if the job names no room.
+pub(crate) fn room_name(job: &Job) -> &str {
+    job.room.as_ref().map_or("", |room| room.name.as_str())
+}
+
 /// A job the server offers this worker.
 #[derive(Clone, Debug)]
 pub struct JobRequest {
@@ -51,7 +56,7 @@ impl JobRequest {
 
     /// The room's name, empty if the server sent no room.
     pub fn room_name(&self) -> &str {
-        self.job.room.as_ref().map_or("", |room| room.name.as_str())
+        room_name(&self.job)
     }
 
     /// The dispatch's metadata, as given to the server (often JSON).
@@ -303,7 +308,7 @@ impl JobContext {
 
     /// The room's name.
     pub fn room_name(&self) -> &str {
-        self.job.room.as_ref().map_or("", |room| room.name.as_str())
+        room_name(&self.job)
     }
 
     /// The dispatch's metadata.

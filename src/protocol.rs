@@ -7,7 +7,7 @@
 //! server allows, and builds the `/agent` URL. It knows nothing of the socket
 //! that moves the bytes (see `actors/connection.rs`).
 
-use livekit_protocol::{ServerMessage, WorkerMessage, server_message, worker_message};
+use livekit_protocol::{ServerMessage, server_message, worker_message};
 use prost::Message as _;
 use url::Url;
 
@@ -40,19 +40,15 @@ pub enum FrameError {
     Json(#[from] serde_json::Error),
 }
 
-/// Encodes a worker message as the payload of one binary frame.
-pub fn encode_worker(message: worker_message::Message) -> Result<Vec<u8>, FrameError> {
-    let frame = WorkerMessage {
-        message: Some(message),
-    };
-    let size = frame.encoded_len();
-    if size > MAX_FRAME_SIZE {
-        return Err(FrameError::TooLarge {
-            size,
-            max: MAX_FRAME_SIZE,
-        });
-    }
-    Ok(frame.encode_to_vec())
+/// Encodes a worker message as the payload of one binary frame. It borrows
+/// the message, so a caller whose write fails still holds it to retry.
+pub fn encode_worker(message: &worker_message::Message) -> Result<Vec<u8>, FrameError> {
+    // a `WorkerMessage` is exactly its oneof field on the wire
+    let size = message.encoded_len();
+    check_size(size)?;
+    let mut bytes = Vec::with_capacity(size);
+    message.encode(&mut bytes);
+    Ok(bytes)
 }
 
 /// Decodes the payload of a binary frame from the server.
@@ -126,11 +122,11 @@ pub fn agent_url(server_url: &str) -> Result<Url, UrlError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use livekit_protocol::{JobTermination, UpdateJobStatus, WorkerPong};
+    use livekit_protocol::{JobTermination, UpdateJobStatus, WorkerMessage, WorkerPong};
 
     #[test]
     fn worker_message_round_trips_through_a_binary_frame() {
-        let bytes = encode_worker(worker_message::Message::UpdateJob(UpdateJobStatus {
+        let bytes = encode_worker(&worker_message::Message::UpdateJob(UpdateJobStatus {
             job_id: "AJ_1".into(),
             status: livekit_protocol::JobStatus::JsSuccess as i32,
             error: String::new(),
@@ -145,7 +141,7 @@ mod tests {
 
     #[test]
     fn oversized_worker_message_is_refused() {
-        let err = encode_worker(worker_message::Message::UpdateJob(UpdateJobStatus {
+        let err = encode_worker(&worker_message::Message::UpdateJob(UpdateJobStatus {
             job_id: "AJ_1".into(),
             status: 0,
             error: "x".repeat(MAX_FRAME_SIZE),

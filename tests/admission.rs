@@ -341,14 +341,10 @@ async fn memory_over_the_limit_reaches_running_jobs_and_stops_admissions() {
         }
     );
 
-    let start = std::time::Instant::now();
-    while handler.notices.lock().unwrap().is_empty() {
-        assert!(
-            start.elapsed() < DEADLINE,
-            "no memory notice reached the job"
-        );
-        actix_rt::time::sleep(Duration::from_millis(10)).await;
-    }
+    eventually("a memory notice to reach the job", || {
+        !handler.notices.lock().unwrap().is_empty()
+    })
+    .await;
     assert_eq!(
         handler.notices.lock().unwrap().clone(),
         [("running".to_owned(), UsageState::Exceeded)]

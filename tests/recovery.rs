@@ -429,6 +429,11 @@ async fn after_a_reconnect_the_recovery_handler_keeps_or_ends_running_jobs() {
         .await;
         let second_id = state.worker_id.unwrap();
         if accept {
+            // the job asks about itself, just after the registration
+            eventually("on_recovered", || {
+                !recorder.recovered.lock().unwrap().is_empty()
+            })
+            .await;
             assert_eq!(
                 *recorder.recovered.lock().unwrap(),
                 std::slice::from_ref(&job.id)

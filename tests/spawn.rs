@@ -5,40 +5,20 @@
 
 mod common;
 
-use std::time::Duration;
-
 use actix::prelude::*;
 use common::*;
 use lkagent::demo::{DemoAgent, FAIL_TEXT};
 use lkagent::proto::JobStatus;
-use lkagent::{
-    GetState, JobEvent, JobOrigin, SpawnJob, SpawnOutcome, SpawnRefusal, SubscribeJobEvents,
-    WorkerActor,
-};
+use lkagent::{GetState, JobOrigin, SpawnJob, SpawnOutcome, SpawnRefusal, WorkerActor};
 
-/// An application actor that starts jobs on a worker and keeps the events it
-/// hears, the way an actix app embedding lkagent would.
+/// An application actor that starts jobs on a worker, the way an actix app
+/// embedding lkagent would.
 struct App {
     worker: Addr<WorkerActor>,
-    events: Vec<JobEvent>,
 }
 
 impl Actor for App {
     type Context = Context<Self>;
-
-    fn started(&mut self, ctx: &mut Self::Context) {
-        ctx.set_mailbox_capacity(256);
-        self.worker
-            .do_send(SubscribeJobEvents(ctx.address().recipient()));
-    }
-}
-
-impl Handler<JobEvent> for App {
-    type Result = ();
-
-    fn handle(&mut self, event: JobEvent, _ctx: &mut Self::Context) {
-        self.events.push(event);
-    }
 }
 
 /// Asks the app to start a job on its worker.
@@ -55,39 +35,21 @@ impl Handler<Start> for App {
     }
 }
 
-/// The events the app has heard for a job.
-#[derive(Message)]
-#[rtype(result = "Vec<(JobStatus, String, JobOrigin)>")]
-struct EventsOf(String);
-
-impl Handler<EventsOf> for App {
-    type Result = MessageResult<EventsOf>;
-
-    fn handle(&mut self, msg: EventsOf, _ctx: &mut Self::Context) -> Self::Result {
-        MessageResult(
-            self.events
-                .iter()
-                .filter(|e| e.job_id == msg.0)
-                .map(|e| (e.status, e.error.clone(), e.origin))
-                .collect(),
-        )
-    }
-}
-
-async fn wait_events(
-    app: &Addr<App>,
+/// Waits until the log holds `count` events of `job_id`, and returns them.
+async fn events_of(
+    log: &Addr<EventLog>,
     job_id: &str,
     count: usize,
 ) -> Vec<(JobStatus, String, JobOrigin)> {
-    let start = std::time::Instant::now();
-    loop {
-        let events = app.send(EventsOf(job_id.to_owned())).await.unwrap();
-        if events.len() >= count {
-            return events;
-        }
-        assert!(start.elapsed() < DEADLINE, "{job_id}: only {events:?}");
-        actix_rt::time::sleep(Duration::from_millis(10)).await;
-    }
+    let events = wait_events(log, job_id, |events| {
+        events.iter().filter(|e| e.job_id == job_id).count() >= count
+    })
+    .await;
+    events
+        .into_iter()
+        .filter(|e| e.job_id == job_id)
+        .map(|e| (e.status, e.error, e.origin))
+        .collect()
 }
 
 fn started(outcome: SpawnOutcome) -> String {
@@ -102,9 +64,9 @@ async fn spawn_job_from_another_actor_runs_end_to_end() {
     let server = devserver().await;
     let worker = worker(options(&server), DemoAgent);
     registered(&worker).await;
+    let log = EventLog::start(&worker).await;
     let app = App {
         worker: worker.clone(),
-        events: Vec::new(),
     }
     .start();
 
@@ -127,7 +89,7 @@ async fn spawn_job_from_another_actor_runs_end_to_end() {
     );
     assert_eq!(failing, "my-job-1");
 
-    let events = wait_events(&app, &ok, 2).await;
+    let events = events_of(&log, &ok, 2).await;
     assert_eq!(
         events,
         [
@@ -135,7 +97,7 @@ async fn spawn_job_from_another_actor_runs_end_to_end() {
             (JobStatus::JsSuccess, String::new(), JobOrigin::Local),
         ]
     );
-    let events = wait_events(&app, &failing, 2).await;
+    let events = events_of(&log, &failing, 2).await;
     assert_eq!(
         events[1],
         (JobStatus::JsFailed, FAIL_TEXT.to_owned(), JobOrigin::Local)
@@ -144,7 +106,7 @@ async fn spawn_job_from_another_actor_runs_end_to_end() {
     // the server never heard of them, but server jobs reach subscribers too
     assert!(server.job(&ok).await.is_none());
     let dispatched = serve_quick_job(&server, "r").await;
-    let events = wait_events(&app, &dispatched.id, 2).await;
+    let events = events_of(&log, &dispatched.id, 2).await;
     assert!(
         events
             .iter()

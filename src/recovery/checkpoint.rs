@@ -114,11 +114,7 @@ impl JobCheckpoint {
         let now_ms = unix_millis(now);
         Self {
             job_id: job.id.clone(),
-            room_name: job
-                .room
-                .as_ref()
-                .map(|room| room.name.clone())
-                .unwrap_or_default(),
+            room_name: crate::handler::room_name(job).to_owned(),
             participant_identity: participant_identity.into(),
             agent_name: job.agent_name.clone(),
             attempt: 1,

@@ -203,3 +203,13 @@ pub async fn wait_events(
         actix_rt::time::sleep(Duration::from_millis(10)).await;
     }
 }
+
+/// Waits until `done` holds (state a test's handler records), polling, or
+/// panics at the deadline naming `what`.
+pub async fn eventually(what: &str, done: impl Fn() -> bool) {
+    let start = Instant::now();
+    while !done() {
+        assert!(start.elapsed() < DEADLINE, "timed out waiting for {what}");
+        actix_rt::time::sleep(Duration::from_millis(10)).await;
+    }
+}
