@@ -34,8 +34,7 @@ use super::worker::WorkerActor;
 use crate::auth::WORKER_TOKEN_TTL;
 use crate::options::WorkerOptions;
 use crate::outbox::is_terminal;
-use crate::protocol::{self, FrameError, MAX_FRAME_SIZE};
-use crate::recovery::{PartialError, PartialMessageBuffer};
+use crate::protocol::{self, FrameError, MAX_FRAME_SIZE, PartialError, PartialMessageBuffer};
 
 type WsSink = SplitSink<actix_codec::Framed<BoxedSocket, Codec>, WsMessage>;
 

@@ -115,7 +115,7 @@ impl WorkerBuilder {
 
     /// Keeps server jobs' checkpoints in this store (default: in memory,
     /// which survives handler panics and reconnects but not a restart). An
-    /// [`EmbeddedStore`](crate::EmbeddedStore) survives `kill -9`: at start-up
+    /// [`EmbeddedStore`](crate::recovery::EmbeddedStore) survives `kill -9`: at start-up
     /// the worker resumes the jobs it finds there.
     pub fn checkpoint_store(mut self, store: impl CheckpointStore) -> Self {
         self.store = Some(Arc::new(store));

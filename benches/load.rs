@@ -9,12 +9,13 @@ use std::hint::black_box;
 use std::time::Instant;
 
 use criterion::{Criterion, criterion_group, criterion_main};
-use lkagent::{
+use lkagent::load::system::{ResourceSample, SystemSampler};
+use lkagent::load::{
     CpuMemoryLoadCalculator, DefaultLoadCalculator, LoadCalculator, LoadMetrics, LoadReport,
-    PredictiveLoadCalculator, ReportPolicy, Slots, SystemSampler,
+    PredictiveLoadCalculator, ReportPolicy, Slots,
 };
 
-fn metrics(sample: lkagent::ResourceSample) -> LoadMetrics {
+fn metrics(sample: ResourceSample) -> LoadMetrics {
     LoadMetrics {
         active_jobs: 40,
         max_jobs: 100,

@@ -17,7 +17,8 @@
 use std::process::ExitCode;
 
 use lkagent::demo::DemoAgent;
-use lkagent::{EmbeddedStore, Worker, WorkerOptions};
+use lkagent::recovery::EmbeddedStore;
+use lkagent::{Worker, WorkerOptions};
 
 const USAGE: &str = "usage: worker [--max-jobs N] [--agent-name NAME] [--state-dir DIR]
 environment: LIVEKIT_URL, LIVEKIT_API_KEY, LIVEKIT_API_SECRET (required), LIVEKIT_AGENT_NAME";

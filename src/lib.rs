@@ -7,27 +7,34 @@
 //!
 //! ## The map
 //!
-//! The pure core, no actors, tested with plain `#[test]`s:
-//! - `protocol`: frames ↔ typed messages, the 2 MiB limit, the `/agent` URL.
-//! - `auth`: credentials and the short-lived tokens minted per connection;
+//! The crate root holds what an agent author needs: [`Worker`] and its
+//! builder, [`WorkerOptions`], the [`JobHandler`] trait and what it is given
+//! and answers ([`JobRequest`], [`Decision`], [`JobContext`], [`JobError`]),
+//! job priorities and resource requests, and the messages an application
+//! sends a worker ([`SpawnJob`], [`GetState`], …). The rest lives in public
+//! modules named after their concepts, all of them pure logic with no actors,
+//! tested with plain `#[test]`s:
+//! - [`protocol`]: frames ↔ typed messages, the 2 MiB limit, the `/agent`
+//!   URL, and fragmented messages put back together.
+//! - [`auth`]: credentials and the short-lived tokens minted per connection;
 //!   the secret never prints.
-//! - `options`: [`WorkerOptions`], from code or from `LIVEKIT_*`.
+//! - `options`: [`WorkerOptions`], from code or from `LIVEKIT_*`;
+//!   [`Backoff`] for reconnect delays.
 //! - `handler`: what a user writes — [`JobHandler`], [`JobRequest`],
 //!   [`Decision`], [`JobContext`].
-//! - `backoff`: reconnect delays; `outbox`: statuses kept through an outage.
-//! - `load`: [`LoadMetrics`], the [`LoadCalculator`]s (job slots,
-//!   CPU/memory against the container's cgroup limits, predictive), and the
-//!   [`ReportPolicy`] that batches `update_worker`.
-//! - `queue`: [`JobPriority`] and the [`PriorityCalculator`], the bounded
-//!   [`JobQueue`], the [`AdmissionPolicy`] (priority headroom around the load
-//!   threshold) and the [`JobRateLimiter`].
-//! - `limits`: [`ResourceLimits`] and the [`ResourceLimiter`] whose
-//!   [`Reservation`]s jobs hold; memory and open-file checks.
-//! - `recovery`: [`JobCheckpoint`] and the handler's [`Checkpoint`], the
-//!   [`CheckpointStore`]s ([`MemoryStore`], [`EmbeddedStore`]), the
-//!   [`RestartPolicy`], the [`RecoveryHandler`], the
-//!   [`PartialMessageBuffer`].
-//! - `demo`: a demo agent driven by job metadata, for examples and tests.
+//! - [`load`]: `LoadMetrics`, the `LoadCalculator`s (job slots, CPU/memory
+//!   against the container's cgroup limits, predictive), and the
+//!   `ReportPolicy` that batches `update_worker`.
+//! - [`queue`]: [`JobPriority`] and the `PriorityCalculator`, the bounded
+//!   `JobQueue`, the `AdmissionPolicy` (priority headroom around the load
+//!   threshold) and the `JobRateLimiter`.
+//! - [`limits`]: `ResourceLimits` and the `ResourceLimiter` whose
+//!   `Reservation`s jobs hold ([`ResourceRequest`] is what a job asks for);
+//!   memory and open-file checks.
+//! - [`recovery`]: `JobCheckpoint` and the handler's `Checkpoint`, the
+//!   `CheckpointStore`s (`MemoryStore`, `EmbeddedStore`), the
+//!   `RestartPolicy`, the `RecoveryHandler`.
+//! - [`demo`]: a demo agent driven by job metadata, for examples and tests.
 //!
 //! The actors (`actors/`, wired in here), which call into the core and do
 //! the I/O: [`WorkerActor`] supervises a `ConnectionActor` (the websocket), a
@@ -58,17 +65,17 @@
 //! }
 //! ```
 
-mod auth;
+pub mod auth;
 mod backoff;
 pub mod demo;
 mod handler;
-mod limits;
-mod load;
+pub mod limits;
+pub mod load;
 mod options;
 mod outbox;
 pub mod protocol;
-mod queue;
-mod recovery;
+pub mod queue;
+pub mod recovery;
 
 #[path = "../actors/mod.rs"]
 mod actors;
@@ -78,38 +85,15 @@ pub use actors::{
     SpawnOutcome, SpawnRefusal, StartError, SubscribeJobEvents, Worker, WorkerActor, WorkerBuilder,
     WorkerState,
 };
-pub use auth::{ApiSecret, AuthError, Credentials};
 pub use backoff::Backoff;
 pub use handler::{
     Acceptance, Decision, DynHandler, JobContext, JobError, JobHandler, JobRequest, Participant,
 };
-pub use limits::{
-    AvailableResources, LimitError, PRESSURE_PERCENT, Reservation, ResourceLimiter, ResourceLimits,
-    ResourceRequest, UsageState, usage_state,
-};
-pub use load::cgroup::ContainerLimits;
-pub use load::system::{ResourceSample, SystemSampler};
-pub use load::{
-    CpuMemoryLoadCalculator, DEFAULT_HORIZON_SAMPLES, DEFAULT_LOAD_THRESHOLD,
-    DefaultLoadCalculator, LoadCalculator, LoadMetrics, LoadReport, PredictiveLoadCalculator,
-    ReportPolicy, Slots,
-};
+pub use limits::ResourceRequest;
 pub use options::{
     ENV_AGENT_NAME, ENV_API_KEY, ENV_API_SECRET, ENV_URL, OptionsError, WorkerOptions,
 };
-pub use outbox::{Evicted, Outbox};
-pub use queue::{
-    AdmissionPolicy, DEFAULT_HEADROOM, DEFAULT_MAX_ROOMS, DEFAULT_QUEUE_CAPACITY,
-    DefaultPriorityCalculator, InvalidRateLimit, JobPriority, JobQueue, JobRateLimiter,
-    PRIORITY_METADATA_KEY, ParsePriorityError, PriorityCalculator, QueueFull, QueueStats, Queued,
-    RateLimit, RateLimited, RateLimits,
-};
-pub use recovery::{
-    CHECKPOINT_FORMAT, Checkpoint, CheckpointError, CheckpointStore, CompleteMessage,
-    DATABASE_FILE, DefaultRecovery, EmbeddedStore, JobCheckpoint, MAX_STATE_BYTES, MemoryStore,
-    PartialError, PartialMessageBuffer, RecoveryError, RecoveryHandler, RestartDecision,
-    RestartPolicy, StoreError, StoreFuture,
-};
+pub use queue::JobPriority;
 
 /// The LiveKit protocol types the public API speaks in.
 pub use livekit_protocol as proto;

@@ -110,6 +110,7 @@ impl Outbox {
     }
 
     /// True when nothing waits.
+    #[cfg(test)]
     pub fn is_empty(&self) -> bool {
         self.queue.is_empty()
     }

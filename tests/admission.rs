@@ -9,11 +9,13 @@ use std::time::Duration;
 
 use common::*;
 use lkagent::demo::DemoAgent;
+use lkagent::limits::{ResourceLimits, UsageState};
+use lkagent::load::LoadMetrics;
 use lkagent::proto::{self, JobStatus};
+use lkagent::queue::{RateLimit, RateLimits};
 use lkagent::{
     Decision, GetQueueStats, JobContext, JobError, JobEvent, JobHandler, JobPriority, JobRequest,
-    LoadMetrics, RateLimit, RateLimits, ResourceLimits, ResourceRequest, SpawnJob, SpawnOutcome,
-    SpawnRefusal, UsageState, Worker,
+    ResourceRequest, SpawnJob, SpawnOutcome, SpawnRefusal, Worker,
 };
 use lkagent_devserver::{DispatchError, DispatchRequest};
 

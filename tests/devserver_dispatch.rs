@@ -11,10 +11,9 @@ use std::time::Duration;
 
 use common::*;
 use lkagent::demo::DemoAgent;
+use lkagent::load::{LoadCalculator, LoadMetrics};
 use lkagent::proto::{CreateAgentDispatchRequest, JobRestartPolicy, JobStatus};
-use lkagent::{
-    Decision, JobContext, JobError, JobHandler, JobRequest, LoadCalculator, LoadMetrics,
-};
+use lkagent::{Decision, JobContext, JobError, JobHandler, JobRequest};
 use lkagent_devserver::official_api::services::agent_dispatch::AgentDispatchClient;
 use lkagent_devserver::official_api::services::room::{CreateRoomOptions, RoomClient};
 use lkagent_devserver::{DevServer, DevServerConfig, DispatchRequest, WorkerStatus};

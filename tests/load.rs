@@ -10,11 +10,9 @@ use std::time::{Duration, Instant};
 
 use common::*;
 use futures_util::future::join_all;
+use lkagent::load::{CpuMemoryLoadCalculator, LoadMetrics};
 use lkagent::proto::WorkerStatus;
-use lkagent::{
-    CpuMemoryLoadCalculator, Decision, GetLoad, JobContext, JobError, JobHandler, JobRequest,
-    LoadMetrics, Worker,
-};
+use lkagent::{Decision, GetLoad, JobContext, JobError, JobHandler, JobRequest, Worker};
 use lkagent_devserver::{DevServerConfig, DispatchError, DispatchRequest};
 
 /// Runs until the server terminates the job.

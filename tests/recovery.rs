@@ -15,10 +15,10 @@ use std::time::{Duration, Instant, SystemTime};
 
 use common::*;
 use lkagent::proto::{self, JobStatus};
-use lkagent::{
-    CheckpointStore, JobCheckpoint, JobContext, JobError, JobHandler, MemoryStore, RecoveryError,
-    RecoveryHandler, Worker,
+use lkagent::recovery::{
+    CheckpointStore, JobCheckpoint, MemoryStore, RecoveryError, RecoveryHandler,
 };
+use lkagent::{JobContext, JobError, JobHandler, Worker};
 use lkagent_devserver::{DevServer, DispatchRequest};
 
 /// What a handler saw in its context, run by run.

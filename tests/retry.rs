@@ -73,8 +73,11 @@ async fn retries_are_bounded_then_the_job_fails_with_the_reason() {
     let server = devserver().await;
     let handler = Flaky::new(u32::MAX, Duration::from_millis(10));
     let mut options = options(&server);
-    options.restart_policy =
-        lkagent::RestartPolicy::new(2, Duration::from_secs(60), lkagent::Backoff::default());
+    options.restart_policy = lkagent::recovery::RestartPolicy::new(
+        2,
+        Duration::from_secs(60),
+        lkagent::Backoff::default(),
+    );
     let worker = worker(options, handler.clone());
     registered(&worker).await;
     let job = server.dispatch(DispatchRequest::room("r")).await.unwrap();

@@ -10,9 +10,10 @@ use std::io::Write;
 use std::sync::{Arc, Mutex};
 
 use common::*;
+use lkagent::auth::Credentials;
 use lkagent::demo::DemoAgent;
 use lkagent::proto::JobStatus;
-use lkagent::{Credentials, JobContext, WorkerOptions};
+use lkagent::{JobContext, WorkerOptions};
 use lkagent_devserver::DispatchRequest;
 
 #[derive(Clone, Default)]

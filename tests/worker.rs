@@ -438,7 +438,7 @@ async fn the_dev_server_answers_a_bad_token_with_401() {
     let _ = rustls::crypto::ring::default_provider().install_default(); // awc's TLS config needs one
     let server = devserver().await;
     let url = lkagent::protocol::agent_url(&server.ws_url()).unwrap();
-    let forged = lkagent::Credentials::new(KEY, "wrong-secret")
+    let forged = lkagent::auth::Credentials::new(KEY, "wrong-secret")
         .worker_token(std::time::Duration::from_secs(60))
         .unwrap();
     for token in [None, Some(forged.as_str()), Some("not-a-jwt")] {

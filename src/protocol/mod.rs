@@ -4,8 +4,13 @@
 //! protobuf `WorkerMessage` (worker → server) or `ServerMessage` (server →
 //! worker); text frames carry the same messages as protojson. This module turns
 //! those frames into typed messages and back, enforces the frame size the
-//! server allows, and builds the `/agent` URL. It knows nothing of the socket
-//! that moves the bytes (see `actors/connection.rs`).
+//! server allows, builds the `/agent` URL, and puts fragmented messages back
+//! together within that size ([`PartialMessageBuffer`]). It knows nothing of
+//! the socket that moves the bytes (see `actors/connection.rs`).
+
+mod partial;
+
+pub use partial::{CompleteMessage, PartialError, PartialMessageBuffer};
 
 use livekit_protocol::{ServerMessage, server_message, worker_message};
 use prost::Message as _;

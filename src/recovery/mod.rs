@@ -1,5 +1,5 @@
-//! Jobs that survive: checkpoints, where they are kept, restart limits,
-//! recovery decisions, and reassembly of fragmented messages.
+//! Jobs that survive: checkpoints, where they are kept, restart limits, and
+//! recovery decisions.
 //!
 //! All of it is plain logic that reads no clock (time is passed in); the
 //! actors drive it:
@@ -16,14 +16,11 @@
 //!   backoff, as an OTP supervisor would.
 //! - [`RecoveryHandler`] (`handler`): the user's say over which interrupted
 //!   jobs are resumed; [`DefaultRecovery`] resumes recent ones.
-//! - [`PartialMessageBuffer`] (`partial`): fragmented websocket messages put
-//!   back together within a size bound.
 
 mod checkpoint;
 mod embedded;
 mod handle;
 mod handler;
-mod partial;
 mod restart;
 mod store;
 
@@ -31,6 +28,5 @@ pub use checkpoint::{CHECKPOINT_FORMAT, CheckpointError, JobCheckpoint, MAX_STAT
 pub use embedded::{DATABASE_FILE, EmbeddedStore};
 pub use handle::Checkpoint;
 pub use handler::{DefaultRecovery, RecoveryError, RecoveryHandler};
-pub use partial::{CompleteMessage, PartialError, PartialMessageBuffer};
 pub use restart::{RestartDecision, RestartPolicy};
 pub use store::{CheckpointStore, MemoryStore, StoreError, StoreFuture};
