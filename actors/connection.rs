@@ -1,73 +1,63 @@
 //! ConnectionActor: the websocket to the server, and nothing else.
 //!
-//! It connects (with a fresh token each time), registers, keeps the
-//! connection alive, turns frames into typed messages for the WorkerActor and
-//! writes what it is told to. It holds no job state: when anything goes wrong
-//! with the socket it stops, and its `Supervisor` restarts it in place, which
-//! re-runs `started()` — after a backoff delay — to connect and register anew.
+//! One incarnation is one connection: it connects (with a fresh token), registers,
+//! keeps the connection alive, turns frames into typed messages for the
+//! WorkerActor and writes what it is told to. When anything goes wrong with
+//! the socket it stops, saying why through its [`Link`]; the WorkerActor
+//! decides when to start the next one (`src/reconnect.rs`). It runs on an
+//! arbiter of its own, where no user code runs, so nothing a handler does can
+//! delay a pong.
 //!
-//! Final job statuses are kept until the server has provably read them (the
-//! pong to a ping written after them): a socket that dies with them still in
-//! its buffers would otherwise lose them silently.
-//!
-//! What survives a restart: the options, the worker's address and the attempt
-//! counter (fields). What does not: the socket, the stream, the timers
-//! (everything started through `ctx`), reset in `restarting()`.
+//! It holds no job state. Final job statuses it writes are reported back as
+//! [`Confirmed`] once the server has provably read them (the pong to a ping
+//! written after them); until then the job table keeps them, and sends them
+//! again after the next registration if this socket dies with them in its
+//! buffers.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use actix::io::{SinkWrite, WriteHandler};
 use actix::prelude::*;
 use awc::BoxedSocket;
-use awc::error::WsProtocolError;
-use awc::ws::{Codec, Frame, Message as WsMessage};
+use awc::error::{WsClientError, WsProtocolError};
+use awc::ws::{CloseCode, CloseReason, Codec, Frame, Message as WsMessage};
 use futures_util::StreamExt as _;
 use futures_util::stream::SplitSink;
-use livekit_protocol::{
-    RegisterWorkerRequest, UpdateJobStatus, WorkerPing, server_message, worker_message,
-};
+use livekit_protocol::{RegisterWorkerRequest, WorkerPing, server_message, worker_message};
 use tracing::{debug, info, warn};
 
 use super::messages::*;
+use super::supervision::Link;
 use super::worker::WorkerActor;
 use crate::auth::WORKER_TOKEN_TTL;
 use crate::options::WorkerOptions;
-use crate::outbox::is_terminal;
 use crate::protocol::{self, FrameError, MAX_FRAME_SIZE, PartialError, PartialMessageBuffer};
 
 type WsSink = SplitSink<actix_codec::Framed<BoxedSocket, Codec>, WsMessage>;
 
-/// Owns the websocket; restarted by its supervisor on any socket failure.
+/// Owns one websocket connection; stops when it ends.
 pub struct ConnectionActor {
     options: Arc<WorkerOptions>,
-    worker: Addr<WorkerActor>,
-    /// Failed attempts since the last registration: drives the backoff.
-    attempt: u32,
-    /// True from the first start, so the very first connect is immediate.
-    first_start: bool,
+    link: Link,
     sink: Option<SinkWrite<WsMessage, WsSink>>,
     registered: bool,
     last_pong: Instant,
     /// The timestamp of the last protocol ping sent; strictly increasing, so
     /// a pong names exactly which writes the server has read.
     last_ping: i64,
-    /// Final job statuses written but not yet known to be read by the
-    /// server: each waits for the pong of a ping written after it. A socket
-    /// can die with them in its buffers, so on a restart they go back to the
-    /// worker's outbox instead of being lost.
-    unconfirmed: Vec<(i64, UpdateJobStatus)>,
+    /// Final job statuses written but not yet known to be read: each waits
+    /// for the pong of a ping written after it.
+    unconfirmed: Vec<(i64, String)>,
     /// Reassembles fragmented messages, bounded by the frame limit.
     partial: PartialMessageBuffer,
 }
 
 impl ConnectionActor {
-    pub(crate) fn new(options: Arc<WorkerOptions>, worker: Addr<WorkerActor>) -> Self {
+    pub(crate) fn new(options: Arc<WorkerOptions>, link: Link) -> Self {
         Self {
             options,
-            worker,
-            attempt: 0,
-            first_start: true,
+            link,
             sink: None,
             registered: false,
             last_pong: Instant::now(),
@@ -77,25 +67,34 @@ impl ConnectionActor {
         }
     }
 
+    fn worker(&self) -> &Addr<WorkerActor> {
+        self.link.worker()
+    }
+
+    /// Ends this connection for `reason`: the worker hears it from the link.
+    fn end(&mut self, reason: ConnectionExit, ctx: &mut Context<Self>) {
+        let reason = match reason {
+            // a failure after the registration is a lost connection
+            ConnectionExit::Failed(why) if self.registered => ConnectionExit::Lost(why),
+            other => other,
+        };
+        self.link.set_reason(reason);
+        ctx.stop();
+    }
+
     fn connect(&mut self, ctx: &mut Context<Self>) {
         let url = match protocol::agent_url(&self.options.url) {
             Ok(url) => url,
             Err(err) => {
                 // validated at start; kept as a loud failure rather than a panic
-                warn!(%err, "cannot build the agent URL");
-                ctx.stop();
-                return;
+                return self.end(ConnectionExit::Failed(err.to_string()), ctx);
             }
         };
         let token = match self.options.credentials.worker_token(WORKER_TOKEN_TTL) {
             Ok(token) => token,
-            Err(err) => {
-                warn!(%err, "cannot mint a worker token");
-                ctx.stop();
-                return;
-            }
+            Err(err) => return self.end(ConnectionExit::Failed(err.to_string()), ctx),
         };
-        debug!(url = %url, attempt = self.attempt, "connecting");
+        debug!(url = %url, "connecting");
         let client = awc::Client::builder()
             .timeout(self.options.register_timeout)
             .finish();
@@ -107,10 +106,12 @@ impl ConnectionActor {
         ctx.spawn(actix::fut::wrap_future(connect).map(
             |result, act: &mut Self, ctx| match result {
                 Ok((_response, framed)) => act.on_connected(framed, ctx),
-                Err(err) => {
-                    warn!(error = %err, attempt = act.attempt, "could not connect to the server");
-                    ctx.stop();
+                Err(WsClientError::InvalidResponseStatus(status))
+                    if status.as_u16() == 401 || status.as_u16() == 403 =>
+                {
+                    act.end(ConnectionExit::Unauthorized(format!("HTTP {status}")), ctx)
                 }
+                Err(err) => act.end(ConnectionExit::Failed(err.to_string()), ctx),
             },
         ));
     }
@@ -140,11 +141,8 @@ impl ConnectionActor {
         let deadline = options.register_timeout;
         ctx.run_later(deadline, move |act, ctx| {
             if !act.registered {
-                warn!(
-                    ?deadline,
-                    "the server did not answer the registration in time"
-                );
-                ctx.stop();
+                let why = format!("the server did not answer the registration within {deadline:?}");
+                act.end(ConnectionExit::Failed(why), ctx);
             }
         });
     }
@@ -159,22 +157,27 @@ impl ConnectionActor {
             return;
         }
         self.registered = true;
-        self.attempt = 0;
         self.last_pong = Instant::now();
         info!(worker_id = %response.worker_id, "registered");
         let (interval, timeout) = (self.options.ping_interval, self.options.ping_timeout);
         ctx.run_interval(interval, move |act, ctx| {
+            if !act.worker().connected() {
+                // the worker is gone: no registered connection may outlive it
+                act.close(ctx);
+                return;
+            }
             let silent = act.last_pong.elapsed();
             if silent > timeout {
-                warn!(?silent, "no pong from the server: the connection is dead");
-                ctx.stop();
+                let why = format!("no pong from the server for {silent:?}");
+                act.end(ConnectionExit::Lost(why), ctx);
                 return;
             }
             act.ping();
         });
-        self.worker.do_send(Registered {
+        self.worker().do_send(Registered {
             worker_id: response.worker_id,
             server_info: response.server_info,
+            generation: self.link.generation(),
         });
     }
 
@@ -190,8 +193,17 @@ impl ConnectionActor {
     /// everything written before it.
     fn on_pong(&mut self, timestamp: i64) {
         self.last_pong = Instant::now();
-        self.unconfirmed
-            .retain(|(confirmed_by, _)| *confirmed_by > timestamp);
+        let mut confirmed = Vec::new();
+        self.unconfirmed.retain(|(confirmed_by, job_id)| {
+            let read = *confirmed_by <= timestamp;
+            if read {
+                confirmed.push(job_id.clone());
+            }
+            !read
+        });
+        if !confirmed.is_empty() {
+            self.worker().do_send(Confirmed { job_ids: confirmed });
+        }
     }
 
     /// Writes one message; false when there is no open sink or the message
@@ -210,6 +222,17 @@ impl ConnectionActor {
         }
     }
 
+    /// Closes the connection on purpose: a close frame, then stop.
+    fn close(&mut self, ctx: &mut Context<Self>) {
+        if let Some(sink) = self.sink.as_mut() {
+            let _ = sink.write(WsMessage::Close(Some(CloseReason {
+                code: CloseCode::Normal,
+                description: Some("worker stopping".into()),
+            })));
+        }
+        self.end(ConnectionExit::Closed, ctx);
+    }
+
     fn on_server_message(&mut self, message: server_message::Message, ctx: &mut Context<Self>) {
         use server_message::Message as M;
         match message {
@@ -219,26 +242,26 @@ impl ConnectionActor {
                 warn!("ignoring a server message that arrived before the registration answer");
             }
             M::Availability(request) => match request.job {
-                Some(job) => self.worker.do_send(AvailabilityAsked {
+                Some(job) => self.worker().do_send(AvailabilityAsked {
                     job,
                     resuming: request.resuming,
                 }),
                 None => warn!("ignoring an availability request without a job"),
             },
             M::Assignment(assignment) => match assignment.job {
-                Some(job) => self.worker.do_send(JobAssigned {
+                Some(job) => self.worker().do_send(JobAssigned {
                     job,
                     url: assignment.url,
                     token: assignment.token,
                 }),
                 None => warn!("ignoring an assignment without a job"),
             },
-            M::Termination(termination) => self.worker.do_send(TerminationRequested {
+            M::Termination(termination) => self.worker().do_send(TerminationRequested {
                 job_id: termination.job_id,
             }),
             M::GoAway(_) => {
                 info!("the server is going away: reconnecting");
-                ctx.stop();
+                self.end(ConnectionExit::Lost("the server is going away".into()), ctx);
             }
         }
     }
@@ -254,88 +277,14 @@ impl ConnectionActor {
             Err(err) => {
                 // a frame that does not decode means the stream cannot be trusted
                 warn!(%err, "malformed frame from the server: reconnecting");
-                ctx.stop();
+                self.end(
+                    ConnectionExit::Failed(format!("malformed frame: {err}")),
+                    ctx,
+                );
             }
         }
     }
-}
 
-impl Actor for ConnectionActor {
-    type Context = Context<Self>;
-
-    fn started(&mut self, ctx: &mut Self::Context) {
-        let delay = if self.first_start {
-            Duration::ZERO
-        } else {
-            self.options
-                .reconnect
-                .delay(self.attempt, rand::random::<f64>())
-        };
-        self.first_start = false;
-        if !delay.is_zero() {
-            debug!(?delay, attempt = self.attempt, "reconnecting after a delay");
-        }
-        ctx.run_later(delay, |act, ctx| act.connect(ctx));
-    }
-}
-
-impl Supervised for ConnectionActor {
-    fn restarting(&mut self, _ctx: &mut Self::Context) {
-        if self.registered {
-            self.worker.do_send(Disconnected {
-                reason: "connection lost".into(),
-            });
-        } else {
-            self.attempt = self.attempt.saturating_add(1);
-        }
-        self.registered = false;
-        self.sink = None;
-        self.partial.reset();
-        if !self.unconfirmed.is_empty() {
-            // sent after `Disconnected`, so they land in the outbox
-            let statuses = self
-                .unconfirmed
-                .drain(..)
-                .map(|(_, update)| worker_message::Message::UpdateJob(update));
-            self.worker.do_send(Undelivered(statuses.collect()));
-        }
-    }
-}
-
-impl Handler<SendToServer> for ConnectionActor {
-    type Result = ();
-
-    fn handle(&mut self, msg: SendToServer, _ctx: &mut Self::Context) {
-        if !self.registered {
-            self.worker.do_send(Undelivered(msg.0));
-            return;
-        }
-        let mut messages = msg.0.into_iter();
-        let mut finals = Vec::new();
-        while let Some(message) = messages.next() {
-            let update = match &message {
-                worker_message::Message::UpdateJob(update) if is_terminal(update.status) => {
-                    Some(update.clone())
-                }
-                _ => None,
-            };
-            if !self.write(&message) {
-                let rest = std::iter::once(message).chain(messages);
-                self.worker.do_send(Undelivered(rest.collect()));
-                break;
-            }
-            finals.extend(update);
-        }
-        if !finals.is_empty() {
-            // ask at once for the proof that the server has read them
-            let confirmed_by = self.ping();
-            self.unconfirmed
-                .extend(finals.into_iter().map(|update| (confirmed_by, update)));
-        }
-    }
-}
-
-impl ConnectionActor {
     /// Handles one whole frame (fragmented messages already reassembled).
     fn on_frame(&mut self, frame: Frame, ctx: &mut Context<Self>) {
         match frame {
@@ -344,7 +293,10 @@ impl ConnectionActor {
                 Ok(text) => self.on_payload(protocol::decode_server_text(text), ctx),
                 Err(_) => {
                     warn!("text frame that is not UTF-8: reconnecting");
-                    ctx.stop();
+                    self.end(
+                        ConnectionExit::Failed("a text frame that is not UTF-8".into()),
+                        ctx,
+                    );
                 }
             },
             Frame::Ping(payload) => {
@@ -355,14 +307,79 @@ impl ConnectionActor {
             Frame::Pong(_) => {}
             Frame::Close(reason) => {
                 info!(?reason, "the server closed the connection");
-                ctx.stop();
+                let why = format!("closed by the server ({reason:?})");
+                self.end(ConnectionExit::Failed(why), ctx);
             }
             Frame::Continuation(_) => {
                 // the buffer never hands these on; kept loud in case it does
                 warn!("an unassembled fragment reached the handler: reconnecting");
-                ctx.stop();
+                self.end(
+                    ConnectionExit::Failed("an unassembled fragment".into()),
+                    ctx,
+                );
             }
         }
+    }
+}
+
+impl Actor for ConnectionActor {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Self::Context) {
+        // the worker has already waited whatever backoff applies
+        self.connect(ctx);
+    }
+}
+
+impl Handler<SendToServer> for ConnectionActor {
+    type Result = ();
+
+    fn handle(&mut self, msg: SendToServer, _ctx: &mut Self::Context) {
+        if !self.registered {
+            // nothing is lost: statuses stay in the job table until confirmed,
+            // loads are recomputed, answers are moot without the connection
+            debug!(messages = msg.0.len(), "not registered: dropping messages");
+            return;
+        }
+        let mut finals = Vec::new();
+        for message in msg.0 {
+            let job_id = match &message {
+                worker_message::Message::UpdateJob(update)
+                    if crate::jobs::is_final(update.status) =>
+                {
+                    Some(update.job_id.clone())
+                }
+                _ => None,
+            };
+            if !self.write(&message) {
+                break; // the socket is closing: its end is on its way
+            }
+            finals.extend(job_id);
+        }
+        if !finals.is_empty() {
+            // ask at once for the proof that the server has read them
+            let confirmed_by = self.ping();
+            self.unconfirmed
+                .extend(finals.into_iter().map(|job_id| (confirmed_by, job_id)));
+        }
+    }
+}
+
+impl Handler<CloseConnection> for ConnectionActor {
+    type Result = ();
+
+    fn handle(&mut self, _msg: CloseConnection, ctx: &mut Self::Context) {
+        info!("closing the connection to the server");
+        self.close(ctx);
+    }
+}
+
+#[cfg(feature = "fault-injection")]
+impl Handler<Panic> for ConnectionActor {
+    type Result = ();
+
+    fn handle(&mut self, _msg: Panic, _ctx: &mut Self::Context) {
+        panic!("injected fault: the connection actor panics");
     }
 }
 
@@ -372,8 +389,10 @@ impl StreamHandler<Result<Frame, WsProtocolError>> for ConnectionActor {
             Ok(frame) => frame,
             Err(err) => {
                 warn!(%err, "websocket error: reconnecting");
-                ctx.stop();
-                return;
+                return self.end(
+                    ConnectionExit::Failed(format!("websocket error: {err}")),
+                    ctx,
+                );
             }
         };
         match self.partial.feed(frame) {
@@ -385,20 +404,26 @@ impl StreamHandler<Result<Frame, WsProtocolError>> for ConnectionActor {
             }
             Err(err) => {
                 warn!(%err, "fragments out of order: reconnecting");
-                ctx.stop();
+                self.end(ConnectionExit::Failed(err.to_string()), ctx);
             }
         }
     }
 
     fn finished(&mut self, ctx: &mut Self::Context) {
         info!("the connection to the server ended");
-        ctx.stop();
+        self.end(ConnectionExit::Failed("the socket closed".into()), ctx);
     }
 }
 
 impl WriteHandler<WsProtocolError> for ConnectionActor {
     fn error(&mut self, err: WsProtocolError, _ctx: &mut Self::Context) -> Running {
         warn!(%err, "could not write to the server");
+        let why = format!("write failed: {err}");
+        self.link.set_reason(if self.registered {
+            ConnectionExit::Lost(why)
+        } else {
+            ConnectionExit::Failed(why)
+        });
         Running::Stop
     }
 }

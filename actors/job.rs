@@ -15,10 +15,12 @@
 //! store when the job starts, behind the handler on an interval, and on each
 //! restart.
 //!
-//! On termination it fires the job's cancellation signal, calls
-//! `on_terminated` once, and gives the handler a grace period to return.
-//! Whatever happens, it sends exactly one [`JobExited`] to the worker —
-//! `stopped()` sends one if nothing else did (the arbiter shutting down).
+//! On termination (by the server, or by the worker shutting down) it fires
+//! the job's cancellation signal, calls `on_terminated` once, and gives the
+//! handler a grace period to return. It sends at most one [`JobExited`]; if
+//! the actor dies without one (a panic in its own code), its [`Link`] tells
+//! the worker, which starts a new actor for the job from its stored
+//! checkpoint, under a restart limit, or reports it FAILED.
 
 use std::any::Any;
 use std::panic::AssertUnwindSafe;
@@ -30,7 +32,7 @@ use futures_util::FutureExt as _;
 use tracing::{info, warn};
 
 use super::messages::*;
-use super::worker::WorkerActor;
+use super::supervision::Link;
 use crate::handler::{DynHandler, JobContext, JobError};
 use crate::recovery::{
     RecoveryError, RecoveryHandler, RestartDecision, RestartPolicy, StoreFuture,
@@ -55,7 +57,7 @@ pub(crate) struct JobRules {
 pub struct JobActor {
     context: JobContext,
     handler: Arc<dyn DynHandler>,
-    worker: Addr<WorkerActor>,
+    link: Link,
     rules: JobRules,
     policy: RestartPolicy,
     /// Set once the job is being ended from outside (terminated by the
@@ -80,14 +82,14 @@ impl JobActor {
     pub(crate) fn new(
         context: JobContext,
         handler: Arc<dyn DynHandler>,
-        worker: Addr<WorkerActor>,
+        link: Link,
         rules: JobRules,
     ) -> Self {
         let policy = rules.restart_policy.clone();
         Self {
             context,
             handler,
-            worker,
+            link,
             rules,
             policy,
             ending: None,
@@ -99,9 +101,10 @@ impl JobActor {
     fn exit(&mut self, outcome: JobOutcome, ctx: &mut Context<Self>) {
         if !self.exited {
             self.exited = true;
-            self.worker.do_send(JobExited {
+            self.link.worker().do_send(JobExited {
                 job_id: self.context.id().to_owned(),
                 outcome,
+                generation: self.link.generation(),
             });
         }
         ctx.stop();
@@ -182,6 +185,10 @@ impl JobActor {
             "restarting the job"
         );
         self.restart_pending = true;
+        self.link.worker().do_send(JobRestarted {
+            job_id: self.context.id().to_owned(),
+            generation: self.link.generation(),
+        });
         ctx.run_later(delay, |act, ctx| {
             act.restart_pending = false;
             act.context = act.context.next_attempt();
@@ -196,8 +203,9 @@ impl Actor for JobActor {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Self::Context) {
-        self.worker.do_send(JobStarted {
+        self.link.worker().do_send(JobStarted {
             job_id: self.context.id().to_owned(),
+            generation: self.link.generation(),
         });
         // the record exists in the store from the start, so a worker that
         // dies before the first save still finds the job
@@ -215,19 +223,6 @@ impl Actor for JobActor {
             }
         });
         self.run_attempt(ctx);
-    }
-
-    fn stopped(&mut self, _ctx: &mut Self::Context) {
-        if !self.exited {
-            self.exited = true;
-            let outcome = self.ending.take().unwrap_or_else(|| {
-                JobOutcome::Failed("the job was stopped before its handler finished".into())
-            });
-            self.worker.do_send(JobExited {
-                job_id: self.context.id().to_owned(),
-                outcome,
-            });
-        }
     }
 }
 
@@ -256,15 +251,27 @@ impl JobActor {
 impl Handler<TerminateJob> for JobActor {
     type Result = ();
 
-    fn handle(&mut self, _msg: TerminateJob, ctx: &mut Self::Context) {
+    fn handle(&mut self, msg: TerminateJob, ctx: &mut Self::Context) {
         if self.ending.is_some() {
             return;
         }
-        info!(job_id = self.context.id(), "job terminated by the server");
+        let outcome = match msg {
+            TerminateJob::Server => {
+                info!(job_id = self.context.id(), "job terminated by the server");
+                JobOutcome::Terminated
+            }
+            TerminateJob::Shutdown(reason) => {
+                info!(
+                    job_id = self.context.id(),
+                    reason, "job stopped: the worker is shutting down"
+                );
+                JobOutcome::Stopped(reason)
+            }
+        };
         self.context.cancel();
         let (handler, job) = (&self.handler, self.context.job());
         guard("on_terminated", &job.id, || handler.on_terminated(job));
-        self.wind_down(JobOutcome::Terminated, ctx);
+        self.wind_down(outcome, ctx);
     }
 }
 
@@ -342,5 +349,14 @@ pub(crate) fn panic_message(payload: &(dyn Any + Send)) -> String {
         text.clone()
     } else {
         "panic with a non-text payload".to_owned()
+    }
+}
+
+#[cfg(feature = "fault-injection")]
+impl Handler<Panic> for JobActor {
+    type Result = ();
+
+    fn handle(&mut self, _msg: Panic, _ctx: &mut Self::Context) {
+        panic!("injected fault: the job actor panics");
     }
 }

@@ -1,16 +1,21 @@
 //! LoadReporterActor: samples, computes the load, and tells the server.
 //!
 //! On a timer (default 500 ms) it reads CPU and memory, runs the load
-//! calculator and sends `update_worker` when the [`ReportPolicy`] says the
-//! report changed enough or the keepalive (default 2.5 s) is due — batching,
-//! not flooding. The WorkerActor tells it at once when slots change
+//! calculator and marks the report for sending when the [`ReportPolicy`]
+//! says it changed enough or the keepalive (default 2.5 s) is due —
+//! batching, not flooding. The WorkerActor tells it at once when slots change
 //! ([`SlotsChanged`]); it then recomputes from the last resource reading, and
-//! a flip between AVAILABLE and FULL goes out immediately instead of at the
-//! next tick. Every computed report also goes back to the WorkerActor
-//! ([`LoadChanged`]) for admission and for `GetLoad`.
+//! a flip between AVAILABLE and FULL is marked for sending at once instead of
+//! at the next tick. Every computed report goes to the WorkerActor
+//! ([`LoadChanged`]), for admission, for `GetLoad`, and — when marked — for
+//! the server as `update_worker`. On its own timer it checks the process's
+//! memory against the limits and tells the worker when that changes
+//! ([`MemoryChanged`]).
 //!
+//! It runs on the worker's background arbiter: the sampling (sysinfo, `/proc`)
+//! and the user's load calculator never run on the connection's thread.
 //! It owns no job state: slots come from the WorkerActor, resources from the
-//! machine. `seq` increases on every report sent, across reconnects.
+//! machine. If it dies, the worker starts a new one with the current slots.
 
 use std::collections::VecDeque;
 use std::panic::AssertUnwindSafe;
@@ -18,12 +23,11 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use actix::prelude::*;
-use livekit_protocol::{UpdateWorkerStatus, worker_message};
 use tracing::{debug, trace, warn};
 
-use super::connection::ConnectionActor;
 use super::messages::*;
-use super::worker::WorkerActor;
+use super::supervision::Link;
+use crate::limits::{ResourceLimiter, UsageState};
 use crate::load::system::{ResourceSample, SystemSampler};
 use crate::load::{LoadCalculator, LoadMetrics, LoadReport, ReportPolicy, Slots};
 
@@ -38,14 +42,15 @@ pub struct LoadReporterActor {
     sample_interval: Duration,
     sampler: SystemSampler,
     resources: ResourceSample,
-    connection: Addr<ConnectionActor>,
-    worker: Addr<WorkerActor>,
+    link: Link,
+    limiter: ResourceLimiter,
+    memory_check_interval: Duration,
+    memory: UsageState,
     slots: Slots,
     running_since: Vec<Instant>,
     connected: bool,
     last_sent: Option<(LoadReport, Instant)>,
     recent: VecDeque<f32>,
-    seq: u64,
     calculator_panicked: bool,
 }
 
@@ -55,15 +60,16 @@ pub(crate) struct ReporterConfig {
     pub threshold: f32,
     pub policy: ReportPolicy,
     pub sample_interval: Duration,
-    pub max_jobs: usize,
+    pub memory_check_interval: Duration,
+    pub limiter: ResourceLimiter,
+    /// The slots now (a restarted reporter starts from the worker's).
+    pub slots: Slots,
+    /// Registered now.
+    pub connected: bool,
 }
 
 impl LoadReporterActor {
-    pub(crate) fn new(
-        config: ReporterConfig,
-        connection: Addr<ConnectionActor>,
-        worker: Addr<WorkerActor>,
-    ) -> Self {
+    pub(crate) fn new(config: ReporterConfig, link: Link) -> Self {
         Self {
             calculator: config.calculator,
             threshold: config.threshold,
@@ -71,18 +77,15 @@ impl LoadReporterActor {
             sample_interval: config.sample_interval,
             sampler: SystemSampler::new(),
             resources: ResourceSample::default(),
-            connection,
-            worker,
-            slots: Slots {
-                active: 0,
-                reserved: 0,
-                max: config.max_jobs,
-            },
+            link,
+            limiter: config.limiter,
+            memory_check_interval: config.memory_check_interval,
+            memory: UsageState::Ok,
+            slots: config.slots,
             running_since: Vec::new(),
-            connected: false,
+            connected: config.connected,
             last_sent: None,
             recent: VecDeque::new(),
-            seq: 0,
             calculator_panicked: false,
         }
     }
@@ -130,37 +133,34 @@ impl LoadReporterActor {
         self.offer(report, now, force);
     }
 
-    /// Hands a computed report to the worker and, if the policy says so (or
-    /// `force`), to the server.
+    /// Hands a computed report to the worker, marked for the server if the
+    /// policy says so (or `force`).
     fn offer(&mut self, report: LoadReport, now: Instant, force: bool) {
-        self.worker.do_send(LoadChanged { report });
-        if !self.connected {
-            return;
-        }
         let last = if force {
             None
         } else {
             self.last_sent.as_ref().map(|(r, t)| (r, *t))
         };
-        if !self.policy.should_send(last, &report, now) {
+        let send = self.connected && self.policy.should_send(last, &report, now);
+        self.link.worker().do_send(LoadChanged { report, send });
+        if !send {
             return;
         }
-        self.seq += 1;
-        trace!(load = report.load, status = ?report.status, seq = self.seq, "reporting load");
-        self.connection
-            .do_send(SendToServer(vec![worker_message::Message::UpdateWorker(
-                UpdateWorkerStatus {
-                    status: Some(report.status as i32),
-                    load: report.load,
-                    job_count: report.job_count,
-                    draining: false,
-                    seq: self.seq,
-                },
-            )]));
+        trace!(load = report.load, status = ?report.status, "reporting load");
         self.last_sent = Some((report, now));
         self.recent.push_back(report.load);
         if self.recent.len() > RECENT_LOADS {
             self.recent.pop_front();
+        }
+    }
+
+    /// Checks the process's memory against the limits; tells the worker when
+    /// the state changes. Reads `/proc`, which lives in memory.
+    fn check_memory(&mut self) {
+        let state = self.limiter.check_memory();
+        if state != self.memory {
+            self.memory = state;
+            self.link.worker().do_send(MemoryChanged(state));
         }
     }
 }
@@ -180,6 +180,11 @@ impl Actor for LoadReporterActor {
             act.resources = act.sampler.sample();
             act.report(Instant::now(), false);
         });
+        ctx.run_interval(self.memory_check_interval, |act, _ctx| act.check_memory());
+        if self.connected {
+            // a restarted reporter owes the server a report
+            self.report(Instant::now(), true);
+        }
     }
 }
 
@@ -200,7 +205,10 @@ impl Handler<SlotsChanged> for LoadReporterActor {
             self.offer(report, now, true);
         } else {
             // anything else waits for the tick: batching, not flooding
-            self.worker.do_send(LoadChanged { report });
+            self.link.worker().do_send(LoadChanged {
+                report,
+                send: false,
+            });
         }
     }
 }
@@ -215,5 +223,14 @@ impl Handler<ConnectionChanged> for LoadReporterActor {
             // a new registration starts AVAILABLE with load 0 on the server
             self.report(Instant::now(), true);
         }
+    }
+}
+
+#[cfg(feature = "fault-injection")]
+impl Handler<Panic> for LoadReporterActor {
+    type Result = ();
+
+    fn handle(&mut self, _msg: Panic, _ctx: &mut Self::Context) {
+        panic!("injected fault: the load reporter panics");
     }
 }

@@ -4,11 +4,84 @@
 //! crate-private; the ones an application sends to a worker are public.
 
 use actix::prelude::*;
-use livekit_protocol::{Job, ServerInfo, UpdateJobStatus, WorkerStatus, worker_message};
+use livekit_protocol::{Job, ServerInfo, WorkerStatus, worker_message};
 
-use crate::limits::{Reservation, ResourceRequest, UsageState};
+pub use crate::jobs::JobOrigin;
+use crate::jobs::{FinalStatus, JobCounts};
+use crate::limits::{ResourceRequest, UsageState};
 use crate::load::LoadReport;
 use crate::queue::{JobPriority, QueueStats};
+
+// ---------------------------------------------------------------------------
+// Supervision: every child → WorkerActor
+
+/// Which child of the WorkerActor.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub(crate) enum Child {
+    /// The ConnectionActor.
+    Connection,
+    /// The LoadReporterActor.
+    Reporter,
+    /// The QueueActor.
+    Queue,
+    /// The JobActor of this job.
+    Job(String),
+}
+
+impl std::fmt::Display for Child {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Child::Connection => f.write_str("connection"),
+            Child::Reporter => f.write_str("load reporter"),
+            Child::Queue => f.write_str("queue"),
+            Child::Job(id) => write!(f, "job {id}"),
+        }
+    }
+}
+
+/// A child stopped, for whatever reason: sent by the child's [`Link`]
+/// (`actors/supervision.rs`) when the actor is dropped, so a panic in the
+/// child's own code reports too. The parent decides what happens next.
+#[derive(Message, Debug)]
+#[rtype(result = "()")]
+pub(crate) struct ChildExited {
+    /// Which child.
+    pub child: Child,
+    /// Which incarnation of it: an exit of one the worker has replaced
+    /// since is ignored.
+    pub generation: u64,
+    /// The child was unwinding from a panic.
+    pub panicked: bool,
+    /// Why the connection ended, when it says (the other children stop
+    /// only when told, or by a panic).
+    pub reason: Option<ConnectionExit>,
+}
+
+/// Why a ConnectionActor ended.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) enum ConnectionExit {
+    /// The connection could not be made, or the server did not answer the
+    /// registration.
+    Failed(String),
+    /// The server refused the token (HTTP 401 or 403).
+    Unauthorized(String),
+    /// A registered connection was lost (socket error, close, silence,
+    /// a malformed frame, the server going away).
+    Lost(String),
+    /// The worker closed it.
+    Closed,
+}
+
+impl std::fmt::Display for ConnectionExit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ConnectionExit::Failed(why) => write!(f, "could not connect: {why}"),
+            ConnectionExit::Unauthorized(why) => write!(f, "the server refused the token: {why}"),
+            ConnectionExit::Lost(why) => write!(f, "connection lost: {why}"),
+            ConnectionExit::Closed => f.write_str("closed by the worker"),
+        }
+    }
+}
 
 // ---------------------------------------------------------------------------
 // ConnectionActor → WorkerActor
@@ -21,15 +94,17 @@ pub(crate) struct Registered {
     pub worker_id: String,
     /// The server's description of itself.
     pub server_info: Option<ServerInfo>,
+    /// The connection's incarnation.
+    pub generation: u64,
 }
 
-/// A registered connection was lost. Jobs go on; statuses queue until the
-/// next [`Registered`].
+/// The server has provably read these final statuses (the pong to a ping
+/// written after them came back).
 #[derive(Message, Debug)]
 #[rtype(result = "()")]
-pub(crate) struct Disconnected {
-    /// Why, for the log.
-    pub reason: String,
+pub(crate) struct Confirmed {
+    /// Their jobs.
+    pub job_ids: Vec<String>,
 }
 
 /// The server asks whether this worker takes a job.
@@ -62,20 +137,37 @@ pub(crate) struct TerminationRequested {
     pub job_id: String,
 }
 
-/// Messages the connection could not put on the wire (it was down). Job
-/// statuses among them go back to the outbox.
-#[derive(Message, Debug)]
-#[rtype(result = "()")]
-pub(crate) struct Undelivered(pub Vec<worker_message::Message>);
-
 // ---------------------------------------------------------------------------
 // WorkerActor → ConnectionActor
 
 /// Put these messages on the wire, in order, if registered; otherwise they
-/// come back as [`Undelivered`].
+/// are dropped: what matters (job statuses) stays in the job table until
+/// the server confirms it, and is sent again after the next registration.
 #[derive(Message, Debug)]
 #[rtype(result = "()")]
 pub(crate) struct SendToServer(pub Vec<worker_message::Message>);
+
+/// Close the connection for good (a close frame, then stop).
+#[derive(Message, Debug)]
+#[rtype(result = "()")]
+pub(crate) struct CloseConnection;
+
+// ---------------------------------------------------------------------------
+// Hook threads → WorkerActor
+
+/// The handler's `on_request` answered (or panicked).
+#[derive(Message)]
+#[rtype(result = "()")]
+pub(crate) struct Decided {
+    /// The job offered.
+    pub job_id: String,
+    /// Which offer of it.
+    pub ticket: u64,
+    /// The decision, or the panic's message.
+    pub decision: Result<crate::handler::Decision, String>,
+    /// The hook thread it ran on, now free again.
+    pub thread: usize,
+}
 
 // ---------------------------------------------------------------------------
 // JobActor → WorkerActor
@@ -86,9 +178,23 @@ pub(crate) struct SendToServer(pub Vec<worker_message::Message>);
 pub(crate) struct JobStarted {
     /// The job.
     pub job_id: String,
+    /// The actor's incarnation.
+    pub generation: u64,
 }
 
-/// A job has ended; exactly one per job.
+/// A job's handler was restarted inside its actor (a panic or a retryable
+/// error, under the job's restart policy).
+#[derive(Message, Debug)]
+#[rtype(result = "()")]
+pub(crate) struct JobRestarted {
+    /// The job.
+    pub job_id: String,
+    /// The actor's incarnation.
+    pub generation: u64,
+}
+
+/// A job has ended; at most one per actor (an actor that dies without it
+/// is reported by its link instead).
 #[derive(Message, Debug)]
 #[rtype(result = "()")]
 pub(crate) struct JobExited {
@@ -96,6 +202,8 @@ pub(crate) struct JobExited {
     pub job_id: String,
     /// How it ended.
     pub outcome: JobOutcome,
+    /// The actor's incarnation.
+    pub generation: u64,
 }
 
 /// How a job ended.
@@ -110,23 +218,21 @@ pub enum JobOutcome {
     /// The server terminated the job and the handler wound down (or its grace
     /// period ran out).
     Terminated,
+    /// The worker stopped the job (it is shutting down), with why.
+    Stopped(String),
 }
 
 impl JobOutcome {
-    /// The `update_job` that reports this outcome.
-    pub fn to_update(&self, job_id: &str) -> UpdateJobStatus {
-        use livekit_protocol::JobStatus;
-        let (status, error) = match self {
-            JobOutcome::Succeeded | JobOutcome::Terminated => (JobStatus::JsSuccess, String::new()),
-            JobOutcome::Failed(text) => (JobStatus::JsFailed, text.clone()),
-            JobOutcome::Panicked(text) => {
-                (JobStatus::JsFailed, format!("handler panicked: {text}"))
-            }
-        };
-        UpdateJobStatus {
-            job_id: job_id.to_owned(),
-            status: status as i32,
-            error: crate::truncate_utf8(error, MAX_ERROR_TEXT),
+    /// The final status that reports this outcome: SUCCESS for a job that
+    /// succeeded or was terminated by the server, FAILED with the error
+    /// otherwise (bounded: a handler's error can be arbitrarily long, a
+    /// frame cannot).
+    pub fn final_status(&self) -> FinalStatus {
+        let failed = |text: String| FinalStatus::failed(crate::truncate_utf8(text, MAX_ERROR_TEXT));
+        match self {
+            JobOutcome::Succeeded | JobOutcome::Terminated => FinalStatus::success(),
+            JobOutcome::Failed(text) | JobOutcome::Stopped(text) => failed(text.clone()),
+            JobOutcome::Panicked(text) => failed(format!("handler panicked: {text}")),
         }
     }
 }
@@ -145,55 +251,60 @@ pub(crate) const MAX_ERROR_TEXT: usize = 16 * 1024;
 #[rtype(result = "()")]
 pub(crate) struct Reconnected;
 
-/// The server terminated this job: cancel it, call `on_terminated` once.
+/// End this job: cancel it, call `on_terminated` once, give the handler its
+/// grace period.
 #[derive(Message, Debug)]
 #[rtype(result = "()")]
-pub(crate) struct TerminateJob;
+pub(crate) enum TerminateJob {
+    /// The server terminated it: reported as it ends (SUCCESS, unless the
+    /// handler fails).
+    Server,
+    /// The worker is shutting down: reported FAILED with this reason.
+    Shutdown(String),
+}
+
+/// The worker's memory state changed: tell the handler.
+#[derive(Message, Debug)]
+#[rtype(result = "()")]
+pub(crate) struct MemoryPressure(pub UsageState);
 
 // ---------------------------------------------------------------------------
 // WorkerActor ↔ QueueActor
 
-/// Everything needed to start a job.
-pub(crate) struct JobLaunch {
-    /// The job.
-    pub job: Job,
-    /// Where to join the room.
-    pub url: String,
-    /// The room token.
-    pub token: String,
-    /// The identity it was accepted under, if known.
-    pub identity: Option<String>,
-    /// Server or local.
-    pub origin: JobOrigin,
-    /// The checkpoint of a job resumed after a restart.
-    pub recovered: Option<crate::recovery::Checkpoint>,
-    /// Its share of the resource limits, released when the job ends.
-    pub reservation: Option<Reservation>,
-}
-
-/// Queue this job until a slot frees; answers the queue depth, or the job
-/// back when the queue is full.
-#[derive(Message)]
-#[rtype(result = "Result<usize, JobLaunch>")]
+/// Queue this job until a slot frees (the job table has checked there is
+/// room); false if the queue is full after all.
+#[derive(Message, Debug)]
+#[rtype(result = "bool")]
 pub(crate) struct Enqueue {
     /// The job.
-    pub launch: JobLaunch,
+    pub job_id: String,
     /// Its place in line.
     pub priority: JobPriority,
+    /// When it was queued (kept when a restarted queue is rebuilt, so its
+    /// wait counts from the first time).
+    pub since: std::time::Instant,
 }
 
 /// A slot is free: the highest-priority queued job, if any.
-#[derive(Message)]
-#[rtype(result = "Option<JobLaunch>")]
+#[derive(Message, Debug)]
+#[rtype(result = "Option<String>")]
 pub(crate) struct TakeNext;
+
+/// This job no longer waits (it was terminated, or the worker stops).
+#[derive(Message, Debug)]
+#[rtype(result = "()")]
+pub(crate) struct Dequeue {
+    /// The job.
+    pub job_id: String,
+}
 
 /// Queued jobs that waited longer than the queue's maximum wait: they are
 /// failed, not started.
-#[derive(Message)]
+#[derive(Message, Debug)]
 #[rtype(result = "()")]
 pub(crate) struct QueuedJobsExpired {
     /// The jobs.
-    pub launches: Vec<JobLaunch>,
+    pub job_ids: Vec<String>,
     /// The maximum wait they exceeded.
     pub max_wait: std::time::Duration,
 }
@@ -203,14 +314,6 @@ pub(crate) struct QueuedJobsExpired {
 #[derive(Message, Debug, Default)]
 #[rtype(result = "QueueStats")]
 pub struct GetQueueStats;
-
-// ---------------------------------------------------------------------------
-// WorkerActor → JobActor (resources)
-
-/// The worker's memory state changed: tell the handler.
-#[derive(Message, Debug)]
-#[rtype(result = "()")]
-pub(crate) struct MemoryPressure(pub UsageState);
 
 // ---------------------------------------------------------------------------
 // WorkerActor ↔ LoadReporterActor
@@ -234,13 +337,32 @@ pub(crate) struct ConnectionChanged {
     pub connected: bool,
 }
 
-/// The latest computed load, for admission and `GetLoad`.
+/// The latest computed load, for admission and `GetLoad`; with `send`, the
+/// reporter's policy says it is worth an `update_worker`, which the worker
+/// sends if it is registered.
 #[derive(Message, Debug)]
 #[rtype(result = "()")]
 pub(crate) struct LoadChanged {
-    /// The report as computed (sent or not).
+    /// The report as computed.
     pub report: LoadReport,
+    /// Send it to the server.
+    pub send: bool,
 }
+
+/// The process's memory crossed a limit, or fell back below it.
+#[derive(Message, Debug)]
+#[rtype(result = "()")]
+pub(crate) struct MemoryChanged(pub UsageState);
+
+// ---------------------------------------------------------------------------
+// WorkerActor → any child, for tests only
+
+/// Panic in the child's own code (not in a user hook), to prove that the
+/// worker notices and restarts it.
+#[cfg(feature = "fault-injection")]
+#[derive(Message, Debug)]
+#[rtype(result = "()")]
+pub(crate) struct Panic;
 
 // ---------------------------------------------------------------------------
 // Application → WorkerActor
@@ -250,16 +372,6 @@ pub(crate) struct LoadChanged {
 #[derive(Message, Debug, Default)]
 #[rtype(result = "LoadReport")]
 pub struct GetLoad;
-
-/// Where a job came from.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum JobOrigin {
-    /// Dispatched by the server: its statuses go to the server.
-    Server,
-    /// Started by the application with [`SpawnJob`]: the server does not
-    /// know it, so its statuses go only to subscribers.
-    Local,
-}
 
 /// A job's status changed: RUNNING when its handler starts, then SUCCESS or
 /// FAILED. Sent to every subscriber ([`SubscribeJobEvents`]).
@@ -407,6 +519,9 @@ pub enum SpawnRefusal {
     /// The room token could not be minted.
     #[error("cannot mint the room token: {0}")]
     Token(String),
+    /// The worker is shutting down and takes no new jobs.
+    #[error("the worker is shutting down")]
+    ShuttingDown,
 }
 
 /// Asks a worker for a snapshot of its state.
@@ -423,16 +538,114 @@ pub struct WorkerState {
     pub connected: bool,
     /// How many times the worker has registered (1 + reconnects).
     pub registrations: u64,
-    /// The ids of the jobs running now.
+    /// The ids of the jobs running now (their actor starting or running),
+    /// sorted.
     pub running_jobs: Vec<String>,
-    /// Slots reserved for accepted jobs that have not been assigned yet.
+    /// Jobs in each state of the job table.
+    pub jobs: JobCounts,
+    /// Slots held for offered jobs (deciding, or accepted and waiting for
+    /// their assignment).
     pub reserved: usize,
-    /// The status last reported.
+    /// The status last computed.
     pub status: WorkerStatus,
-    /// The load last reported.
+    /// The load last computed.
     pub load: f32,
-    /// Job statuses waiting for a connection.
+    /// Final statuses the server has not confirmed yet (they are sent again
+    /// after a reconnect).
     pub outbox: usize,
+    /// Final statuses lost to the bound on unconfirmed ones, since start.
+    pub lost_statuses: u64,
     /// Accepted jobs waiting in the queue for a slot.
     pub queued: usize,
+    /// Consecutive failed connection attempts (and registrations that did
+    /// not last); 0 after a stable registration.
+    pub reconnect_failures: u32,
+    /// Why the last connection attempt failed, while not registered (a
+    /// refused token says so here).
+    pub connection_error: Option<String>,
+    /// The worker has been unable to reach the server for longer than its
+    /// give-up budget (`WorkerOptions::reconnect`); it keeps trying.
+    pub unreachable: bool,
+    /// Why supervision gave up, if it did: a child crashed past its restart
+    /// limit and the worker shut down.
+    pub supervision_failure: Option<String>,
+    /// The worker is shutting down.
+    pub shutting_down: bool,
+}
+
+/// Stops a worker in order: new offers are declined, queued jobs are failed,
+/// running jobs are terminated (their `on_terminated` hooks run, FAILED with
+/// the reason that the worker shut down), their statuses are delivered (as
+/// long as the connection allows, bounded by `shutdown_flush_timeout`), then
+/// the socket is closed and every actor and thread of the worker stops.
+/// Answers once all of it is done.
+#[derive(Message, Debug, Default)]
+#[rtype(result = "()")]
+pub struct Shutdown;
+
+/// Something that happened to the worker itself (not to one job).
+#[derive(Message, Clone, Debug, PartialEq, Eq)]
+#[rtype(result = "()")]
+pub enum WorkerEvent {
+    /// The server accepted a registration.
+    Registered {
+        /// The id it gave.
+        worker_id: String,
+    },
+    /// The registered connection ended; the worker reconnects.
+    Disconnected {
+        /// Why.
+        reason: String,
+    },
+    /// The server refused the worker's token (a wrong key or secret):
+    /// retried on a long delay in case the credentials are being rotated.
+    Unauthorized {
+        /// What the server said.
+        reason: String,
+    },
+    /// No registration for longer than the give-up budget: the server
+    /// counts as unreachable (the worker keeps trying).
+    Unreachable {
+        /// The last reason a connection failed.
+        reason: String,
+    },
+    /// A child actor stopped unexpectedly and was restarted.
+    ChildRestarted {
+        /// Which (`connection`, `load reporter`, `queue`, `job <id>`).
+        child: String,
+        /// It panicked.
+        panicked: bool,
+    },
+    /// A child crashed past its restart limit: the worker shuts down.
+    SupervisionGaveUp {
+        /// Which child, and how often it crashed.
+        reason: String,
+    },
+    /// The worker began to shut down.
+    ShuttingDown,
+}
+
+/// Subscribes a recipient to every [`WorkerEvent`], offered with `try_send`
+/// like job events. Answers false when the worker has its maximum of
+/// subscribers.
+#[derive(Message)]
+#[rtype(result = "bool")]
+pub struct SubscribeWorkerEvents(pub Recipient<WorkerEvent>);
+
+/// Test-only fault injection (cargo feature `fault-injection`): makes the
+/// named actor panic in its own code.
+#[cfg(feature = "fault-injection")]
+#[derive(Message, Clone, Debug, PartialEq, Eq)]
+#[rtype(result = "()")]
+pub enum InjectFault {
+    /// The WorkerActor itself.
+    Worker,
+    /// The ConnectionActor.
+    Connection,
+    /// The LoadReporterActor.
+    Reporter,
+    /// The QueueActor.
+    Queue,
+    /// The JobActor of this job.
+    Job(String),
 }

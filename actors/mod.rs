@@ -50,10 +50,14 @@ mod job;
 mod load_reporter;
 pub(crate) mod messages;
 mod queue;
+mod supervision;
 mod worker;
 
+#[cfg(feature = "fault-injection")]
+pub use messages::InjectFault;
 pub use messages::{
-    GetLoad, GetQueueStats, GetState, JobEvent, JobOrigin, JobOutcome, SpawnJob, SpawnOutcome,
-    SpawnRefusal, SubscribeJobEvents, WorkerState,
+    GetLoad, GetQueueStats, GetState, JobEvent, JobOrigin, JobOutcome, Shutdown, SpawnJob,
+    SpawnOutcome, SpawnRefusal, SubscribeJobEvents, SubscribeWorkerEvents, WorkerEvent,
+    WorkerState,
 };
 pub use worker::{MAX_SUBSCRIBERS, StartError, Worker, WorkerActor, WorkerBuilder};

@@ -1,11 +1,15 @@
-//! QueueActor: accepted jobs waiting for a slot.
+//! QueueActor: the priority order of the jobs waiting for a slot.
 //!
-//! It owns the [`JobQueue`] heap — highest priority first, FIFO within a
-//! priority, bounded — and nothing else. The WorkerActor owns the slots: it
-//! enqueues a job it accepted when no slot is free, and asks for the next
-//! one ([`TakeNext`]) whenever a slot frees. On a timer the queue fails the
-//! jobs that waited longer than the maximum wait, handing them back to the
-//! worker ([`QueuedJobsExpired`]) to report.
+//! It owns the [`JobQueue`] heap of job ids — highest priority first, FIFO
+//! within a priority, bounded — and nothing else: a queued job is a row of
+//! the WorkerActor's job table like any other, and the worker decides when a
+//! slot is free. The worker enqueues a job it placed in the queue, asks for
+//! the next one ([`TakeNext`]) when a slot frees, and takes out one that
+//! ended while waiting ([`Dequeue`]). On a timer the queue hands back the jobs
+//! that waited longer than the maximum wait ([`QueuedJobsExpired`]).
+//!
+//! If it dies, the worker starts a new one and enqueues the table's queued
+//! rows again, in their order and with their original queueing times.
 
 use std::time::{Duration, Instant};
 
@@ -13,29 +17,25 @@ use actix::prelude::*;
 use tracing::{debug, warn};
 
 use super::messages::*;
-use super::worker::WorkerActor;
+use super::supervision::Link;
 use crate::queue::JobQueue;
 
 /// How often the queue looks for jobs that waited too long, at most.
 const EXPIRY_CHECK: Duration = Duration::from_secs(1);
 
-/// Holds accepted jobs until a slot frees.
+/// Holds the order of the queued jobs.
 pub struct QueueActor {
-    queue: JobQueue<JobLaunch>,
-    max_wait: Option<Duration>,
-    worker: Addr<WorkerActor>,
+    queue: JobQueue<String>,
+    max_wait: Duration,
+    link: Link,
 }
 
 impl QueueActor {
-    pub(crate) fn new(
-        capacity: usize,
-        max_wait: Option<Duration>,
-        worker: Addr<WorkerActor>,
-    ) -> Self {
+    pub(crate) fn new(capacity: usize, max_wait: Duration, link: Link) -> Self {
         Self {
             queue: JobQueue::new(capacity),
             max_wait,
-            worker,
+            link,
         }
     }
 }
@@ -44,47 +44,61 @@ impl Actor for QueueActor {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Self::Context) {
-        if let Some(max_wait) = self.max_wait {
-            // check often enough that no job waits much past its limit
-            let every = (max_wait / 4).clamp(Duration::from_millis(10), EXPIRY_CHECK);
-            ctx.run_interval(every, move |act, _ctx| {
-                let expired = act.queue.expire(Instant::now(), max_wait);
-                if !expired.is_empty() {
-                    warn!(
-                        jobs = expired.len(),
-                        ?max_wait,
-                        "queued jobs waited too long"
-                    );
-                    act.worker.do_send(QueuedJobsExpired {
-                        launches: expired,
-                        max_wait,
-                    });
-                }
-            });
-        }
+        // check often enough that no job waits much past its limit
+        let max_wait = self.max_wait;
+        let every = (max_wait / 4).clamp(Duration::from_millis(10), EXPIRY_CHECK);
+        ctx.run_interval(every, move |act, _ctx| {
+            let expired = act.queue.expire(Instant::now(), max_wait);
+            if !expired.is_empty() {
+                warn!(
+                    jobs = expired.len(),
+                    ?max_wait,
+                    "queued jobs waited too long"
+                );
+                act.link.worker().do_send(QueuedJobsExpired {
+                    job_ids: expired,
+                    max_wait,
+                });
+            }
+        });
     }
 }
 
 impl Handler<Enqueue> for QueueActor {
-    type Result = Result<usize, JobLaunch>;
+    type Result = bool;
 
-    fn handle(&mut self, msg: Enqueue, _ctx: &mut Self::Context) -> Self::Result {
-        let job_id = msg.launch.job.id.clone();
-        match self.queue.push(msg.launch, msg.priority, Instant::now()) {
+    fn handle(&mut self, msg: Enqueue, _ctx: &mut Self::Context) -> bool {
+        let Enqueue {
+            job_id,
+            priority,
+            since,
+        } = msg;
+        match self.queue.push(job_id, priority, since) {
             Ok(()) => {
-                debug!(job_id, priority = %msg.priority, depth = self.queue.len(), "job queued");
-                Ok(self.queue.len())
+                debug!(%priority, depth = self.queue.len(), "job queued");
+                true
             }
-            Err(full) => Err(full.into_inner()),
+            Err(full) => {
+                warn!(job_id = full.item, "the queue is full");
+                false
+            }
         }
     }
 }
 
 impl Handler<TakeNext> for QueueActor {
-    type Result = Option<JobLaunch>;
+    type Result = Option<String>;
 
     fn handle(&mut self, _msg: TakeNext, _ctx: &mut Self::Context) -> Self::Result {
         self.queue.pop()
+    }
+}
+
+impl Handler<Dequeue> for QueueActor {
+    type Result = ();
+
+    fn handle(&mut self, msg: Dequeue, _ctx: &mut Self::Context) {
+        self.queue.remove(|id| *id == msg.job_id);
     }
 }
 
@@ -93,5 +107,14 @@ impl Handler<GetQueueStats> for QueueActor {
 
     fn handle(&mut self, _msg: GetQueueStats, _ctx: &mut Self::Context) -> Self::Result {
         MessageResult(self.queue.stats(Instant::now()))
+    }
+}
+
+#[cfg(feature = "fault-injection")]
+impl Handler<Panic> for QueueActor {
+    type Result = ();
+
+    fn handle(&mut self, _msg: Panic, _ctx: &mut Self::Context) {
+        panic!("injected fault: the queue actor panics");
     }
 }

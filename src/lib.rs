@@ -22,6 +22,9 @@
 //!   [`Backoff`] for reconnect delays.
 //! - `handler`: what a user writes — [`JobHandler`], [`JobRequest`],
 //!   [`Decision`], [`JobContext`].
+//! - [`jobs`]: the job table — every job id the worker knows and its state
+//!   (offered, queued, starting, running, finishing); slots, reservations
+//!   and what a registration owes the server are derived from it.
 //! - [`load`]: `LoadMetrics`, the `LoadCalculator`s (job slots, CPU/memory
 //!   against the container's cgroup limits, predictive), and the
 //!   `ReportPolicy` that batches `update_worker`.
@@ -69,21 +72,24 @@ pub mod auth;
 mod backoff;
 pub mod demo;
 mod handler;
+pub mod jobs;
 pub mod limits;
 pub mod load;
 mod options;
-mod outbox;
 pub mod protocol;
 pub mod queue;
+mod reconnect;
 pub mod recovery;
 
 #[path = "../actors/mod.rs"]
 mod actors;
 
+#[cfg(feature = "fault-injection")]
+pub use actors::InjectFault;
 pub use actors::{
-    GetLoad, GetQueueStats, GetState, JobEvent, JobOrigin, JobOutcome, MAX_SUBSCRIBERS, SpawnJob,
-    SpawnOutcome, SpawnRefusal, StartError, SubscribeJobEvents, Worker, WorkerActor, WorkerBuilder,
-    WorkerState,
+    GetLoad, GetQueueStats, GetState, JobEvent, JobOrigin, JobOutcome, MAX_SUBSCRIBERS, Shutdown,
+    SpawnJob, SpawnOutcome, SpawnRefusal, StartError, SubscribeJobEvents, SubscribeWorkerEvents,
+    Worker, WorkerActor, WorkerBuilder, WorkerEvent, WorkerState,
 };
 pub use backoff::Backoff;
 pub use handler::{
@@ -91,9 +97,11 @@ pub use handler::{
 };
 pub use limits::ResourceRequest;
 pub use options::{
-    ENV_AGENT_NAME, ENV_API_KEY, ENV_API_SECRET, ENV_URL, OptionsError, WorkerOptions,
+    DEFAULT_HOOK_THREADS, DEFAULT_QUEUE_MAX_WAIT, ENV_AGENT_NAME, ENV_API_KEY, ENV_API_SECRET,
+    ENV_URL, OptionsError, WorkerOptions,
 };
 pub use queue::JobPriority;
+pub use reconnect::{ConnectionEnd, Reconnect, ReconnectPolicy};
 
 /// The LiveKit protocol types the public API speaks in.
 pub use livekit_protocol as proto;

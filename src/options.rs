@@ -10,11 +10,12 @@ use std::time::Duration;
 
 use livekit_protocol::JobType;
 
-use crate::auth::{ApiSecret, Credentials};
+use crate::auth::{ApiSecret, Credentials, ROOM_TOKEN_TTL};
 use crate::backoff::Backoff;
 use crate::limits::ResourceLimits;
 use crate::protocol;
 use crate::queue::{AdmissionPolicy, DEFAULT_QUEUE_CAPACITY, RateLimits};
+use crate::reconnect::ReconnectPolicy;
 use crate::recovery::RestartPolicy;
 
 /// The environment variable holding the server URL.
@@ -25,6 +26,14 @@ pub const ENV_API_KEY: &str = "LIVEKIT_API_KEY";
 pub const ENV_API_SECRET: &str = "LIVEKIT_API_SECRET";
 /// The environment variable holding the agent name (optional).
 pub const ENV_AGENT_NAME: &str = "LIVEKIT_AGENT_NAME";
+
+/// How long a queued job may wait by default: long enough to ride out a
+/// burst, far shorter than the hour a room token lasts.
+pub const DEFAULT_QUEUE_MAX_WAIT: Duration = Duration::from_secs(5 * 60);
+
+/// How many threads run `on_request` hooks by default: two, so that one hook
+/// blocking its thread leaves the other for every other offer.
+pub const DEFAULT_HOOK_THREADS: usize = 2;
 
 /// A configuration value that is missing or unusable. `name` is the
 /// environment variable when the value came from the environment, else the
@@ -76,8 +85,11 @@ pub struct WorkerOptions {
     pub ping_timeout: Duration,
     /// How long the server may take to answer the registration.
     pub register_timeout: Duration,
-    /// Reconnect delays: exponential with jitter, between its bounds.
-    pub reconnect: Backoff,
+    /// How the worker reconnects: exponential backoff with jitter, reset only
+    /// by a registration that lasts (30 s); a long delay after a refused
+    /// token (60 s); optionally a give-up budget after which the server
+    /// counts as unreachable (the worker keeps trying, its health says so).
+    pub reconnect: ReconnectPolicy,
     /// How long `on_request` may take before the worker answers
     /// `available: false`; the server gives up waiting after about 3 s.
     pub request_timeout: Duration,
@@ -98,8 +110,10 @@ pub struct WorkerOptions {
     pub checkpoint_interval: Duration,
     /// The most accepted jobs waiting for a slot; 0 turns queueing off.
     pub queue_capacity: usize,
-    /// A queued job that waits longer than this is failed; `None`: no limit.
-    pub queue_max_wait: Option<Duration>,
+    /// A queued job that waits longer than this is failed (default 5 min).
+    /// It must be shorter than a room token's lifetime (1 h), or a job could
+    /// start with a token that has expired.
+    pub queue_max_wait: Duration,
     /// What the worker may use: memory, CPU, jobs, open files (0: no limit).
     pub resource_limits: ResourceLimits,
     /// Limits on accepted jobs, globally and per room; `None`: none.
@@ -111,6 +125,19 @@ pub struct WorkerOptions {
     pub memory_check_interval: Duration,
     /// How many arbiters (threads) run jobs; 0 means one per core.
     pub job_threads: usize,
+    /// How many threads run the handler's `on_request` (at least 1; default
+    /// 2). Each offer goes to the one with the fewest decisions in flight,
+    /// so a hook that blocks its thread delays no other job's answer.
+    pub hook_threads: usize,
+    /// How often a child actor (connection, load reporter, queue, a job's
+    /// actor) may crash — a panic in the runtime's own code — before the
+    /// worker gives up on it (default 5 within 60 s, 100 ms doubling to
+    /// 5 s). Past it, the worker shuts down in order (for a job's actor:
+    /// that job is reported FAILED).
+    pub child_restart_policy: RestartPolicy,
+    /// How long a shutdown waits, after the jobs' grace, for the server to
+    /// confirm their final statuses (default 5 s).
+    pub shutdown_flush_timeout: Duration,
     /// The load at which the worker reports FULL; `None` takes the load
     /// calculator's own default (0.7 for resource-based loads, as in the
     /// official workers; 1.0 for the job-slot load).
@@ -141,7 +168,7 @@ impl WorkerOptions {
             ping_interval: Duration::from_secs(10),
             ping_timeout: Duration::from_secs(30),
             register_timeout: Duration::from_secs(10),
-            reconnect: Backoff::default(),
+            reconnect: ReconnectPolicy::default(),
             request_timeout: Duration::from_millis(2500),
             assignment_timeout: Duration::from_millis(7500),
             termination_grace: Duration::from_secs(10),
@@ -149,12 +176,23 @@ impl WorkerOptions {
             max_retry_delay: Duration::from_secs(300),
             checkpoint_interval: Duration::from_secs(1),
             queue_capacity: DEFAULT_QUEUE_CAPACITY,
-            queue_max_wait: None,
+            queue_max_wait: DEFAULT_QUEUE_MAX_WAIT,
             resource_limits: ResourceLimits::default(),
             rate_limits: None,
             admission: None,
             memory_check_interval: Duration::from_secs(1),
             job_threads: 0,
+            hook_threads: DEFAULT_HOOK_THREADS,
+            child_restart_policy: RestartPolicy::new(
+                5,
+                Duration::from_secs(60),
+                Backoff {
+                    initial: Duration::from_millis(100),
+                    max: Duration::from_secs(5),
+                    jitter: 0.5,
+                },
+            ),
+            shutdown_flush_timeout: Duration::from_secs(5),
             load_threshold: None,
             load_sample_interval: Duration::from_millis(500),
             load_report_interval: Duration::from_millis(2500),
@@ -221,9 +259,16 @@ impl WorkerOptions {
         self
     }
 
-    /// Sets the reconnect backoff.
+    /// Sets the reconnect backoff (the delays between failed attempts).
     pub fn reconnect(mut self, backoff: Backoff) -> Self {
-        self.reconnect = backoff;
+        self.reconnect.backoff = backoff;
+        self
+    }
+
+    /// Reports the server unreachable after this long without a
+    /// registration (the worker keeps trying).
+    pub fn reconnect_give_up_after(mut self, budget: Duration) -> Self {
+        self.reconnect.give_up_after = Some(budget);
         self
     }
 
@@ -312,11 +357,28 @@ impl WorkerOptions {
             ("register_timeout", self.register_timeout),
             ("request_timeout", self.request_timeout),
             ("assignment_timeout", self.assignment_timeout),
+            ("queue_max_wait", self.queue_max_wait),
+            ("shutdown_flush_timeout", self.shutdown_flush_timeout),
         ] {
             if value.is_zero() {
                 return invalid(name, "must be non-zero");
             }
         }
+        if self.queue_max_wait >= ROOM_TOKEN_TTL {
+            return invalid(
+                "queue_max_wait",
+                "must be shorter than a room token's lifetime (1 h)",
+            );
+        }
+        if self.hook_threads == 0 {
+            return invalid("hook_threads", "must be at least 1");
+        }
+        self.child_restart_policy
+            .validate()
+            .map_err(|reason| OptionsError::Invalid {
+                name: "child_restart_policy",
+                reason,
+            })?;
         self.reconnect
             .validate()
             .map_err(|reason| OptionsError::Invalid {

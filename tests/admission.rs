@@ -94,7 +94,7 @@ async fn queued_jobs_start_by_priority_then_in_arrival_order() {
 async fn a_job_that_waits_too_long_in_the_queue_fails_with_a_clear_error() {
     let server = devserver().await;
     let mut options = options(&server).max_jobs(1);
-    options.queue_max_wait = Some(Duration::from_millis(100));
+    options.queue_max_wait = Duration::from_millis(100);
     let worker = worker(options, DemoAgent);
     registered(&worker).await;
     let log = EventLog::start(&worker).await;

@@ -66,7 +66,7 @@ async fn spawn_job_from_another_actor_runs_end_to_end() {
     registered(&worker).await;
     let log = EventLog::start(&worker).await;
     let app = App {
-        worker: worker.clone(),
+        worker: worker.addr(),
     }
     .start();
 

@@ -1,6 +1,49 @@
-//! Availability: the answer to the server's offers, and the slots held for them.
+//! Availability: the answer to the server's offers, and the slots held for
+//! them.
+//!
+//! An offer passes the cheap checks here (memory, the load against its
+//! priority's headroom), takes its slot in the job table at once — so a
+//! burst of offers cannot overbook — and goes to the handler's `on_request`
+//! on a hook thread. The answer comes back as [`Decided`]; past
+//! `request_timeout` the worker declines on its own. An accepted job holds
+//! its slot and reservation until the assignment comes, or
+//! `assignment_timeout` passes.
+
+use std::panic::AssertUnwindSafe;
+use std::time::Instant;
+
+use futures_util::FutureExt as _;
+use livekit_protocol::{AvailabilityResponse, worker_message};
+use tracing::{debug, info, warn};
 
 use super::*;
+use crate::handler::{Decision, JobRequest, Participant, room_name};
+use crate::jobs::{JobState, Refusal};
+use crate::limits::{Reservation, ResourceRequest};
+
+/// The answer to an offer: `available: true` as `participant`, or not.
+pub(crate) fn availability_answer(
+    job_id: &str,
+    accepted: Option<&Participant>,
+) -> worker_message::Message {
+    let response = match accepted {
+        Some(participant) => AvailabilityResponse {
+            job_id: job_id.to_owned(),
+            available: true,
+            participant_identity: participant.identity.clone(),
+            participant_name: participant.name.clone(),
+            participant_metadata: participant.metadata.clone(),
+            participant_attributes: participant.attributes.clone(),
+            ..Default::default()
+        },
+        None => AvailabilityResponse {
+            job_id: job_id.to_owned(),
+            available: false,
+            ..Default::default()
+        },
+    };
+    worker_message::Message::Availability(response)
+}
 
 impl WorkerActor {
     /// The first checks every new job passes, server or local, before
@@ -36,86 +79,62 @@ impl WorkerActor {
         Ok(reservation)
     }
 
-    pub(super) fn answer(&mut self, job_id: &str, accepted: Option<&crate::handler::Participant>) {
-        let response = match accepted {
-            Some(participant) => AvailabilityResponse {
-                job_id: job_id.to_owned(),
-                available: true,
-                participant_identity: participant.identity.clone(),
-                participant_name: participant.name.clone(),
-                participant_metadata: participant.metadata.clone(),
-                participant_attributes: participant.attributes.clone(),
-                ..Default::default()
-            },
-            None => AvailabilityResponse {
-                job_id: job_id.to_owned(),
-                available: false,
-                ..Default::default()
-            },
-        };
-        self.send(vec![worker_message::Message::Availability(response)]);
+    pub(super) fn answer(&self, job_id: &str, accepted: Option<&Participant>) {
+        self.send(vec![availability_answer(job_id, accepted)]);
     }
 
-    pub(super) fn release(&mut self, job_id: &str, ctx: &mut Context<Self>) {
-        if let Some(reservation) = self.reserved.remove(job_id) {
-            if let Some(handle) = reservation.expiry {
-                ctx.cancel_future(handle);
-            }
+    /// Declines offer `ticket` of `job_id` and frees what it held.
+    fn decline(&mut self, job_id: &str, ticket: u64, ctx: &mut Context<Self>) {
+        self.answer(job_id, None);
+        if self.table.withdraw(job_id, Some(ticket)).is_some() {
             self.slots_changed();
-            self.grant_slot(ctx); // a queued job may take the slot it held
+            self.grant(ctx); // a queued job may take the slot it held
         }
     }
 
-    pub(super) fn on_decision(
-        &mut self,
-        job_id: String,
-        decision: Decision,
-        ctx: &mut Context<Self>,
-    ) {
-        let Some(pending) = self.reserved.get(&job_id) else {
-            return; // released meanwhile (terminated, or the worker stopped)
-        };
-        let acceptance = match decision {
-            Decision::Accept(acceptance) => acceptance,
-            Decision::Reject { reason } => {
-                info!(job_id, reason, "declining job");
-                self.answer(&job_id, None);
-                self.release(&job_id, ctx);
-                return;
-            }
-        };
-        let priority = acceptance.priority.unwrap_or(pending.priority);
-        let room = pending.room.clone();
-        let limits = match self.reserve(&room, acceptance.resources.unwrap_or_default()) {
-            Ok(limits) => limits,
-            Err(reason) => {
-                info!(job_id, %reason, "declining job");
-                self.answer(&job_id, None);
-                self.release(&job_id, ctx);
-                return;
-            }
-        };
-        let participant = acceptance.participant;
-        info!(job_id, identity = participant.identity, %priority, "accepting job");
-        self.answer(&job_id, Some(&participant));
-        let timeout = self.options.assignment_timeout;
+    /// Runs the handler's `on_request` for an offer on a hook thread; the
+    /// decision comes back as [`Decided`].
+    fn ask_handler(&mut self, request: JobRequest, ticket: u64, ctx: &mut Context<Self>) {
+        let job_id = request.id().to_owned();
+        let (thread, arbiter) = self.threads.hook();
+        let decide = AssertUnwindSafe(self.handler.clone().on_request(request)).catch_unwind();
+        let worker = ctx.address();
         let id = job_id.clone();
-        let expiry = ctx.run_later(timeout, move |act, ctx| {
-            if act.reserved.contains_key(&id) {
-                warn!(
-                    job_id = id,
-                    ?timeout,
-                    "no assignment after accepting: releasing the slot"
-                );
-                act.release(&id, ctx);
+        let spawned = arbiter.spawn(async move {
+            let decision = decide
+                .await
+                .map_err(|panic| super::super::job::panic_message(&*panic));
+            worker.do_send(Decided {
+                job_id: id,
+                ticket,
+                decision,
+                thread,
+            });
+        });
+        if !spawned {
+            // the hook thread is gone (the worker is stopping)
+            self.threads.hook_done(thread);
+            self.decline(&job_id, ticket, ctx);
+            return;
+        }
+        // the worker's own clock, not the hook's: a hook that blocks its
+        // thread cannot stop this from firing
+        let timeout = self.options.request_timeout;
+        ctx.run_later(timeout, move |act, ctx| {
+            let deciding = act.table.offer_of(&job_id, ticket).is_some_and(|row| {
+                matches!(
+                    row.state(),
+                    JobState::Offered {
+                        answered: false,
+                        ..
+                    }
+                )
+            });
+            if deciding {
+                warn!(job_id, ?timeout, "on_request took too long: declining");
+                act.decline(&job_id, ticket, ctx);
             }
         });
-        if let Some(pending) = self.reserved.get_mut(&job_id) {
-            pending.identity = Some(participant.identity);
-            pending.expiry = Some(expiry);
-            pending.priority = priority;
-            pending.limits = Some(limits);
-        }
     }
 }
 
@@ -124,55 +143,118 @@ impl Handler<AvailabilityAsked> for WorkerActor {
 
     fn handle(&mut self, msg: AvailabilityAsked, ctx: &mut Self::Context) {
         let job_id = msg.job.id.clone();
-        if self.jobs.contains_key(&job_id) || self.reserved.contains_key(&job_id) {
-            warn!(
-                job_id,
-                "availability asked twice for the same job: declining the repeat"
-            );
-            self.answer(&job_id, None);
-            return;
+        if self.shutting_down() {
+            info!(job_id, "declining job: the worker is shutting down");
+            return self.answer(&job_id, None);
         }
         let priority = self.priority_of(&msg.job);
-        // beyond the free slots only high-priority work is taken, and only
-        // as far as the queue has room
-        let over_capacity = self.slots().is_full();
-        if over_capacity && (priority < JobPriority::High || !self.queue_has_room()) {
-            info!(job_id, %priority, load = self.load.load, "declining job: at capacity");
-            self.answer(&job_id, None);
-            self.slots_changed();
-            return;
-        }
         if let Err(reason) = self.admissible(priority) {
             info!(job_id, %reason, "declining job");
-            self.answer(&job_id, None);
-            return;
+            return self.answer(&job_id, None);
         }
-        // reserve before deciding, so a burst of requests cannot overbook
-        self.reserved.insert(
-            job_id.clone(),
-            Pending {
-                identity: None,
-                expiry: None,
-                priority,
-                limits: None,
-                over_capacity,
-                room: room_name(&msg.job).to_owned(),
-            },
-        );
+        // beyond the free slots only high-priority work is taken, and only
+        // as far as the queue has room; the slot (or place) is taken now, so
+        // a burst of offers cannot overbook
+        let room = room_name(&msg.job).to_owned();
+        let may_queue = priority >= JobPriority::High;
+        let ticket = match self
+            .table
+            .offer(&job_id, priority, &room, may_queue, Instant::now())
+        {
+            Ok(ticket) => ticket,
+            Err(Refusal::Duplicate(_)) => {
+                warn!(
+                    job_id,
+                    "availability asked for a job the worker already has: declining the repeat"
+                );
+                return self.answer(&job_id, None);
+            }
+            Err(Refusal::AtCapacity) => {
+                info!(job_id, %priority, load = self.load.load, "declining job: at capacity");
+                self.answer(&job_id, None);
+                self.slots_changed();
+                return;
+            }
+        };
         self.slots_changed();
-        let request = JobRequest::new(msg.job, msg.resuming);
-        let decide = AssertUnwindSafe(self.handler.clone().on_request(request)).catch_unwind();
-        let timeout = self.options.request_timeout;
-        let decide = async move { actix_rt::time::timeout(timeout, decide).await };
-        ctx.spawn(wrap_future(decide).map(move |result, act: &mut Self, ctx| {
-            let decision = match result {
-                Ok(Ok(decision)) => decision,
-                Ok(Err(panic)) => {
-                    Decision::reject(format!("on_request panicked: {}", panic_message(&*panic)))
+        self.ask_handler(JobRequest::new(msg.job, msg.resuming), ticket, ctx);
+    }
+}
+
+impl Handler<Decided> for WorkerActor {
+    type Result = ();
+
+    fn handle(&mut self, msg: Decided, ctx: &mut Self::Context) {
+        self.threads.hook_done(msg.thread);
+        let Decided {
+            job_id,
+            ticket,
+            decision,
+            ..
+        } = msg;
+        let Some(row) = self.table.offer_of(&job_id, ticket) else {
+            debug!(job_id, "a decision for an offer that is gone");
+            return;
+        };
+        let JobState::Offered {
+            answered: false,
+            over_capacity,
+            ..
+        } = row.state()
+        else {
+            return;
+        };
+        let (calculated, room) = (row.priority(), row.room().to_owned());
+        let acceptance = match decision {
+            Ok(Decision::Accept(acceptance)) => acceptance,
+            Ok(Decision::Reject { reason }) => {
+                info!(job_id, reason, "declining job");
+                return self.decline(&job_id, ticket, ctx);
+            }
+            Err(panic) => {
+                warn!(job_id, panic, "on_request panicked: declining");
+                return self.decline(&job_id, ticket, ctx);
+            }
+        };
+        if self.shutting_down() {
+            return self.decline(&job_id, ticket, ctx);
+        }
+        let priority = acceptance.priority.unwrap_or(calculated);
+        if over_capacity && priority < JobPriority::High {
+            info!(job_id, %priority, "declining job: at capacity");
+            return self.decline(&job_id, ticket, ctx);
+        }
+        let reservation = match self.reserve(&room, acceptance.resources.unwrap_or_default()) {
+            Ok(reservation) => reservation,
+            Err(reason) => {
+                info!(job_id, %reason, "declining job");
+                return self.decline(&job_id, ticket, ctx);
+            }
+        };
+        let participant = acceptance.participant;
+        info!(job_id, identity = participant.identity, %priority, "accepting job");
+        self.table.answer(
+            &job_id,
+            ticket,
+            priority,
+            Some(participant.identity.clone()),
+            Some(reservation),
+            Instant::now(),
+        );
+        self.answer(&job_id, Some(&participant));
+        let timeout = self.options.assignment_timeout;
+        ctx.run_later(timeout, move |act, ctx| {
+            if act.table.offer_of(&job_id, ticket).is_some() {
+                warn!(
+                    job_id,
+                    ?timeout,
+                    "no assignment after accepting: releasing the slot"
+                );
+                if act.table.withdraw(&job_id, Some(ticket)).is_some() {
+                    act.slots_changed();
+                    act.grant(ctx);
                 }
-                Err(_) => Decision::reject(format!("on_request took longer than {timeout:?}")),
-            };
-            act.on_decision(job_id, decision, ctx);
-        }));
+            }
+        });
     }
 }

@@ -1,11 +1,55 @@
-//! The builder: options, handler and plug-ins in, a running worker out.
+//! The builder (options, handler and plug-ins in, a running worker out) and
+//! the [`Worker`] handle it gives back.
+
+use std::ops::Deref;
+use std::sync::Once;
 
 use super::*;
+use crate::handler::JobHandler;
+use crate::limits::ResourceLimits;
+use crate::load::DefaultLoadCalculator;
+use crate::options::OptionsError;
+use crate::queue::{DefaultPriorityCalculator, RateLimits};
+use crate::recovery::{DefaultRecovery, MemoryStore};
 
-/// Starts workers: `Worker::builder(options).handler(agent).start()`.
-pub struct Worker;
+/// A running worker: `Worker::builder(options).handler(agent).start()?`.
+///
+/// It dereferences to the worker's `Addr<WorkerActor>`, so every message
+/// (`SpawnJob`, `GetState`, `Shutdown`, …) is sent with `worker.send(..)`,
+/// and it adds [`stop`](Self::stop). Clones address the same worker;
+/// dropping them does not stop it.
+#[derive(Clone, Debug)]
+pub struct Worker {
+    addr: Addr<WorkerActor>,
+}
+
+impl Deref for Worker {
+    type Target = Addr<WorkerActor>;
+
+    fn deref(&self) -> &Addr<WorkerActor> {
+        &self.addr
+    }
+}
+
+impl From<Worker> for Addr<WorkerActor> {
+    fn from(worker: Worker) -> Self {
+        worker.addr
+    }
+}
 
 impl Worker {
+    /// The worker's actor address.
+    pub fn addr(&self) -> Addr<WorkerActor> {
+        self.addr.clone()
+    }
+
+    /// Stops the worker in order (see [`Shutdown`]) and resolves when it has
+    /// stopped; at once if it already has.
+    pub async fn stop(&self) {
+        // an error only means the worker is gone already
+        let _ = self.addr.send(Shutdown).await;
+    }
+
     /// A builder for a worker with these options.
     pub fn builder(options: WorkerOptions) -> WorkerBuilder {
         WorkerBuilder {
@@ -122,8 +166,9 @@ impl WorkerBuilder {
     }
 
     /// Validates the options and starts the worker inside the current actix
-    /// `System`. It connects at once and keeps reconnecting until stopped.
-    pub fn start(self) -> Result<Addr<WorkerActor>, StartError> {
+    /// `System`. It connects at once and keeps reconnecting until stopped
+    /// ([`Worker::stop`]).
+    pub fn start(self) -> Result<Worker, StartError> {
         self.options.validate()?;
         let handler = self.handler.ok_or(StartError::NoHandler)?;
         install_crypto_provider();
@@ -166,7 +211,9 @@ impl WorkerBuilder {
                 .recovery
                 .unwrap_or_else(|| Arc::new(DefaultRecovery::default())),
         };
-        Ok(WorkerActor::create(|_| WorkerActor::new(parts)))
+        Ok(Worker {
+            addr: WorkerActor::create(|_| WorkerActor::new(parts)),
+        })
     }
 }
 

@@ -1,162 +1,209 @@
-//! A job's life: assignment, start (now or through the queue), end, termination.
+//! A job's life: assignment, start (now, or through the queue when a slot
+//! frees), end, termination, expiry in the queue.
+
+use std::time::{Instant, SystemTime};
+
+use actix::fut::wrap_future;
+use tracing::{debug, error, info, warn};
 
 use super::*;
+use crate::handler::JobContext;
+use crate::jobs::{Assignment, FinalStatus, Finished, JobSpec, Placement, Termination};
+use crate::recovery::{Checkpoint, JobCheckpoint};
 
 impl WorkerActor {
-    /// Starts the job if a slot is free, else queues it. Answers the queue
-    /// depth when queued.
-    pub(super) fn launch(
-        &mut self,
-        launch: JobLaunch,
-        priority: JobPriority,
-        ctx: &mut Context<Self>,
-    ) -> Option<usize> {
-        if self.can_run_now() {
-            self.start_job(launch, ctx);
-            return None;
+    /// Starts or queues a job the table has just placed.
+    pub(super) fn place(&mut self, job_id: &str, placement: Placement, ctx: &mut Context<Self>) {
+        match placement {
+            Placement::Start => self.start_job(job_id, None, ctx),
+            Placement::Queue(priority) => self.enqueue(job_id, priority, Instant::now()),
         }
-        self.queued += 1;
-        let depth = self.queued;
-        let Some(queue) = self.queue.clone() else {
-            return Some(depth);
-        };
-        ctx.spawn(wrap_future(queue.send(Enqueue { launch, priority })).map(
-            |result, act: &mut Self, _ctx| {
-                match result {
-                    Ok(Ok(_)) => {}
-                    Ok(Err(launch)) => {
-                        // counted room, so this means the accounting is off: fail loudly
-                        act.queued = act.queued.saturating_sub(1);
-                        error!(
-                            job_id = launch.job.id,
-                            "the queue refused a job it had room for"
-                        );
-                        act.fail_unstarted(launch, "the job queue is full".into());
-                    }
-                    Err(err) => error!(%err, "the queue is gone"),
-                }
-            },
-        ));
         self.slots_changed();
-        Some(depth)
     }
 
-    /// A slot freed: hand it to the next queued job, if any.
-    pub(super) fn grant_slot(&mut self, ctx: &mut Context<Self>) {
-        if self.queued == 0 || !self.can_run_now() {
-            return;
+    /// Hands a queued job to the queue, which keeps the priority order.
+    pub(super) fn enqueue(&self, job_id: &str, priority: JobPriority, since: Instant) {
+        if let Some(queue) = &self.queue.addr {
+            queue.do_send(Enqueue {
+                job_id: job_id.to_owned(),
+                priority,
+                since,
+            });
+        } // else: the queue is being restarted, and is rebuilt from the table
+    }
+
+    /// A slot may have freed: grant it to the next queued jobs, as many as
+    /// there are free slots.
+    pub(super) fn grant(&mut self, ctx: &mut Context<Self>) {
+        let Some(queue) = self.queue.addr.clone() else {
+            return; // granted again once the queue is back
+        };
+        while self.table.begin_grant() {
+            ctx.spawn(
+                wrap_future(queue.send(TakeNext)).map(|answer, act: &mut Self, ctx| {
+                    let next = answer.ok().flatten();
+                    if act.table.end_grant(next.as_deref(), Instant::now()) {
+                        let job_id = next.expect("a granted job has an id");
+                        info!(job_id, "starting a queued job");
+                        act.start_job(&job_id, None, ctx);
+                        act.slots_changed();
+                    } else if let Some(stale) = next {
+                        debug!(job_id = stale, "the queue named a job that no longer waits");
+                    }
+                    act.grant(ctx);
+                }),
+            );
         }
-        let Some(queue) = self.queue.clone() else {
+    }
+
+    /// Starts the actor of a job the table has in `Starting`, with the
+    /// checkpoint it resumes from (a recovered job's, or a crashed actor's
+    /// last stored one) or a fresh one.
+    pub(super) fn start_job(
+        &mut self,
+        job_id: &str,
+        resumed: Option<Checkpoint>,
+        ctx: &mut Context<Self>,
+    ) {
+        let generation = self.generation();
+        let Some(row) = self.table.get(job_id) else {
             return;
         };
-        self.granting += 1;
-        ctx.spawn(
-            wrap_future(queue.send(TakeNext)).map(|result, act: &mut Self, ctx| {
-                act.granting -= 1;
-                if let Ok(Some(launch)) = result {
-                    act.queued = act.queued.saturating_sub(1);
-                    info!(job_id = launch.job.id, "starting a queued job");
-                    act.start_job(launch, ctx);
-                    act.grant_slot(ctx);
-                } else {
-                    act.slots_changed();
-                }
-            }),
-        );
-    }
-
-    /// Checks memory against the limits; tells every running job when the
-    /// state changes, and forgets rooms the rate limiter no longer needs.
-    /// The reads are of procfs, which lives in memory: they cannot stall the
-    /// arbiter on a disk.
-    pub(super) fn check_resources(&mut self) {
-        let state = self.limiter.check_memory();
-        if state != self.memory {
-            match state {
-                UsageState::Pressure | UsageState::Exceeded => {
-                    warn!(?state, "memory pressure: telling jobs, admitting none")
-                }
-                _ => info!(?state, "memory pressure over"),
-            }
-            self.memory = state;
-            for job in self.jobs.values() {
-                job.addr.do_send(MemoryPressure(state));
-            }
-        }
-        if let Some(limiter) = &self.rate_limiter {
-            limiter.retain_recent();
-        }
-    }
-
-    /// Reports a job that never ran as FAILED (to the server if it is the
-    /// server's, to subscribers either way).
-    pub(super) fn fail_unstarted(&mut self, launch: JobLaunch, error: String) {
-        self.report_job(
-            UpdateJobStatus {
-                job_id: launch.job.id,
-                status: JobStatus::JsFailed as i32,
-                error,
-            },
-            launch.origin,
-        );
-    }
-
-    pub(super) fn start_job(&mut self, launch: JobLaunch, ctx: &mut Context<Self>) {
-        let JobLaunch {
+        let Some(spec) = row.spec().cloned() else {
+            error!(job_id, "a job to start without its assignment");
+            return;
+        };
+        let origin = row.origin();
+        let JobSpec {
             job,
             url,
             token,
             identity,
-            origin,
-            recovered,
-            reservation,
-        } = launch;
-        let job_id = job.id.clone();
-        let mut context = JobContext::new(job, url, token);
+        } = spec;
+        let mut context = JobContext::new((*job).clone(), url, token);
         if let Some(identity) = identity {
             context = context.with_identity(&identity);
         }
+        let recovered = self.table.take_checkpoint(job_id);
         let is_recovered = recovered.is_some();
-        let checkpoint = recovered.unwrap_or_else(|| {
+        let checkpoint = recovered.or(resumed).unwrap_or_else(|| {
             let record = JobCheckpoint::new(
                 context.job(),
                 context.participant_identity(),
                 SystemTime::now(),
             );
-            match origin {
+            if origin.is_servers() {
                 // the server can re-dispatch its jobs: keep them where a
                 // restarted worker finds them
-                JobOrigin::Server => Checkpoint::new(record, self.store.clone()),
+                Checkpoint::new(record, self.store.clone())
+            } else {
                 // nobody would claim a local job after a restart
-                JobOrigin::Local => Checkpoint::in_memory(record),
+                Checkpoint::in_memory(record)
             }
         });
         let context = context.with_checkpoint(checkpoint, is_recovered);
         let handler = self.handler.clone();
-        let worker = ctx.address();
-        let rules = JobRules {
+        let link = super::super::supervision::Link::new(
+            ctx.address(),
+            Child::Job(job_id.to_owned()),
+            generation,
+        );
+        let rules = super::super::job::JobRules {
             grace: self.options.termination_grace,
             restart_policy: self.options.restart_policy.clone(),
             max_retry_delay: self.options.max_retry_delay,
             checkpoint_interval: self.options.checkpoint_interval,
             recovery: self.recovery.clone(),
         };
-        let threads = self
-            .threads
-            .get_or_insert_with(|| JobThreads::new(self.options.job_threads));
-        let addr = JobActor::start_in_arbiter(&threads.pick(), move |_| {
-            JobActor::new(context, handler, worker, rules)
+        let addr = JobActor::start_in_arbiter(&self.threads.job(), move |_| {
+            JobActor::new(context, handler, link, rules)
         });
-        self.jobs.insert(
-            job_id,
-            RunningJob {
-                addr,
-                started_at: Instant::now(),
-                origin,
-                _reservation: reservation,
-            },
-        );
+        if let Some(row) = self.table.get_mut(job_id) {
+            row.attachment.addr = Some(addr);
+            row.attachment.generation = generation;
+        }
+    }
+
+    /// Sends a status the table produced: to subscribers always, to the
+    /// server when the table says so now (otherwise it waits in the table
+    /// for the next registration).
+    pub(super) fn deliver(&mut self, report: crate::jobs::Report) {
+        self.publish(&report.update, report.origin);
+        if report.send_now {
+            self.send(vec![livekit_protocol::worker_message::Message::UpdateJob(
+                report.update,
+            )]);
+        } else if report.origin.is_servers() {
+            debug!(
+                job_id = report.update.job_id,
+                "status kept until the next registration"
+            );
+        }
+    }
+
+    /// A job ended: report it, take it out of the queue if it waited there,
+    /// forget its checkpoint, and give its slot to the next queued job.
+    pub(super) fn finished(&mut self, job_id: &str, done: Finished, ctx: &mut Context<Self>) {
+        if done.was_queued
+            && let Some(queue) = &self.queue.addr
+        {
+            queue.do_send(Dequeue {
+                job_id: job_id.to_owned(),
+            });
+        }
+        if let Some(lost) = done.evicted {
+            error!(
+                job_id = lost,
+                "too many unconfirmed final statuses: dropped the oldest"
+            );
+        }
+        if done.report.origin.is_servers() {
+            self.forget(job_id, ctx);
+        }
+        self.deliver(done.report);
         self.slots_changed();
+        self.grant(ctx);
+        self.shutdown_progress(ctx);
+    }
+
+    /// Ends a job now with `status`, from whatever live state it is in.
+    pub(super) fn end_job(&mut self, job_id: &str, status: FinalStatus, ctx: &mut Context<Self>) {
+        if let Some(done) = self.table.finish(job_id, status, Instant::now()) {
+            self.finished(job_id, done, ctx);
+        }
+    }
+
+    /// Terminates a job for `why` (the server, or the shutdown): an offer is
+    /// withdrawn, a queued job ends at once, a running one is wound down by
+    /// its actor.
+    pub(super) fn terminate(&mut self, job_id: &str, why: TerminateJob, ctx: &mut Context<Self>) {
+        let status = match &why {
+            TerminateJob::Server => FinalStatus::success(),
+            TerminateJob::Shutdown(reason) => FinalStatus::failed(reason.clone()),
+        };
+        match self.table.terminate(job_id, status.clone(), Instant::now()) {
+            Termination::Withdrawn(_) => {
+                info!(job_id, "terminated before assignment: releasing the slot");
+                self.slots_changed();
+                self.grant(ctx);
+            }
+            Termination::Ended(done) => {
+                info!(job_id, "terminated while queued: it never runs");
+                self.finished(job_id, done, ctx);
+            }
+            Termination::WindDown => {
+                let addr = self
+                    .table
+                    .get(job_id)
+                    .and_then(|row| row.attachment.addr.clone());
+                match addr {
+                    Some(addr) => addr.do_send(why),
+                    // its actor crashed and waits to be restarted: nothing runs
+                    None => self.end_job(job_id, status, ctx),
+                }
+            }
+            Termination::Ignored => debug!(job_id, "termination for an unknown or ended job"),
+        }
     }
 }
 
@@ -165,55 +212,42 @@ impl Handler<JobAssigned> for WorkerActor {
 
     fn handle(&mut self, msg: JobAssigned, ctx: &mut Self::Context) {
         let job_id = msg.job.id.clone();
-        if self.jobs.contains_key(&job_id) {
-            warn!(job_id, "ignoring a second assignment of a running job");
-            return;
-        }
-        let (identity, priority, reservation) = match self.reserved.remove(&job_id) {
-            Some(pending) => {
-                if let Some(handle) = pending.expiry {
-                    ctx.cancel_future(handle);
-                }
-                (pending.identity, pending.priority, pending.limits)
-            }
-            None if self.slots().is_full() => {
-                warn!(
-                    job_id,
-                    "assigned a job that was not accepted, at capacity: failing it"
-                );
-                self.report_job(
-                    UpdateJobStatus {
-                        job_id,
-                        status: JobStatus::JsFailed as i32,
-                        error: "worker at capacity".into(),
-                    },
-                    JobOrigin::Server,
-                );
-                return;
-            }
-            None => {
-                info!(
-                    job_id,
-                    "assigned a job that was not offered first: running it"
-                );
-                (None, self.priority_of(&msg.job), None)
-            }
-        };
         let url = msg
             .url
             .filter(|u| !u.is_empty())
             .unwrap_or_else(|| self.options.url.clone());
-        info!(job_id, "job assigned");
-        let launch = JobLaunch {
-            job: msg.job,
+        let priority = self.priority_of(&msg.job);
+        let spec = JobSpec {
+            job: Arc::new(msg.job),
             url,
             token: msg.token,
-            identity,
-            origin: JobOrigin::Server,
-            recovered: None,
-            reservation,
+            identity: None,
         };
-        self.launch(launch, priority, ctx);
+        match self.table.assign(&job_id, spec, priority, Instant::now()) {
+            Assignment::Placed(placement) => {
+                info!(job_id, "job assigned");
+                if let Some(reason) = self.shutdown_reason() {
+                    // assigned while shutting down: it never runs, and the
+                    // server hears so
+                    let status = FinalStatus::failed(reason);
+                    return self.end_job(&job_id, status, ctx);
+                }
+                self.place(&job_id, placement, ctx);
+            }
+            Assignment::Duplicate => {
+                warn!(
+                    job_id,
+                    "ignoring a repeated assignment of a job the worker has"
+                )
+            }
+            Assignment::Refused(report) => {
+                warn!(
+                    job_id,
+                    "assigned a job that was not offered, at capacity: failing it"
+                );
+                self.deliver(report);
+            }
+        }
     }
 }
 
@@ -221,17 +255,25 @@ impl Handler<JobStarted> for WorkerActor {
     type Result = ();
 
     fn handle(&mut self, msg: JobStarted, _ctx: &mut Self::Context) {
-        let Some(origin) = self.jobs.get(&msg.job_id).map(|job| job.origin) else {
+        if !self.is_current_job(&msg.job_id, msg.generation) {
             return;
-        };
-        self.report_job(
-            UpdateJobStatus {
-                job_id: msg.job_id,
-                status: JobStatus::JsRunning as i32,
-                error: String::new(),
-            },
-            origin,
-        );
+        }
+        if let Some(report) = self.table.started(&msg.job_id, Instant::now()) {
+            self.deliver(report);
+        }
+        self.slots_changed();
+    }
+}
+
+impl Handler<JobRestarted> for WorkerActor {
+    type Result = ();
+
+    fn handle(&mut self, msg: JobRestarted, _ctx: &mut Self::Context) {
+        if self.is_current_job(&msg.job_id, msg.generation)
+            && let Some(restarts) = self.table.restarted(&msg.job_id)
+        {
+            debug!(job_id = msg.job_id, restarts, "the job's handler restarts");
+        }
     }
 }
 
@@ -239,24 +281,21 @@ impl Handler<JobExited> for WorkerActor {
     type Result = ();
 
     fn handle(&mut self, msg: JobExited, ctx: &mut Self::Context) {
-        let Some(job) = self.jobs.remove(&msg.job_id) else {
+        if !self.is_current_job(&msg.job_id, msg.generation) {
             return;
-        };
+        }
         match &msg.outcome {
             JobOutcome::Succeeded | JobOutcome::Terminated => {
                 info!(job_id = msg.job_id, outcome = ?msg.outcome, "job ended")
             }
-            JobOutcome::Failed(_) | JobOutcome::Panicked(_) => {
+            JobOutcome::Failed(_) | JobOutcome::Panicked(_) | JobOutcome::Stopped(_) => {
                 warn!(job_id = msg.job_id, outcome = ?msg.outcome, "job failed")
             }
         }
-        if job.origin == JobOrigin::Server {
-            self.forget(&msg.job_id, ctx);
+        if let Some(row) = self.table.get_mut(&msg.job_id) {
+            row.attachment.addr = None;
         }
-        self.report_job(msg.outcome.to_update(&msg.job_id), job.origin);
-        drop(job); // releases its resources before the next job takes them
-        self.slots_changed();
-        self.grant_slot(ctx);
+        self.end_job(&msg.job_id, msg.outcome.final_status(), ctx);
     }
 }
 
@@ -264,30 +303,32 @@ impl Handler<TerminationRequested> for WorkerActor {
     type Result = ();
 
     fn handle(&mut self, msg: TerminationRequested, ctx: &mut Self::Context) {
-        if let Some(job) = self.jobs.get(&msg.job_id) {
-            job.addr.do_send(TerminateJob);
-        } else if self.reserved.contains_key(&msg.job_id) {
-            info!(
-                job_id = msg.job_id,
-                "terminated before assignment: releasing the slot"
-            );
-            self.release(&msg.job_id, ctx);
-        } else {
-            debug!(job_id = msg.job_id, "termination for an unknown job");
-        }
+        self.terminate(&msg.job_id, TerminateJob::Server, ctx);
     }
 }
 
 impl Handler<QueuedJobsExpired> for WorkerActor {
     type Result = ();
 
-    fn handle(&mut self, msg: QueuedJobsExpired, _ctx: &mut Self::Context) {
-        self.queued = self.queued.saturating_sub(msg.launches.len());
-        for launch in msg.launches {
+    fn handle(&mut self, msg: QueuedJobsExpired, ctx: &mut Self::Context) {
+        for job_id in msg.job_ids {
             let error = format!("waited longer than {:?} in the job queue", msg.max_wait);
-            warn!(job_id = launch.job.id, error, "failing a queued job");
-            self.fail_unstarted(launch, error);
+            warn!(job_id, error, "failing a queued job");
+            if let Some(done) =
+                self.table
+                    .expire(&job_id, FinalStatus::failed(error), Instant::now())
+            {
+                self.finished(&job_id, done, ctx);
+            }
         }
-        self.slots_changed();
+    }
+}
+
+impl WorkerActor {
+    /// True when `generation` is the live actor of `job_id`.
+    pub(super) fn is_current_job(&self, job_id: &str, generation: u64) -> bool {
+        self.table.get(job_id).is_some_and(|row| {
+            row.attachment.addr.is_some() && row.attachment.generation == generation
+        })
     }
 }

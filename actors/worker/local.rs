@@ -1,20 +1,31 @@
 //! Local jobs: `SpawnJob` from the application.
 
+use std::time::Instant;
+
+use livekit_protocol::{Job, Room};
+use tracing::info;
+
 use super::*;
+use crate::auth::ROOM_TOKEN_TTL;
+use crate::handler::room_name;
+use crate::jobs::{Admission, JobOrigin, JobSpec, Placement, Refusal};
 
 impl Handler<SpawnJob> for WorkerActor {
     type Result = MessageResult<SpawnJob>;
 
     fn handle(&mut self, msg: SpawnJob, ctx: &mut Self::Context) -> Self::Result {
         let refuse = |reason| MessageResult(SpawnOutcome::Refused { reason });
+        if self.shutting_down() {
+            return refuse(SpawnRefusal::ShuttingDown);
+        }
         if msg.room.trim().is_empty() {
             return refuse(SpawnRefusal::Invalid("the room is required".into()));
         }
         let job_id = msg.id.unwrap_or_else(local_job_id);
-        if self.jobs.contains_key(&job_id) || self.reserved.contains_key(&job_id) {
+        if self.table.get(&job_id).is_some() {
             return refuse(SpawnRefusal::Duplicate(job_id));
         }
-        if !self.can_run_now() && !self.queue_has_room() {
+        if !self.table.can_start() && !self.table.queue_has_room() {
             return refuse(SpawnRefusal::AtCapacity);
         }
         let job = Job {
@@ -48,21 +59,32 @@ impl Handler<SpawnJob> for WorkerActor {
             Ok(token) => token,
             Err(err) => return refuse(SpawnRefusal::Token(err.to_string())),
         };
-        let launch = JobLaunch {
-            job,
-            url: self.options.url.clone(),
-            token,
-            identity: Some(identity),
+        let admission = Admission {
+            id: job_id.clone(),
             origin: JobOrigin::Local,
-            recovered: None,
+            priority,
             reservation: Some(reservation),
+            spec: JobSpec {
+                job: Arc::new(job),
+                url: self.options.url.clone(),
+                token,
+                identity: Some(identity),
+            },
+            checkpoint: None,
         };
-        MessageResult(match self.launch(launch, priority, ctx) {
-            None => {
+        let placement = match self.table.admit(admission, Instant::now()) {
+            Ok(placement) => placement,
+            Err(Refusal::Duplicate(id)) => return refuse(SpawnRefusal::Duplicate(id)),
+            Err(Refusal::AtCapacity) => return refuse(SpawnRefusal::AtCapacity),
+        };
+        self.place(&job_id, placement, ctx);
+        MessageResult(match placement {
+            Placement::Start => {
                 info!(job_id, %priority, "started a local job");
                 SpawnOutcome::Started { job_id }
             }
-            Some(depth) => {
+            Placement::Queue(_) => {
+                let depth = self.table.counts().queued;
                 info!(job_id, %priority, depth, "queued a local job");
                 SpawnOutcome::Queued { job_id, depth }
             }

@@ -1,11 +1,27 @@
 //! WorkerActor: the supervisor, and the only owner of worker state.
 //!
-//! It decides — availability answers, job start and end, what to report — and
-//! routes: frames arrive from the ConnectionActor as typed messages, jobs run
-//! in JobActors, and everything for the server goes back through the
-//! connection. While the connection is down, job statuses wait in an
-//! [`Outbox`] and go out, in order, after the next registration, preceded by
-//! `migrate_job` for the jobs that kept running.
+//! It decides — availability answers, job start and end, what to report —
+//! and routes: frames arrive from the ConnectionActor as typed messages, jobs
+//! run in JobActors, and everything for the server goes back through the
+//! connection. Every job it knows is a row of its [`JobTable`]; slots,
+//! reservations, the queue's room and what a new registration owes the
+//! server are all read off that table.
+//!
+//! It supervises every child (see `actors/mod.rs` for the tree): each holds a
+//! [`Link`](super::supervision::Link) that reports its exit, and the worker
+//! restarts it under a restart limit, rebuilding its state from the table, or
+//! shuts down in order past the limit.
+//!
+//! The files of this folder, by concern:
+//! - `builder`: [`Worker`] and [`WorkerBuilder`];
+//! - `threads`: the arbiters the children run on;
+//! - `availability`: offers, the handler's decisions, reservations;
+//! - `lifecycle`: assignment, start, the queue's grants, end, termination;
+//! - `recovery`: jobs resumed at start-up, after a reconnect, after their
+//!   actor crashed;
+//! - `local`: `SpawnJob`;
+//! - `reporting`: statuses, registration, load, state snapshots, events;
+//! - `supervision`: child exits and restarts, reconnects, shutdown.
 
 mod availability;
 mod builder;
@@ -13,93 +29,101 @@ mod lifecycle;
 mod local;
 mod recovery;
 mod reporting;
+mod supervision;
 mod threads;
 
-use std::collections::HashMap;
-use std::panic::AssertUnwindSafe;
-use std::sync::{Arc, Once};
-use std::time::{Instant, SystemTime};
+use std::sync::Arc;
+use std::time::Instant;
 
 use actix::prelude::*;
-use actix::{Supervisor, fut::wrap_future};
-use futures_util::FutureExt as _;
-use livekit_protocol::{
-    AvailabilityResponse, Job, JobStatus, MigrateJobRequest, Room, UpdateJobStatus, worker_message,
-};
-use tracing::{debug, error, info, warn};
+use tracing::{info, warn};
 
 use super::connection::ConnectionActor;
-use super::job::{JobActor, JobRules, guard, panic_message};
-use super::load_reporter::{LoadReporterActor, ReporterConfig};
+use super::job::{JobActor, guard};
+use super::load_reporter::LoadReporterActor;
 use super::messages::*;
 use super::queue::QueueActor;
-use crate::auth::ROOM_TOKEN_TTL;
-use crate::handler::{Decision, DynHandler, JobContext, JobHandler, JobRequest, room_name};
-use crate::limits::{Reservation, ResourceLimiter, ResourceLimits, ResourceRequest, UsageState};
-use crate::load::{
-    DEFAULT_LOAD_EPSILON, DefaultLoadCalculator, LoadCalculator, LoadReport, ReportPolicy, Slots,
-};
-use crate::options::{OptionsError, WorkerOptions};
-use crate::outbox::{Evicted, Outbox};
-use crate::queue::{
-    AdmissionPolicy, DefaultPriorityCalculator, JobPriority, JobRateLimiter, PriorityCalculator,
-    QueueStats, RateLimits,
-};
-use crate::recovery::{
-    Checkpoint, CheckpointStore, DefaultRecovery, JobCheckpoint, MemoryStore, RecoveryError,
-    RecoveryHandler,
-};
+use super::supervision::ChildSlot;
+use crate::handler::DynHandler;
+use crate::jobs::JobTable;
+use crate::limits::{ResourceLimiter, UsageState};
+use crate::load::{LoadCalculator, LoadReport, Slots};
+use crate::options::WorkerOptions;
+use crate::queue::{AdmissionPolicy, JobPriority, JobRateLimiter, PriorityCalculator};
+use crate::reconnect::Reconnect;
+use crate::recovery::{CheckpointStore, RecoveryHandler, RestartPolicy};
 
 pub use builder::{StartError, Worker, WorkerBuilder};
-use threads::JobThreads;
+use threads::Threads;
 
-struct RunningJob {
-    addr: Addr<JobActor>,
-    started_at: Instant,
-    origin: JobOrigin,
-    /// The job's share of the resource limits, released when it ends.
-    _reservation: Option<Reservation>,
+/// The most job-event (and worker-event) subscribers a worker keeps: each
+/// event is offered to every one of them on the worker's thread.
+pub const MAX_SUBSCRIBERS: usize = 64;
+
+/// The worker's data on one job: its actor, and that actor's crash limit.
+#[derive(Default)]
+pub(crate) struct JobLink {
+    /// The live actor, if one runs.
+    addr: Option<Addr<JobActor>>,
+    /// The live (or last) actor's incarnation.
+    generation: u64,
+    /// Limits restarts of the job's actor after it crashed (created at the
+    /// first crash).
+    crashes: Option<RestartPolicy>,
 }
+
+/// Where the worker is in its life.
+enum Phase {
+    /// Taking jobs.
+    Serving,
+    /// Shutting down: see `supervision.rs`.
+    Stopping(supervision::Stopping),
+}
+
 /// The worker: see the module docs. Start it with [`Worker::builder`].
 pub struct WorkerActor {
     options: Arc<WorkerOptions>,
     handler: Arc<dyn DynHandler>,
-    connection: Option<Addr<ConnectionActor>>,
-    threads: Option<JobThreads>,
+    /// Every job the worker knows: the one owner of job state.
+    table: JobTable<JobLink>,
+    threads: Threads,
+    connection: ChildSlot<ConnectionActor>,
+    reporter: ChildSlot<LoadReporterActor>,
+    queue: ChildSlot<QueueActor>,
+    /// Numbers every child incarnation, so stale exits are recognised.
+    next_generation: u64,
+    reconnect: Reconnect,
     worker_id: Option<String>,
     registrations: u64,
-    jobs: HashMap<String, RunningJob>,
-    /// Slots held for jobs being decided on or accepted but not yet assigned,
-    /// with the participant identity they were accepted under.
-    reserved: HashMap<String, Pending>,
-    /// Jobs waiting in the queue (the QueueActor holds them).
-    queued: usize,
-    /// Slots granted to queued jobs whose `TakeNext` answer is on its way.
-    granting: usize,
-    queue: Option<Addr<QueueActor>>,
+    /// Why the last connection attempt failed, while not registered.
+    connection_error: Option<String>,
     priorities: Arc<dyn PriorityCalculator>,
     admission: AdmissionPolicy,
     limiter: ResourceLimiter,
     rate_limiter: Option<JobRateLimiter>,
     memory: UsageState,
-    outbox: Outbox,
-    reporter: Option<Addr<LoadReporterActor>>,
     load_calculator: Arc<dyn LoadCalculator>,
     /// The load at which the worker reports FULL (options, else the
     /// calculator's default), decided once at start.
     threshold: f32,
     /// The latest report computed by the reporter.
     load: LoadReport,
+    /// The sequence number of the last `update_worker` sent; it survives
+    /// reconnects and reporter restarts.
+    load_seq: u64,
     /// Who hears about job statuses (bounded by [`MAX_SUBSCRIBERS`]).
     subscribers: Vec<Recipient<JobEvent>>,
+    /// Who hears about the worker itself (bounded by [`MAX_SUBSCRIBERS`]).
+    watchers: Vec<Recipient<WorkerEvent>>,
     /// Where server jobs' checkpoints are kept.
     store: Arc<dyn CheckpointStore>,
-    /// Decides which interrupted jobs are resumed at start-up.
+    /// Decides which interrupted jobs are resumed.
     recovery: Arc<dyn RecoveryHandler>,
+    phase: Phase,
+    /// Why supervision gave up, if it did.
+    supervision_failure: Option<String>,
 }
-/// The most job-event subscribers a worker keeps: each event is offered to
-/// every one of them on the worker's thread.
-pub const MAX_SUBSCRIBERS: usize = 64;
+
 /// What a worker is made of, as the builder hands it over.
 struct WorkerParts {
     options: Arc<WorkerOptions>,
@@ -113,23 +137,7 @@ struct WorkerParts {
     rate_limiter: Option<JobRateLimiter>,
     threshold: f32,
 }
-/// A slot held for a server job between the availability request and its
-/// assignment.
-struct Pending {
-    /// The identity it was accepted under (None while deciding).
-    identity: Option<String>,
-    /// Releases the slot if the assignment never comes.
-    expiry: Option<SpawnHandle>,
-    /// Its priority, from the calculator and then the handler.
-    priority: JobPriority,
-    /// Its share of the resource limits, once accepted.
-    limits: Option<Reservation>,
-    /// Accepted beyond the free slots (priority headroom): queued on
-    /// assignment.
-    over_capacity: bool,
-    /// The room, for the per-room rate limit.
-    room: String,
-}
+
 impl WorkerActor {
     fn new(parts: WorkerParts) -> Self {
         let WorkerParts {
@@ -144,45 +152,37 @@ impl WorkerActor {
             rate_limiter,
             threshold,
         } = parts;
-        // each job holds at most one queued status, and jobs are bounded by
-        // the slots plus the queue; the slack covers jobs that end while
-        // others start
-        let jobs_bound = options.max_jobs.saturating_add(options.queue_capacity);
-        let outbox = Outbox::new(jobs_bound.saturating_mul(2).saturating_add(64));
-        let max_jobs = options.max_jobs;
+        let table = JobTable::new(options.max_jobs, options.queue_capacity);
+        let load = LoadReport::new(table.slots(), 0.0, 1.0);
+        let child_policy = options.child_restart_policy.clone();
         Self {
+            threads: Threads::new(options.job_threads, options.hook_threads),
+            reconnect: Reconnect::new(options.reconnect, Instant::now()),
             options,
             handler,
-            connection: None,
-            threads: None,
+            table,
+            connection: ChildSlot::new(child_policy.clone()),
+            reporter: ChildSlot::new(child_policy.clone()),
+            queue: ChildSlot::new(child_policy),
+            next_generation: 0,
             worker_id: None,
             registrations: 0,
-            jobs: HashMap::new(),
-            reserved: HashMap::new(),
-            queued: 0,
-            granting: 0,
-            queue: None,
+            connection_error: None,
             priorities,
             admission,
             limiter,
             rate_limiter,
             memory: UsageState::Ok,
-            outbox,
-            reporter: None,
             load_calculator,
             threshold,
+            load,
+            load_seq: 0,
             subscribers: Vec::new(),
+            watchers: Vec::new(),
             store,
             recovery,
-            load: LoadReport::new(
-                Slots {
-                    active: 0,
-                    reserved: 0,
-                    max: max_jobs,
-                },
-                0.0,
-                1.0,
-            ),
+            phase: Phase::Serving,
+            supervision_failure: None,
         }
     }
 
@@ -190,36 +190,50 @@ impl WorkerActor {
         self.worker_id.is_some()
     }
 
-    /// Running jobs, and everything that holds a claim on a slot: pending
-    /// server jobs, queued jobs, grants in flight.
-    fn slots(&self) -> Slots {
-        Slots {
-            active: self.jobs.len(),
-            reserved: self.reserved.len() + self.queued + self.granting,
-            max: self.options.max_jobs,
-        }
+    fn shutting_down(&self) -> bool {
+        matches!(self.phase, Phase::Stopping(_))
     }
 
-    /// True when a job could start now without taking a slot held for a
-    /// pending server job.
-    fn can_run_now(&self) -> bool {
-        self.jobs.len()
-            + self.granting
-            + self.reserved.values().filter(|p| !p.over_capacity).count()
-            < self.options.max_jobs
-    }
-
-    /// True when the queue can take one more job (counting over-capacity
-    /// acceptances on their way to it).
-    fn queue_has_room(&self) -> bool {
-        let on_the_way = self.reserved.values().filter(|p| p.over_capacity).count();
-        self.options.queue_capacity > 0 && self.queued + on_the_way < self.options.queue_capacity
+    fn generation(&mut self) -> u64 {
+        self.next_generation += 1;
+        self.next_generation
     }
 
     /// The calculator's priority for a job (Normal if it panics).
-    fn priority_of(&self, job: &Job) -> JobPriority {
+    fn priority_of(&self, job: &livekit_protocol::Job) -> JobPriority {
         let priorities = &self.priorities;
         guard("priority calculator", &job.id, || priorities.priority(job)).unwrap_or_default()
+    }
+
+    /// Puts messages on the wire (if registered: the connection drops what it
+    /// cannot send, and the table keeps what must not be lost).
+    fn send(&self, messages: Vec<livekit_protocol::worker_message::Message>) {
+        if messages.is_empty() {
+            return;
+        }
+        if let Some(connection) = &self.connection.addr {
+            connection.do_send(SendToServer(messages));
+        }
+    }
+
+    /// Tells the reporter that slots changed, so that it can recompute and
+    /// send a flip to FULL or back at once.
+    fn slots_changed(&self) {
+        if let Some(reporter) = &self.reporter.addr {
+            reporter.do_send(SlotsChanged {
+                slots: self.slots(),
+                running_since: self
+                    .table
+                    .iter()
+                    .filter(|(_, row)| row.state().is_running())
+                    .map(|(_, row)| row.since())
+                    .collect(),
+            });
+        }
+    }
+
+    fn slots(&self) -> Slots {
+        self.table.slots()
     }
 }
 
@@ -233,39 +247,29 @@ impl Actor for WorkerActor {
             max_jobs = self.options.max_jobs,
             "worker starting"
         );
-        let options = self.options.clone();
-        let me = ctx.address();
-        let connection = Supervisor::start(move |_| ConnectionActor::new(options, me));
-        let me = ctx.address();
-        let (capacity, max_wait) = (self.options.queue_capacity, self.options.queue_max_wait);
-        self.queue = Some(QueueActor::create(move |_| {
-            QueueActor::new(capacity, max_wait, me)
-        }));
+        self.start_connection(ctx);
+        self.start_queue(ctx);
+        self.start_reporter(ctx);
         ctx.run_interval(self.options.memory_check_interval, |act, _ctx| {
-            act.check_resources()
+            if let Some(limiter) = &act.rate_limiter {
+                limiter.retain_recent();
+            }
         });
-        ctx.spawn(
-            wrap_future(self.store.list()).map(|result, act: &mut Self, ctx| match result {
-                Ok(checkpoints) if !checkpoints.is_empty() => act.recover(checkpoints, ctx),
-                Ok(_) => {}
-                Err(err) => error!(%err, "cannot read the checkpoint store: no job is resumed"),
-            }),
-        );
-        let config = ReporterConfig {
-            calculator: self.load_calculator.clone(),
-            threshold: self.threshold,
-            policy: ReportPolicy {
-                epsilon: DEFAULT_LOAD_EPSILON,
-                keepalive: self.options.load_report_interval,
-            },
-            sample_interval: self.options.load_sample_interval,
-            max_jobs: self.options.max_jobs,
-        };
-        let worker = ctx.address();
-        let reporter_connection = connection.clone();
-        self.reporter = Some(LoadReporterActor::create(move |_| {
-            LoadReporterActor::new(config, reporter_connection, worker)
-        }));
-        self.connection = Some(connection);
+        self.recover_at_start(ctx);
+    }
+
+    fn stopped(&mut self, _ctx: &mut Self::Context) {
+        // kept trivial: dropping the threads (with the actor) stops every
+        // child still running on them
+        warn_if_jobs_left(&self.table);
+    }
+}
+
+/// Logs jobs a stopping worker leaves behind (only a worker that died, not
+/// one that shut down in order, has any).
+fn warn_if_jobs_left(table: &JobTable<JobLink>) {
+    let counts = table.counts();
+    if counts.starting + counts.running + counts.queued > 0 {
+        warn!(?counts, "the worker stopped with jobs in its table");
     }
 }

@@ -1,35 +1,66 @@
-//! Recovery: jobs resumed from the checkpoint store at start-up, and the
-//! recovery handler asked about running jobs after a reconnect.
+//! Recovery: jobs resumed from the checkpoint store at start-up (through
+//! admission, like any new job), the recovery handler asked about running
+//! jobs after a reconnect, and jobs whose actor crashed restarted from their
+//! stored checkpoint.
+
+use std::time::Instant;
+
+use actix::fut::wrap_future;
+use livekit_protocol::{MigrateJobRequest, worker_message};
+use tracing::{error, info, warn};
 
 use super::*;
+use crate::auth::ROOM_TOKEN_TTL;
+use crate::jobs::{Admission, FinalStatus, JobSpec, JobState, Placement, Refusal};
+use crate::limits::ResourceRequest;
+use crate::recovery::{Checkpoint, JobCheckpoint, RecoveryError, RestartDecision};
 
 impl WorkerActor {
+    /// Reads the checkpoint store and resumes what the previous run of the
+    /// worker left there.
+    pub(super) fn recover_at_start(&mut self, ctx: &mut Context<Self>) {
+        ctx.spawn(
+            wrap_future(self.store.list()).map(|result, act: &mut Self, ctx| match result {
+                Ok(checkpoints) if !checkpoints.is_empty() => act.recover(checkpoints, ctx),
+                Ok(_) => {}
+                Err(err) => error!(%err, "cannot read the checkpoint store: no job is resumed"),
+            }),
+        );
+    }
+
     /// Resumes the jobs a previous run of the worker left in the store, as
-    /// the recovery handler allows; reports the others FAILED and forgets
-    /// them.
-    pub(super) fn recover(&mut self, checkpoints: Vec<JobCheckpoint>, ctx: &mut Context<Self>) {
+    /// the recovery handler allows and capacity permits (past the free slots
+    /// they wait in the queue at their priority); reports the others FAILED
+    /// and forgets them.
+    fn recover(&mut self, checkpoints: Vec<JobCheckpoint>, ctx: &mut Context<Self>) {
         let mut resumed = Vec::new();
         for record in checkpoints {
             let job_id = record.job_id().to_owned();
-            if self.jobs.contains_key(&job_id) {
+            if self.table.get(&job_id).is_some() {
                 continue;
             }
-            match self.resume(record, ctx) {
-                Ok(()) => resumed.push(job_id),
+            let room = record.room_name().to_owned();
+            match self.resume(record) {
+                Ok(placement) => {
+                    resumed.push(job_id.clone());
+                    self.place(&job_id, placement, ctx);
+                }
                 Err(error) => {
                     let recovery = &self.recovery;
                     guard("on_recovery_failed", &job_id, || {
                         recovery.on_recovery_failed(&job_id, &error)
                     });
                     self.forget(&job_id, ctx);
-                    self.report_job(
-                        UpdateJobStatus {
-                            job_id,
-                            status: JobStatus::JsFailed as i32,
-                            error: format!("not recovered after a worker restart: {error}"),
-                        },
-                        JobOrigin::Server,
-                    );
+                    let status = FinalStatus::failed(format!(
+                        "not recovered after a worker restart: {error}"
+                    ));
+                    match self
+                        .table
+                        .fail_unstarted(&job_id, &room, status, Instant::now())
+                    {
+                        Ok(report) => self.deliver(report),
+                        Err(err) => warn!(job_id, %err, "cannot record the refusal"),
+                    }
                 }
             }
         }
@@ -39,15 +70,14 @@ impl WorkerActor {
                 self.send(vec![worker_message::Message::MigrateJob(
                     MigrateJobRequest { job_ids: resumed },
                 )]);
-            } // else: the next registration claims every running job
+            } // else: the next registration claims them with the others
         }
     }
 
-    pub(super) fn resume(
-        &mut self,
-        record: JobCheckpoint,
-        ctx: &mut Context<Self>,
-    ) -> Result<(), RecoveryError> {
+    /// Asks the recovery handler about one checkpoint and, if it agrees,
+    /// admits the job through the table with a fresh room token for the same
+    /// identity. The JobActor calls `on_recovered` once it runs.
+    fn resume(&mut self, record: JobCheckpoint) -> Result<Placement, RecoveryError> {
         let recovery = &self.recovery;
         let job_id = record.job_id().to_owned();
         let accepted = guard("on_recovery_attempt", &job_id, || {
@@ -64,39 +94,129 @@ impl WorkerActor {
             .credentials
             .room_token(record.room_name(), &identity, ROOM_TOKEN_TTL)
             .map_err(|e| RecoveryError::Resume(e.to_string()))?;
+        // a recovered job takes a slot and a reservation like any other; the
+        // rate limits are for new work, not for work already accepted once
+        let reservation = self
+            .limiter
+            .reserve(ResourceRequest::default())
+            .map_err(|e| RecoveryError::Resume(e.to_string()))?;
+        let priority = self.priority_of(&job);
         let checkpoint = Checkpoint::new(record, self.store.clone());
         checkpoint.next_attempt();
-        info!(
-            job_id,
-            attempt = checkpoint.attempt(),
-            "resuming a job after a restart"
-        );
-        let url = self.options.url.clone();
-        let launch = JobLaunch {
-            job,
-            url,
-            token,
-            identity: Some(identity),
-            origin: JobOrigin::Server,
-            recovered: Some(checkpoint),
-            reservation: None,
+        let admission = Admission {
+            id: job_id.clone(),
+            origin: crate::jobs::JobOrigin::Recovered,
+            priority,
+            reservation: Some(reservation),
+            spec: JobSpec {
+                url: self.options.url.clone(),
+                token,
+                identity: Some(identity),
+                job: Arc::new(job),
+            },
+            checkpoint: Some(checkpoint),
         };
-        // the JobActor calls on_recovered once it runs
-        self.start_job(launch, ctx);
-        Ok(())
+        let placement =
+            self.table
+                .admit(admission, Instant::now())
+                .map_err(|refusal| match refusal {
+                    Refusal::AtCapacity => RecoveryError::Resume(
+                        "no capacity: every slot is taken and the queue is full".into(),
+                    ),
+                    Refusal::Duplicate(id) => {
+                        RecoveryError::Resume(format!("{id} is already known"))
+                    }
+                })?;
+        info!(job_id, ?placement, %priority, "resuming a job after a restart");
+        Ok(placement)
     }
 
-    /// After a reconnect, has every server job ask the recovery handler
-    /// whether it stays (`on_recovered`) or ends (`on_recovery_failed`,
-    /// reported FAILED). Each job asks about itself, with its own state.
+    /// After a reconnect, has every job of the server's ask the recovery
+    /// handler whether it stays (`on_recovered`) or ends
+    /// (`on_recovery_failed`, reported FAILED). Each job asks about itself,
+    /// with its own state.
     pub(super) fn recover_after_reconnect(&self) {
-        for job in self
-            .jobs
-            .values()
-            .filter(|job| job.origin == JobOrigin::Server)
-        {
-            job.addr.do_send(Reconnected);
+        for (_, row) in self.table.iter() {
+            if row.origin().is_servers()
+                && row.state().is_running()
+                && let Some(addr) = &row.attachment.addr
+            {
+                addr.do_send(Reconnected);
+            }
         }
+    }
+
+    /// A job's actor died without reporting an end (a panic in its own
+    /// code): start a new one from the job's stored checkpoint, under the
+    /// job's crash limit, or report the job FAILED past it.
+    pub(super) fn job_actor_crashed(&mut self, job_id: &str, ctx: &mut Context<Self>) {
+        let policy = self.options.child_restart_policy.clone();
+        let Some(row) = self.table.get_mut(job_id) else {
+            return;
+        };
+        row.attachment.addr = None;
+        let decision = row
+            .attachment
+            .crashes
+            .get_or_insert(policy)
+            .on_failure_jittered(Instant::now(), rand::random::<f64>());
+        let origin = row.origin();
+        if let Some(reason) = self.shutdown_reason() {
+            return self.end_job(job_id, FinalStatus::failed(reason), ctx);
+        }
+        let after = match decision {
+            RestartDecision::Restart { after, .. } => after,
+            RestartDecision::GiveUp => {
+                error!(job_id, "the job's actor keeps crashing: failing the job");
+                let status = FinalStatus::failed("the job's actor crashed repeatedly");
+                return self.end_job(job_id, status, ctx);
+            }
+        };
+        warn!(
+            job_id,
+            ?after,
+            "the job's actor crashed: starting a new one"
+        );
+        self.table.crashed(job_id, Instant::now());
+        self.notify(WorkerEvent::ChildRestarted {
+            child: format!("job {job_id}"),
+            panicked: true,
+        });
+        let id = job_id.to_owned();
+        ctx.run_later(after, move |act, ctx| {
+            let waiting = act.table.get(&id).is_some_and(|row| {
+                row.state() == JobState::Starting && row.attachment.addr.is_none()
+            });
+            if !waiting {
+                return; // terminated meanwhile
+            }
+            if !origin.is_servers() {
+                return act.start_job(&id, None, ctx);
+            }
+            // the actor's checkpoint died with it: the stored one is the latest
+            let read = act.store.get(&id);
+            ctx.spawn(wrap_future(read).map(move |stored, act: &mut Self, ctx| {
+                let waiting = act.table.get(&id).is_some_and(|row| {
+                    row.state() == JobState::Starting && row.attachment.addr.is_none()
+                });
+                if !waiting {
+                    return;
+                }
+                let resumed = match stored {
+                    Ok(Some(record)) => {
+                        let checkpoint = Checkpoint::new(record, act.store.clone());
+                        checkpoint.next_attempt();
+                        Some(checkpoint)
+                    }
+                    Ok(None) => None,
+                    Err(err) => {
+                        warn!(job_id = id, %err, "cannot read the job's checkpoint: starting afresh");
+                        None
+                    }
+                };
+                act.start_job(&id, resumed, ctx);
+            }));
+        });
     }
 
     /// Removes a job's checkpoint from the store.

@@ -1,174 +1,133 @@
-//! Reporting: job statuses to the server and to subscribers, the connection's
-//! comings and goings, the load, and the state snapshots asked for.
+//! Reporting: job statuses to subscribers (the server's side is in
+//! `lifecycle::deliver`), registration and what it owes the server, the
+//! server's confirmations, the load, the state snapshots asked for, and the
+//! worker's own events.
+
+use livekit_protocol::{JobStatus, UpdateJobStatus, UpdateWorkerStatus, worker_message};
+use tracing::{debug, info, warn};
 
 use super::*;
+use crate::jobs::JobState;
 
 impl WorkerActor {
-    pub(super) fn send(&self, messages: Vec<worker_message::Message>) {
-        if let Some(connection) = &self.connection {
-            connection.do_send(SendToServer(messages));
-        }
-    }
-
-    /// Sends a job status now, or queues it until the next registration.
-    pub(super) fn report_job(&mut self, update: UpdateJobStatus, origin: JobOrigin) {
-        self.publish(&update, origin);
-        if origin == JobOrigin::Local {
-            return; // the server does not know local jobs
-        }
-        if self.connected() {
-            self.send(vec![worker_message::Message::UpdateJob(update)]);
-        } else {
-            let job_id = update.job_id.clone();
-            log_eviction(self.outbox.push(update));
-            debug!(
-                job_id,
-                queued = self.outbox.len(),
-                "status queued until reconnect"
-            );
-        }
-    }
-
     /// Offers a status to every subscriber; one with a full mailbox misses
     /// it, one that has gone away is dropped.
-    pub(super) fn publish(&mut self, update: &UpdateJobStatus, origin: JobOrigin) {
+    pub(super) fn publish(&mut self, update: &UpdateJobStatus, origin: crate::jobs::JobOrigin) {
         let event = JobEvent {
             job_id: update.job_id.clone(),
             status: JobStatus::try_from(update.status).unwrap_or(JobStatus::JsFailed),
             error: update.error.clone(),
             origin,
         };
-        self.subscribers
-            .retain(|subscriber| match subscriber.try_send(event.clone()) {
-                Ok(()) => true,
-                Err(SendError::Full(_)) => {
-                    warn!(
-                        job_id = event.job_id,
-                        "a job-event subscriber is full: event dropped"
-                    );
-                    true
-                }
-                Err(SendError::Closed(_)) => false,
-            });
+        offer_all(&mut self.subscribers, event, "job");
     }
 
-    /// Tells the reporter that slots changed, so that it can recompute and
-    /// send a flip to FULL or back at once.
-    pub(super) fn slots_changed(&self) {
-        if let Some(reporter) = &self.reporter {
-            reporter.do_send(SlotsChanged {
-                slots: self.slots(),
-                running_since: self.jobs.values().map(|job| job.started_at).collect(),
-            });
-        }
-    }
-
-    /// The running jobs the server knows, for `migrate_job`.
-    pub(super) fn server_job_ids(&self) -> Vec<String> {
-        let mut ids: Vec<String> = self
-            .jobs
-            .iter()
-            .filter(|(_, job)| job.origin == JobOrigin::Server)
-            .map(|(id, _)| id.clone())
-            .collect();
-        ids.sort();
-        ids
+    /// Offers a worker event to every watcher.
+    pub(super) fn notify(&mut self, event: WorkerEvent) {
+        offer_all(&mut self.watchers, event, "worker");
     }
 }
 
-fn log_eviction(evicted: Evicted) {
-    match evicted {
-        Evicted::None => {}
-        Evicted::Running(job_id) => warn!(job_id, "outbox full: dropped a queued RUNNING status"),
-        Evicted::Terminal(job_id) => error!(job_id, "outbox full: dropped a queued final status"),
-    }
+/// Offers `event` to every recipient with `try_send`: one with a full
+/// mailbox misses it, one that has gone away is dropped.
+fn offer_all<M>(recipients: &mut Vec<Recipient<M>>, event: M, kind: &str)
+where
+    M: Message<Result = ()> + Clone + Send + std::fmt::Debug + 'static,
+{
+    recipients.retain(|recipient| match recipient.try_send(event.clone()) {
+        Ok(()) => true,
+        Err(SendError::Full(_)) => {
+            warn!(kind, ?event, "an event subscriber is full: event dropped");
+            true
+        }
+        Err(SendError::Closed(_)) => false,
+    });
 }
 
 impl Handler<Registered> for WorkerActor {
     type Result = ();
 
     fn handle(&mut self, msg: Registered, _ctx: &mut Self::Context) {
+        if !self.connection.is_current(msg.generation) {
+            return; // an old connection's registration, overtaken
+        }
         self.registrations += 1;
-        self.worker_id = Some(msg.worker_id);
+        self.reconnect.registered(std::time::Instant::now());
+        self.connection_error = None;
+        self.worker_id = Some(msg.worker_id.clone());
         if let Some(info) = &msg.server_info {
             debug!(version = info.version, region = info.region, "server info");
         }
+        // the claims of jobs still held, then every status owed, in order
+        let owed = self.table.registered();
+        if !owed.is_empty() {
+            info!(
+                messages = owed.len(),
+                "claiming jobs and sending owed statuses"
+            );
+        }
+        self.send(owed);
         if self.registrations > 1 {
             self.recover_after_reconnect();
         }
-        let mut messages = Vec::new();
-        let job_ids = self.server_job_ids();
-        if !job_ids.is_empty() {
-            // after a reconnect, or for jobs resumed after a restart
-            info!(jobs = job_ids.len(), "claiming running jobs");
-            messages.push(worker_message::Message::MigrateJob(MigrateJobRequest {
-                job_ids,
-            }));
-        }
-        let queued = self.outbox.drain();
-        if !queued.is_empty() {
-            info!(
-                statuses = queued.len(),
-                "flushing statuses queued during the outage"
-            );
-        }
-        messages.extend(queued.into_iter().map(worker_message::Message::UpdateJob));
-        if !messages.is_empty() {
-            self.send(messages);
-        }
-        if let Some(reporter) = &self.reporter {
+        if let Some(reporter) = &self.reporter.addr {
             reporter.do_send(ConnectionChanged { connected: true });
         }
+        self.notify(WorkerEvent::Registered {
+            worker_id: msg.worker_id,
+        });
     }
 }
 
-impl Handler<Disconnected> for WorkerActor {
+impl Handler<Confirmed> for WorkerActor {
     type Result = ();
 
-    fn handle(&mut self, msg: Disconnected, ctx: &mut Self::Context) {
-        warn!(
-            reason = msg.reason,
-            running = self.jobs.len(),
-            "disconnected from the server; jobs keep running"
-        );
-        self.worker_id = None;
-        if let Some(reporter) = &self.reporter {
-            reporter.do_send(ConnectionChanged { connected: false });
-        }
-        // the server forgot its offers with the connection
-        let pending: Vec<String> = self.reserved.keys().cloned().collect();
-        for job_id in pending {
-            self.release(&job_id, ctx);
+    fn handle(&mut self, msg: Confirmed, ctx: &mut Self::Context) {
+        let confirmed = self.table.confirm(msg.job_ids.iter().map(String::as_str));
+        debug!(confirmed, "the server confirmed final statuses");
+        self.shutdown_progress(ctx);
+    }
+}
+
+impl Handler<LoadChanged> for WorkerActor {
+    type Result = ();
+
+    fn handle(&mut self, msg: LoadChanged, _ctx: &mut Self::Context) {
+        self.load = msg.report;
+        if msg.send && self.connected() {
+            self.load_seq += 1;
+            let report = msg.report;
+            self.send(vec![worker_message::Message::UpdateWorker(
+                UpdateWorkerStatus {
+                    status: Some(report.status as i32),
+                    load: report.load,
+                    job_count: report.job_count,
+                    draining: self.shutting_down(),
+                    seq: self.load_seq,
+                },
+            )]);
         }
     }
 }
 
-impl Handler<Undelivered> for WorkerActor {
+impl Handler<MemoryChanged> for WorkerActor {
     type Result = ();
 
-    fn handle(&mut self, msg: Undelivered, _ctx: &mut Self::Context) {
-        let statuses: Vec<UpdateJobStatus> = msg
-            .0
-            .into_iter()
-            .filter_map(|message| match message {
-                worker_message::Message::UpdateJob(update) => Some(update),
-                _ => None, // loads are recomputed, answers are moot after a disconnect
-            })
-            .collect();
-        if statuses.is_empty() {
+    fn handle(&mut self, msg: MemoryChanged, _ctx: &mut Self::Context) {
+        let state = msg.0;
+        if state == self.memory {
             return;
         }
-        if self.connected() {
-            // the connection came back before the bounce reached us
-            self.send(
-                statuses
-                    .into_iter()
-                    .map(worker_message::Message::UpdateJob)
-                    .collect(),
-            );
-        } else {
-            for evicted in self.outbox.requeue(statuses) {
-                log_eviction(evicted);
+        match state {
+            UsageState::Pressure | UsageState::Exceeded => {
+                warn!(?state, "memory pressure: telling jobs, admitting none")
+            }
+            _ => info!(?state, "memory pressure over"),
+        }
+        self.memory = state;
+        for (_, row) in self.table.iter() {
+            if let Some(addr) = &row.attachment.addr {
+                addr.do_send(MemoryPressure(state));
             }
         }
     }
@@ -179,27 +138,29 @@ impl Handler<GetState> for WorkerActor {
 
     fn handle(&mut self, _msg: GetState, _ctx: &mut Self::Context) -> Self::Result {
         let report = self.load;
-        let mut running_jobs: Vec<String> = self.jobs.keys().cloned().collect();
-        running_jobs.sort();
+        let jobs = self.table.counts();
         MessageResult(WorkerState {
             worker_id: self.worker_id.clone(),
             connected: self.connected(),
             registrations: self.registrations,
-            running_jobs,
-            reserved: self.reserved.len(),
+            running_jobs: self.table.ids_where(|row| row.state().is_running()),
+            jobs,
+            reserved: jobs.offered,
             status: report.status,
             load: report.load,
-            outbox: self.outbox.len(),
-            queued: self.queued,
+            outbox: self
+                .table
+                .iter()
+                .filter(|(_, row)| row.state() == JobState::Finishing && row.origin().is_servers())
+                .count(),
+            lost_statuses: self.table.evicted(),
+            queued: jobs.queued,
+            reconnect_failures: self.reconnect.failures(),
+            connection_error: self.connection_error.clone(),
+            unreachable: self.reconnect.is_unreachable(),
+            supervision_failure: self.supervision_failure.clone(),
+            shutting_down: self.shutting_down(),
         })
-    }
-}
-
-impl Handler<LoadChanged> for WorkerActor {
-    type Result = ();
-
-    fn handle(&mut self, msg: LoadChanged, _ctx: &mut Self::Context) {
-        self.load = msg.report;
     }
 }
 
@@ -211,33 +172,51 @@ impl Handler<GetLoad> for WorkerActor {
     }
 }
 
+impl Handler<GetQueueStats> for WorkerActor {
+    type Result = ResponseFuture<crate::queue::QueueStats>;
+
+    fn handle(&mut self, msg: GetQueueStats, _ctx: &mut Self::Context) -> Self::Result {
+        let queue = self.queue.addr.clone();
+        Box::pin(async move {
+            match queue {
+                Some(queue) => queue.send(msg).await.unwrap_or_default(),
+                None => crate::queue::QueueStats::default(),
+            }
+        })
+    }
+}
+
 impl Handler<SubscribeJobEvents> for WorkerActor {
     type Result = bool;
 
     fn handle(&mut self, msg: SubscribeJobEvents, _ctx: &mut Self::Context) -> bool {
-        self.subscribers.retain(|s| s.connected());
-        if self.subscribers.len() >= MAX_SUBSCRIBERS {
-            warn!(
-                max = MAX_SUBSCRIBERS,
-                "refusing a job-event subscriber: too many"
-            );
-            return false;
-        }
-        self.subscribers.push(msg.0);
-        true
+        subscribe(&mut self.subscribers, msg.0, "job")
     }
 }
 
-impl Handler<GetQueueStats> for WorkerActor {
-    type Result = ResponseFuture<QueueStats>;
+impl Handler<SubscribeWorkerEvents> for WorkerActor {
+    type Result = bool;
 
-    fn handle(&mut self, msg: GetQueueStats, _ctx: &mut Self::Context) -> Self::Result {
-        let queue = self.queue.clone();
-        Box::pin(async move {
-            match queue {
-                Some(queue) => queue.send(msg).await.unwrap_or_default(),
-                None => QueueStats::default(),
-            }
-        })
+    fn handle(&mut self, msg: SubscribeWorkerEvents, _ctx: &mut Self::Context) -> bool {
+        subscribe(&mut self.watchers, msg.0, "worker")
     }
+}
+
+/// Adds a subscriber, unless there are [`MAX_SUBSCRIBERS`] already.
+fn subscribe<M>(recipients: &mut Vec<Recipient<M>>, recipient: Recipient<M>, kind: &str) -> bool
+where
+    M: Message + Send,
+    M::Result: Send,
+{
+    recipients.retain(|s| s.connected());
+    if recipients.len() >= MAX_SUBSCRIBERS {
+        warn!(
+            kind,
+            max = MAX_SUBSCRIBERS,
+            "refusing an event subscriber: too many"
+        );
+        return false;
+    }
+    recipients.push(recipient);
+    true
 }

@@ -52,7 +52,7 @@ pub fn options(server: &DevServer) -> WorkerOptions {
 }
 
 /// Starts a worker with these options and handler.
-pub fn worker(options: WorkerOptions, handler: impl JobHandler) -> Addr<WorkerActor> {
+pub fn worker(options: WorkerOptions, handler: impl JobHandler) -> Worker {
     Worker::builder(options)
         .handler(handler)
         .start()

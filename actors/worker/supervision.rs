@@ -1,0 +1,416 @@
+//! Supervision: starting the long-lived children, hearing of their exits,
+//! restarting them (the connection under the reconnect policy, a crash under
+//! the child restart limit), and shutting down in order — when asked, or
+//! when a child crashes past its limit.
+
+use std::time::{Duration, Instant};
+
+use tokio::sync::oneshot;
+use tracing::{error, info, warn};
+
+use super::super::load_reporter::ReporterConfig;
+use super::super::supervision::Link;
+use super::*;
+use crate::jobs::JobState;
+use crate::load::ReportPolicy;
+use crate::reconnect::ConnectionEnd;
+use crate::recovery::RestartDecision;
+
+/// How long a closing connection may take to send its close frame before
+/// the worker stops anyway.
+const CLOSE_GRACE: Duration = Duration::from_secs(1);
+
+/// A worker shutting down.
+pub(super) struct Stopping {
+    /// Why, for the jobs' final statuses.
+    reason: String,
+    /// Who waits for the end (answered when the actor is dropped).
+    waiters: Vec<oneshot::Sender<()>>,
+    /// The connection has been told to close: the last step.
+    closing: bool,
+}
+
+impl WorkerActor {
+    pub(super) fn start_connection(&mut self, ctx: &mut Context<Self>) {
+        if self.connection.addr.is_some() || self.closing() {
+            return;
+        }
+        let generation = self.generation();
+        let link = Link::new(ctx.address(), Child::Connection, generation);
+        let options = self.options.clone();
+        let addr = ConnectionActor::start_in_arbiter(&self.threads.connection(), move |_| {
+            ConnectionActor::new(options, link)
+        });
+        self.connection.started(addr, generation);
+    }
+
+    /// Starts the queue and fills it again from the table's queued rows (a
+    /// restarted queue has lost its heap), then grants free slots.
+    pub(super) fn start_queue(&mut self, ctx: &mut Context<Self>) {
+        let generation = self.generation();
+        let link = Link::new(ctx.address(), Child::Queue, generation);
+        let (capacity, max_wait) = (self.options.queue_capacity, self.options.queue_max_wait);
+        let addr = QueueActor::start_in_arbiter(&self.threads.background(), move |_| {
+            QueueActor::new(capacity, max_wait, link)
+        });
+        self.queue.started(addr, generation);
+        for (job_id, priority, since) in self.table.queued() {
+            self.enqueue(&job_id, priority, since);
+        }
+        self.grant(ctx);
+    }
+
+    /// Starts the load reporter from the current slots and connection.
+    pub(super) fn start_reporter(&mut self, ctx: &mut Context<Self>) {
+        let generation = self.generation();
+        let link = Link::new(ctx.address(), Child::Reporter, generation);
+        let config = ReporterConfig {
+            calculator: self.load_calculator.clone(),
+            threshold: self.threshold,
+            policy: ReportPolicy {
+                epsilon: crate::load::DEFAULT_LOAD_EPSILON,
+                keepalive: self.options.load_report_interval,
+            },
+            sample_interval: self.options.load_sample_interval,
+            memory_check_interval: self.options.memory_check_interval,
+            limiter: self.limiter.clone(),
+            slots: self.slots(),
+            connected: self.connected(),
+        };
+        let addr = LoadReporterActor::start_in_arbiter(&self.threads.background(), move |_| {
+            LoadReporterActor::new(config, link)
+        });
+        self.reporter.started(addr, generation);
+        self.slots_changed();
+    }
+
+    /// Why the worker is shutting down, if it is.
+    pub(super) fn shutdown_reason(&self) -> Option<String> {
+        match &self.phase {
+            Phase::Stopping(stopping) => Some(stopping.reason.clone()),
+            Phase::Serving => None,
+        }
+    }
+
+    fn closing(&self) -> bool {
+        matches!(&self.phase, Phase::Stopping(stopping) if stopping.closing)
+    }
+
+    /// The connection ended: forget what the server forgot with it, then
+    /// connect again after the reconnect policy's delay (or the crash
+    /// limit's, if it panicked).
+    fn connection_exited(&mut self, msg: ChildExited, ctx: &mut Context<Self>) {
+        let now = Instant::now();
+        self.connection.addr = None;
+        let was_registered = self.worker_id.take().is_some();
+        let reason = msg.reason.unwrap_or_else(|| {
+            ConnectionExit::Failed(if msg.panicked {
+                "the connection actor panicked".into()
+            } else {
+                "the connection actor stopped".into()
+            })
+        });
+        if was_registered {
+            warn!(
+                %reason,
+                running = self.table.counts().running,
+                "disconnected from the server; jobs keep running"
+            );
+            // the server forgot its offers with the connection
+            if !self.table.disconnected().is_empty() {
+                self.slots_changed();
+                self.grant(ctx);
+            }
+            if let Some(reporter) = &self.reporter.addr {
+                reporter.do_send(ConnectionChanged { connected: false });
+            }
+            self.notify(WorkerEvent::Disconnected {
+                reason: reason.to_string(),
+            });
+        }
+        if self.closing() {
+            return self.finish_stop(ctx);
+        }
+        let delay = if msg.panicked {
+            match self.connection.crashed(now) {
+                RestartDecision::Restart { after, .. } => {
+                    self.notify(WorkerEvent::ChildRestarted {
+                        child: Child::Connection.to_string(),
+                        panicked: true,
+                    });
+                    after
+                }
+                RestartDecision::GiveUp => {
+                    return self.supervision_failed(&Child::Connection, ctx);
+                }
+            }
+        } else {
+            let end = match &reason {
+                ConnectionExit::Unauthorized(_) => ConnectionEnd::Unauthorized,
+                _ if was_registered => ConnectionEnd::Lost,
+                _ => ConnectionEnd::Failed,
+            };
+            self.reconnect.ended(end, now, rand::random::<f64>())
+        };
+        match &reason {
+            ConnectionExit::Unauthorized(why) => {
+                error!(
+                    reason = why,
+                    retry_in = ?delay,
+                    "the server refused the worker's token: check the API key and secret"
+                );
+                self.notify(WorkerEvent::Unauthorized {
+                    reason: why.clone(),
+                });
+            }
+            _ if !was_registered => {
+                warn!(%reason, retry_in = ?delay, attempt = self.reconnect.failures(), "could not connect to the server")
+            }
+            _ => info!(retry_in = ?delay, "reconnecting"),
+        }
+        self.connection_error = Some(reason.to_string());
+        if self.reconnect.give_up_now(now) {
+            let down_for = self.reconnect.down_for(now);
+            error!(?down_for, %reason, "the server is unreachable: reporting it, and still trying");
+            self.notify(WorkerEvent::Unreachable {
+                reason: reason.to_string(),
+            });
+        }
+        ctx.run_later(delay, |act, ctx| act.start_connection(ctx));
+    }
+
+    /// A reporter or queue stopped, which they do only by crashing: restart
+    /// it after the crash limit's delay, or give up.
+    fn child_crashed(&mut self, child: Child, panicked: bool, ctx: &mut Context<Self>) {
+        if self.shutting_down() {
+            return; // no restarts while shutting down
+        }
+        let now = Instant::now();
+        let decision = match child {
+            Child::Reporter => self.reporter.crashed(now),
+            Child::Queue => self.queue.crashed(now),
+            _ => return,
+        };
+        match decision {
+            RestartDecision::Restart { after, .. } => {
+                warn!(%child, panicked, ?after, "a child actor stopped: restarting it");
+                self.notify(WorkerEvent::ChildRestarted {
+                    child: child.to_string(),
+                    panicked,
+                });
+                ctx.run_later(after, move |act, ctx| {
+                    if act.shutting_down() {
+                        return;
+                    }
+                    match child {
+                        Child::Reporter => act.start_reporter(ctx),
+                        Child::Queue => act.start_queue(ctx),
+                        _ => {}
+                    }
+                });
+            }
+            RestartDecision::GiveUp => self.supervision_failed(&child, ctx),
+        }
+    }
+
+    /// A child crashed past its restart limit: the worker shuts down in
+    /// order rather than limp on without it.
+    fn supervision_failed(&mut self, child: &Child, ctx: &mut Context<Self>) {
+        let policy = &self.options.child_restart_policy;
+        let reason = format!(
+            "the {child} crashed more than {} times within {:?}",
+            policy.max_restarts(),
+            policy.period()
+        );
+        error!(reason, "supervision gave up: shutting down");
+        self.supervision_failure = Some(reason.clone());
+        self.notify(WorkerEvent::SupervisionGaveUp {
+            reason: reason.clone(),
+        });
+        self.begin_shutdown(format!("the worker shut down: {reason}"), None, ctx);
+        // a dead connection cannot deliver the statuses: go on without it
+        if matches!(child, Child::Connection) {
+            self.shutdown_progress(ctx);
+        }
+    }
+
+    /// Begins an orderly shutdown (see [`Shutdown`]); `waiter` hears when it
+    /// is over.
+    pub(super) fn begin_shutdown(
+        &mut self,
+        reason: String,
+        waiter: Option<oneshot::Sender<()>>,
+        ctx: &mut Context<Self>,
+    ) {
+        if let Phase::Stopping(stopping) = &mut self.phase {
+            stopping.waiters.extend(waiter);
+            return;
+        }
+        info!(reason, "shutting down");
+        self.phase = Phase::Stopping(Stopping {
+            reason: reason.clone(),
+            waiters: waiter.into_iter().collect(),
+            closing: false,
+        });
+        self.notify(WorkerEvent::ShuttingDown);
+        for job_id in self.table.ids_where(|_| true) {
+            if let Some(JobState::Offered {
+                answered: false, ..
+            }) = self.table.state(&job_id)
+            {
+                self.answer(&job_id, None);
+            }
+            self.terminate(&job_id, TerminateJob::Shutdown(reason.clone()), ctx);
+        }
+        // bounded: the handlers' grace, then the statuses' delivery
+        let deadline = self.options.termination_grace + self.options.shutdown_flush_timeout;
+        ctx.run_later(deadline, |act, ctx| {
+            warn!("shutdown deadline reached: stopping with what is left");
+            act.close(ctx);
+        });
+        self.shutdown_progress(ctx);
+    }
+
+    /// Once no job runs or waits and the server has confirmed every final
+    /// status (or there is no connection left to deliver them on), closes
+    /// the connection: the last step.
+    pub(super) fn shutdown_progress(&mut self, ctx: &mut Context<Self>) {
+        let Phase::Stopping(stopping) = &self.phase else {
+            return;
+        };
+        if stopping.closing {
+            return;
+        }
+        let counts = self.table.counts();
+        if counts.queued + counts.starting + counts.running > 0 {
+            return;
+        }
+        let owed = self
+            .table
+            .iter()
+            .any(|(_, row)| row.state() == JobState::Finishing && row.origin().is_servers());
+        let can_deliver = self.supervision_failure.is_none() || self.connection.addr.is_some();
+        if owed && can_deliver {
+            return; // the confirmations, or the deadline
+        }
+        self.close(ctx);
+    }
+
+    /// Closes the connection, then stops.
+    fn close(&mut self, ctx: &mut Context<Self>) {
+        let Phase::Stopping(stopping) = &mut self.phase else {
+            return;
+        };
+        if stopping.closing {
+            return;
+        }
+        stopping.closing = true;
+        let lost = self.table.counts().finishing;
+        if lost > 0 {
+            warn!(
+                statuses = lost,
+                "stopping with final statuses the server has not confirmed"
+            );
+        }
+        match &self.connection.addr {
+            Some(connection) => {
+                connection.do_send(CloseConnection);
+                ctx.run_later(CLOSE_GRACE, |act, ctx| act.finish_stop(ctx));
+            }
+            None => self.finish_stop(ctx),
+        }
+    }
+
+    /// The end: every child and thread stops with the actor (see `Drop`).
+    fn finish_stop(&mut self, ctx: &mut Context<Self>) {
+        if ctx.state().stopping() {
+            return;
+        }
+        info!("worker stopped");
+        ctx.stop();
+    }
+}
+
+impl Drop for WorkerActor {
+    fn drop(&mut self) {
+        // however the worker ends (in order, or by a panic in its own code),
+        // its threads stop, and with them every child: no connection is
+        // left registered that would never take a job
+        self.threads.stop();
+        if let Phase::Stopping(stopping) = &mut self.phase {
+            for waiter in stopping.waiters.drain(..) {
+                let _ = waiter.send(());
+            }
+        }
+    }
+}
+
+impl Handler<ChildExited> for WorkerActor {
+    type Result = ();
+
+    fn handle(&mut self, msg: ChildExited, ctx: &mut Self::Context) {
+        match msg.child.clone() {
+            Child::Connection if self.connection.is_current(msg.generation) => {
+                self.connection_exited(msg, ctx)
+            }
+            Child::Reporter if self.reporter.is_current(msg.generation) => {
+                self.child_crashed(Child::Reporter, msg.panicked, ctx)
+            }
+            Child::Queue if self.queue.is_current(msg.generation) => {
+                self.child_crashed(Child::Queue, msg.panicked, ctx)
+            }
+            Child::Job(job_id) if self.is_current_job(&job_id, msg.generation) => {
+                self.job_actor_crashed(&job_id, ctx)
+            }
+            _ => {} // an incarnation already replaced, or a job that ended
+        }
+    }
+}
+
+impl Handler<Shutdown> for WorkerActor {
+    type Result = ResponseFuture<()>;
+
+    fn handle(&mut self, _msg: Shutdown, ctx: &mut Self::Context) -> Self::Result {
+        let (tx, rx) = oneshot::channel();
+        self.begin_shutdown("the worker shut down".into(), Some(tx), ctx);
+        Box::pin(async move {
+            // an error only means the worker is gone: stopped all the same
+            let _ = rx.await;
+        })
+    }
+}
+
+#[cfg(feature = "fault-injection")]
+impl Handler<InjectFault> for WorkerActor {
+    type Result = ();
+
+    fn handle(&mut self, msg: InjectFault, _ctx: &mut Self::Context) {
+        match msg {
+            InjectFault::Worker => panic!("injected fault: the worker actor panics"),
+            InjectFault::Connection => {
+                if let Some(addr) = &self.connection.addr {
+                    addr.do_send(Panic);
+                }
+            }
+            InjectFault::Reporter => {
+                if let Some(addr) = &self.reporter.addr {
+                    addr.do_send(Panic);
+                }
+            }
+            InjectFault::Queue => {
+                if let Some(addr) = &self.queue.addr {
+                    addr.do_send(Panic);
+                }
+            }
+            InjectFault::Job(job_id) => {
+                if let Some(addr) = self
+                    .table
+                    .get(&job_id)
+                    .and_then(|row| row.attachment.addr.as_ref())
+                {
+                    addr.do_send(Panic);
+                }
+            }
+        }
+    }
+}
