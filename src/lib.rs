@@ -19,7 +19,10 @@
 //! - [`auth`]: credentials and the short-lived tokens minted per connection;
 //!   the secret never prints.
 //! - `options`: [`WorkerOptions`], from code or from `LIVEKIT_*`;
-//!   [`Backoff`] for reconnect delays.
+//!   [`Backoff`] for reconnect and restart delays.
+//! - [`reconnect`]: when to connect again after a connection ends (backoff
+//!   reset only by a registration that lasts, a long delay after a refused
+//!   token) and when to call the server unreachable.
 //! - `handler`: what a user writes — [`JobHandler`], [`JobRequest`],
 //!   [`Decision`], [`JobContext`].
 //! - [`jobs`]: the job table — every job id the worker knows and its state
@@ -78,7 +81,7 @@ pub mod load;
 mod options;
 pub mod protocol;
 pub mod queue;
-mod reconnect;
+pub mod reconnect;
 pub mod recovery;
 
 #[path = "../actors/mod.rs"]
@@ -101,7 +104,7 @@ pub use options::{
     ENV_URL, OptionsError, WorkerOptions,
 };
 pub use queue::JobPriority;
-pub use reconnect::{ConnectionEnd, Reconnect, ReconnectPolicy};
+pub use reconnect::ReconnectPolicy;
 
 /// The LiveKit protocol types the public API speaks in.
 pub use livekit_protocol as proto;

@@ -178,10 +178,6 @@ impl WorkerActor {
             "the job's actor crashed: starting a new one"
         );
         self.table.crashed(job_id, Instant::now());
-        self.notify(WorkerEvent::ChildRestarted {
-            child: format!("job {job_id}"),
-            panicked: true,
-        });
         let id = job_id.to_owned();
         ctx.run_later(after, move |act, ctx| {
             let waiting = act.table.get(&id).is_some_and(|row| {
@@ -191,7 +187,7 @@ impl WorkerActor {
                 return; // terminated meanwhile
             }
             if !origin.is_servers() {
-                return act.start_job(&id, None, ctx);
+                return act.restart_job(&id, None, ctx);
             }
             // the actor's checkpoint died with it: the stored one is the latest
             let read = act.store.get(&id);
@@ -214,8 +210,17 @@ impl WorkerActor {
                         None
                     }
                 };
-                act.start_job(&id, resumed, ctx);
+                act.restart_job(&id, resumed, ctx);
             }));
+        });
+    }
+
+    /// Starts the new actor of a job whose actor crashed.
+    fn restart_job(&mut self, job_id: &str, resumed: Option<Checkpoint>, ctx: &mut Context<Self>) {
+        self.start_job(job_id, resumed, ctx);
+        self.notify(WorkerEvent::ChildRestarted {
+            child: Child::Job(job_id.to_owned()).to_string(),
+            panicked: true,
         });
     }
 

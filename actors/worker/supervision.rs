@@ -134,11 +134,15 @@ impl WorkerActor {
         let delay = if msg.panicked {
             match self.connection.crashed(now) {
                 RestartDecision::Restart { after, .. } => {
-                    self.notify(WorkerEvent::ChildRestarted {
-                        child: Child::Connection.to_string(),
-                        panicked: true,
+                    warn!(?after, "the connection actor panicked: restarting it");
+                    ctx.run_later(after, |act, ctx| {
+                        act.start_connection(ctx);
+                        act.notify(WorkerEvent::ChildRestarted {
+                            child: Child::Connection.to_string(),
+                            panicked: true,
+                        });
                     });
-                    after
+                    return;
                 }
                 RestartDecision::GiveUp => {
                     return self.supervision_failed(&Child::Connection, ctx);
@@ -194,10 +198,6 @@ impl WorkerActor {
         match decision {
             RestartDecision::Restart { after, .. } => {
                 warn!(%child, panicked, ?after, "a child actor stopped: restarting it");
-                self.notify(WorkerEvent::ChildRestarted {
-                    child: child.to_string(),
-                    panicked,
-                });
                 ctx.run_later(after, move |act, ctx| {
                     if act.shutting_down() {
                         return;
@@ -205,8 +205,12 @@ impl WorkerActor {
                     match child {
                         Child::Reporter => act.start_reporter(ctx),
                         Child::Queue => act.start_queue(ctx),
-                        _ => {}
+                        _ => return,
                     }
+                    act.notify(WorkerEvent::ChildRestarted {
+                        child: child.to_string(),
+                        panicked,
+                    });
                 });
             }
             RestartDecision::GiveUp => self.supervision_failed(&child, ctx),

@@ -44,6 +44,10 @@ pub struct DevServerConfig {
     /// false to play a server that has hung while its socket stays open:
     /// a worker must notice through its own keepalive.
     pub answer_pings: bool,
+    /// Close every worker connection right after answering its registration
+    /// (default false): plays a server that accepts workers and then drops
+    /// them, to test that a fleet does not reconnect in a storm.
+    pub drop_after_register: bool,
     /// A disconnected worker's unfinished jobs stay its own for this long: a
     /// worker that registers again and claims them (`migrate_job`, or a
     /// status for them) keeps them. After it, they count as failed and
@@ -65,6 +69,7 @@ impl Default for DevServerConfig {
             max_frame_size: DEFAULT_MAX_FRAME_SIZE,
             room_token_ttl: DEFAULT_ROOM_TOKEN_TTL,
             answer_pings: true,
+            drop_after_register: false,
             reconnect_grace: DEFAULT_RECONNECT_GRACE,
             max_job_attempts: DEFAULT_MAX_JOB_ATTEMPTS,
         }
@@ -84,6 +89,7 @@ impl fmt::Debug for DevServerConfig {
             .field("max_frame_size", &self.max_frame_size)
             .field("room_token_ttl", &self.room_token_ttl)
             .field("answer_pings", &self.answer_pings)
+            .field("drop_after_register", &self.drop_after_register)
             .field("reconnect_grace", &self.reconnect_grace)
             .field("max_job_attempts", &self.max_job_attempts)
             .finish()

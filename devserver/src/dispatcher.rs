@@ -26,7 +26,7 @@ use crate::ids;
 use crate::messages::{
     AvailabilityAnswer, Deliver, Dispatch, DropConnections, GetJob, Inject, InjectFrame,
     JobStatusUpdate, Kill, ListJobs, ListWorkers, MigrateJobs, Shutdown, SimulateJob, TerminateJob,
-    WorkerGone, WorkerRegistered, WorkerStatusUpdate,
+    WorkerGone, WorkerPinged, WorkerRegistered, WorkerStatusUpdate,
 };
 use crate::model::{DevServerError, DispatchError, JobInfo, StatusUpdate, WorkerInfo};
 use crate::session::Session;
@@ -788,6 +788,8 @@ impl Handler<WorkerRegistered> for Dispatcher {
             load: 0.0,
             job_count: 0,
             connected: true,
+            registered_at: std::time::SystemTime::now(),
+            pings: 0,
             update_count: 0,
             last_update: None,
             migrated_jobs: Vec::new(),
@@ -870,6 +872,17 @@ impl Handler<WorkerGone> for Dispatcher {
             }
         }
         self.changed();
+    }
+}
+
+impl Handler<WorkerPinged> for Dispatcher {
+    type Result = ();
+
+    fn handle(&mut self, msg: WorkerPinged, _: &mut Context<Self>) {
+        if let Some(worker) = self.workers.get_mut(&msg.worker_id) {
+            worker.info.pings += 1;
+            self.changed();
+        }
     }
 }
 

@@ -112,6 +112,14 @@ pub struct AvailabilityAnswer {
     pub answer: AvailabilityResponse,
 }
 
+/// A registered worker sent a protocol ping (answered by its session).
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct WorkerPinged {
+    /// Who sent it.
+    pub worker_id: String,
+}
+
 /// A worker sent `update_worker`.
 #[derive(Message)]
 #[rtype(result = "()")]

@@ -162,6 +162,11 @@ pub struct WorkerInfo {
     pub job_count: u32,
     /// Whether the socket is still open.
     pub connected: bool,
+    /// When it registered.
+    pub registered_at: SystemTime,
+    /// Protocol pings it sent after registering (each answered with a pong
+    /// unless `answer_pings` is off).
+    pub pings: u64,
     /// How many `update_worker` messages it sent.
     pub update_count: u64,
     /// The last `update_worker` it sent.

@@ -6,6 +6,7 @@ use std::fmt;
 use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use actix::{Actor, Addr, MailboxError};
@@ -49,6 +50,8 @@ pub(crate) struct AppState {
     pub(crate) keys: Arc<Vec<(String, String)>>,
     session: Arc<SessionConfig>,
     max_frame_size: usize,
+    /// Worker connections refused for their token, since start.
+    refused: Arc<AtomicU64>,
 }
 
 #[derive(serde::Deserialize)]
@@ -64,6 +67,7 @@ pub struct DevServer {
 }
 
 struct Inner {
+    refused: Arc<AtomicU64>,
     addr: SocketAddr,
     dispatcher: Addr<Dispatcher>,
     server: ServerHandle,
@@ -119,12 +123,15 @@ impl DevServer {
                 ..Default::default()
             },
             answer_pings: config.answer_pings,
+            drop_after_register: config.drop_after_register,
         });
+        let refused = Arc::new(AtomicU64::new(0));
         let state = web::Data::new(AppState {
             dispatcher: dispatcher.clone(),
             keys,
             session,
             max_frame_size: config.max_frame_size,
+            refused: refused.clone(),
         });
         let server = HttpServer::new(move || {
             App::new()
@@ -145,6 +152,7 @@ impl DevServer {
         tracing::info!(%addr, "dev server listening");
         Ok(DevServer {
             inner: Arc::new(Inner {
+                refused,
                 addr,
                 dispatcher,
                 server: handle,
@@ -152,6 +160,12 @@ impl DevServer {
                 key_names: config.keys.into_iter().map(|(k, _)| k).collect(),
             }),
         })
+    }
+
+    /// How many worker connections were refused for their token (HTTP 401)
+    /// since the server started.
+    pub fn refused_connections(&self) -> u64 {
+        self.inner.refused.load(Ordering::Relaxed)
     }
 
     /// The address it listens on.
@@ -380,6 +394,7 @@ async fn agent_socket(
         Err(e) => {
             // The reason only: never the token.
             tracing::info!(peer = ?req.peer_addr(), reason = %e, "worker connection refused");
+            state.refused.fetch_add(1, Ordering::Relaxed);
             return Ok(HttpResponse::Unauthorized().body("permission denied"));
         }
     };

@@ -24,7 +24,7 @@ use crate::dispatcher::Dispatcher;
 use crate::ids;
 use crate::messages::{
     AvailabilityAnswer, Deliver, Inject, JobStatusUpdate, Kill, MigrateJobs, SimulateJob,
-    WorkerGone, WorkerRegistered, WorkerStatusUpdate,
+    WorkerGone, WorkerPinged, WorkerRegistered, WorkerStatusUpdate,
 };
 use crate::model::RawFrame;
 
@@ -39,6 +39,9 @@ pub struct SessionConfig {
     pub server_info: ServerInfo,
     /// Answer protocol `WorkerPing`s (off only to inject a hung server).
     pub answer_pings: bool,
+    /// Close each connection right after its registration answer (fault
+    /// injection).
+    pub drop_after_register: bool,
 }
 
 /// The encoding of the worker's last frame; answers use the same.
@@ -110,6 +113,11 @@ impl Session {
             return self.close(CloseCode::Policy, "empty message", ctx);
         };
         if let M::Ping(ping) = message {
+            if let Some(worker_id) = &self.worker_id {
+                self.dispatcher.do_send(WorkerPinged {
+                    worker_id: worker_id.clone(),
+                });
+            }
             if !self.config.answer_pings {
                 return; // fault injection: a server that has stopped answering
             }
@@ -179,6 +187,14 @@ impl Session {
             },
             ctx,
         );
+        if self.config.drop_after_register {
+            // written after the answer: the worker reads it registered, then closed
+            self.close(
+                CloseCode::Away,
+                "dropped after register (fault injection)",
+                ctx,
+            );
+        }
     }
 }
 

@@ -213,3 +213,66 @@ pub async fn eventually(what: &str, done: impl Fn() -> bool) {
         actix_rt::time::sleep(Duration::from_millis(10)).await;
     }
 }
+
+/// An actor that subscribes to a worker's own events and keeps them with the
+/// moment each arrived.
+pub struct WorkerWatch {
+    events: Vec<(Instant, lkagent::WorkerEvent)>,
+}
+
+impl WorkerWatch {
+    /// Starts a watch subscribed to `worker`.
+    pub async fn start(worker: &Addr<WorkerActor>) -> Addr<WorkerWatch> {
+        use actix::Actor as _;
+        let watch = WorkerWatch { events: Vec::new() }.start();
+        let subscribed = worker
+            .send(lkagent::SubscribeWorkerEvents(watch.clone().recipient()))
+            .await
+            .expect("worker alive");
+        assert!(subscribed, "the worker took the subscription");
+        watch
+    }
+}
+
+impl actix::Actor for WorkerWatch {
+    type Context = actix::Context<Self>;
+}
+
+impl actix::Handler<lkagent::WorkerEvent> for WorkerWatch {
+    type Result = ();
+    fn handle(&mut self, event: lkagent::WorkerEvent, _ctx: &mut Self::Context) {
+        self.events.push((Instant::now(), event));
+    }
+}
+
+/// Every worker event seen so far, with when it arrived.
+#[derive(actix::Message)]
+#[rtype(result = "Vec<(Instant, lkagent::WorkerEvent)>")]
+pub struct Seen;
+
+impl actix::Handler<Seen> for WorkerWatch {
+    type Result = actix::MessageResult<Seen>;
+    fn handle(&mut self, _msg: Seen, _ctx: &mut Self::Context) -> Self::Result {
+        actix::MessageResult(self.events.clone())
+    }
+}
+
+/// Waits until the watch holds events satisfying `pred`, and returns them.
+pub async fn wait_seen(
+    watch: &Addr<WorkerWatch>,
+    what: &str,
+    pred: impl Fn(&[(Instant, lkagent::WorkerEvent)]) -> bool,
+) -> Vec<(Instant, lkagent::WorkerEvent)> {
+    let start = Instant::now();
+    loop {
+        let events = watch.send(Seen).await.expect("watch alive");
+        if pred(&events) {
+            return events;
+        }
+        assert!(
+            start.elapsed() < DEADLINE,
+            "timed out waiting for {what}; events {events:?}"
+        );
+        actix_rt::time::sleep(Duration::from_millis(10)).await;
+    }
+}

@@ -1,0 +1,401 @@
+//! Every job the worker knows is a row of one table: a queued job behaves like
+//! any other (a termination ends it at once, a reconnect claims it, a repeated
+//! offer or assignment is refused), and jobs resumed after a restart go through
+//! admission like new ones (slots, reservations, the queue).
+
+mod common;
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::SystemTime;
+
+use common::*;
+use futures_util::future::{Either, select};
+use lkagent::limits::ResourceLimits;
+use lkagent::proto::{self, JobStatus};
+use lkagent::recovery::{CheckpointStore, JobCheckpoint, MemoryStore};
+use lkagent::{Decision, JobContext, JobError, JobHandler, JobRequest, ResourceRequest, Worker};
+use lkagent_devserver::{DevServer, DispatchError, DispatchRequest, RawFrame};
+
+/// Declares the memory a job needs (`{"memory_mb": N}` in its metadata),
+/// records which jobs started and how many ran at once, and runs each job
+/// until it is cancelled or the test hands it a permit.
+#[derive(Clone)]
+struct Probe {
+    started: Arc<Mutex<Vec<String>>>,
+    running: Arc<AtomicUsize>,
+    peak: Arc<AtomicUsize>,
+    finish: Arc<tokio::sync::Semaphore>,
+}
+
+impl Probe {
+    fn new() -> Self {
+        Self {
+            started: Arc::default(),
+            running: Arc::default(),
+            peak: Arc::default(),
+            finish: Arc::new(tokio::sync::Semaphore::new(0)),
+        }
+    }
+
+    fn started(&self) -> Vec<String> {
+        self.started.lock().unwrap().clone()
+    }
+}
+
+impl JobHandler for Probe {
+    async fn on_request(&self, request: &JobRequest) -> Decision {
+        let memory_mb = serde_json::from_str::<serde_json::Value>(request.metadata())
+            .ok()
+            .and_then(|v| v["memory_mb"].as_u64())
+            .unwrap_or(0);
+        Decision::accept(request).with_resources(ResourceRequest {
+            memory_mb,
+            ..ResourceRequest::default()
+        })
+    }
+
+    async fn on_job(&self, ctx: JobContext) -> Result<(), JobError> {
+        self.started.lock().unwrap().push(ctx.id().to_owned());
+        let now = self.running.fetch_add(1, Ordering::SeqCst) + 1;
+        self.peak.fetch_max(now, Ordering::SeqCst);
+        let permit = Box::pin(self.finish.acquire());
+        let cancelled = Box::pin(ctx.cancelled());
+        if let Either::Left((Ok(permit), _)) = select(permit, cancelled).await {
+            permit.forget();
+        }
+        self.running.fetch_sub(1, Ordering::SeqCst);
+        Ok(())
+    }
+}
+
+fn urgent(room: &str, memory_mb: u64, worker_id: &str) -> DispatchRequest {
+    DispatchRequest::room(room)
+        .metadata(format!(
+            r#"{{"priority": "urgent", "memory_mb": {memory_mb}}}"#
+        ))
+        .to_worker(worker_id)
+}
+
+#[actix_rt::test]
+async fn a_queued_job_terminated_ends_at_once_frees_its_reservation_and_never_runs() {
+    let server = devserver().await;
+    let probe = Probe::new();
+    let worker = Worker::builder(options(&server).max_jobs(1))
+        .resource_limits(ResourceLimits {
+            max_memory_mb: 300,
+            ..ResourceLimits::default()
+        })
+        .handler(probe.clone())
+        .start()
+        .unwrap();
+    let worker_id = registered(&worker).await;
+    let busy = server
+        .dispatch(DispatchRequest::room("busy").metadata(r#"{"memory_mb": 100}"#))
+        .await
+        .unwrap();
+    wait_worker(&worker, "the busy job", |s| {
+        s.running_jobs == [busy.id.clone()]
+    })
+    .await;
+    let queued = server
+        .dispatch(urgent("q", 200, &worker_id))
+        .await
+        .expect("urgent work is queued while every slot is busy");
+    wait_worker(&worker, "the job queued", |s| s.queued == 1).await;
+    // 100 + 200 of 300 MiB are held: one more MiB-hungry job does not fit
+    let refused = server
+        .dispatch(urgent("r", 100, &worker_id))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(refused, DispatchError::Declined { .. }),
+        "{refused:?}"
+    );
+
+    server.terminate_job(&queued.id).await.unwrap();
+    let done = wait_final(&server, &queued.id).await;
+    assert_eq!(
+        statuses(&done),
+        [JobStatus::JsSuccess],
+        "ended without running"
+    );
+    let state = wait_worker(&worker, "the queue emptied", |s| s.queued == 0).await;
+    assert_eq!(state.running_jobs, std::slice::from_ref(&busy.id));
+
+    // its 200 MiB are free again: a job that needs them is taken
+    let again = server
+        .dispatch(urgent("again", 200, &worker_id))
+        .await
+        .expect("the terminated job's reservation was released");
+    server.terminate_job(&busy.id).await.unwrap();
+    wait_job(&server, &again.id, "the next queued job running", |j| {
+        statuses(j).contains(&JobStatus::JsRunning)
+    })
+    .await;
+    assert_eq!(
+        probe.started(),
+        [busy.id.clone(), again.id.clone()],
+        "the terminated job never ran"
+    );
+}
+
+#[actix_rt::test]
+async fn after_a_reconnect_migrate_job_claims_queued_jobs_with_running_ones() {
+    let server = devserver().await;
+    let probe = Probe::new();
+    let worker = worker(options(&server).max_jobs(1), probe.clone());
+    let worker_id = registered(&worker).await;
+    let busy = server
+        .dispatch(DispatchRequest::room("busy"))
+        .await
+        .unwrap();
+    wait_worker(&worker, "the busy job", |s| s.running_jobs.len() == 1).await;
+    let queued = server.dispatch(urgent("q", 0, &worker_id)).await.unwrap();
+    wait_worker(&worker, "the job queued", |s| s.queued == 1).await;
+
+    server.drop_connections().await;
+    let state = wait_worker(&worker, "the reconnect", |s| {
+        s.connected && s.registrations == 2
+    })
+    .await;
+    let second = state.worker_id.unwrap();
+    server
+        .wait_workers(DEADLINE, |ws| {
+            ws.iter().any(|w| {
+                w.id == second
+                    && w.migrated_jobs.contains(&busy.id)
+                    && w.migrated_jobs.contains(&queued.id)
+            })
+        })
+        .await
+        .expect("both jobs claimed on the new connection");
+
+    // the queued job still runs when a slot frees, and reports from there
+    server.terminate_job(&busy.id).await.unwrap();
+    wait_job(&server, &queued.id, "the queued job running", |j| {
+        statuses(j).contains(&JobStatus::JsRunning)
+    })
+    .await;
+    probe.finish.add_permits(1);
+    let done = wait_final(&server, &queued.id).await;
+    assert_eq!(
+        statuses(&done),
+        [JobStatus::JsRunning, JobStatus::JsSuccess]
+    );
+    assert!(done.updates.iter().all(|u| u.worker_id == second));
+}
+
+#[actix_rt::test]
+async fn a_repeated_offer_or_assignment_of_a_queued_job_is_refused() {
+    let server = devserver().await;
+    let probe = Probe::new();
+    let worker = worker(options(&server).max_jobs(1), probe.clone());
+    let worker_id = registered(&worker).await;
+    let busy = server
+        .dispatch(DispatchRequest::room("busy"))
+        .await
+        .unwrap();
+    wait_worker(&worker, "the busy job", |s| s.running_jobs.len() == 1).await;
+    let queued = server.dispatch(urgent("q", 0, &worker_id)).await.unwrap();
+    wait_worker(&worker, "the job queued", |s| s.queued == 1).await;
+
+    let job = proto::Job {
+        id: queued.id.clone(),
+        room: Some(proto::Room {
+            name: "q".into(),
+            ..Default::default()
+        }),
+        metadata: r#"{"priority": "urgent"}"#.into(),
+        ..Default::default()
+    };
+    let offer = lkagent::protocol::encode_server(proto::server_message::Message::Availability(
+        proto::AvailabilityRequest {
+            job: Some(job.clone()),
+            resuming: false,
+        },
+    ));
+    server
+        .inject_frame(&worker_id, RawFrame::Binary(offer))
+        .await
+        .unwrap();
+    server
+        .wait_workers(DEADLINE, |ws| {
+            ws.iter().any(|w| {
+                w.id == worker_id && w.availability_answers.contains(&(queued.id.clone(), false))
+            })
+        })
+        .await
+        .expect("the repeated offer is declined");
+    for job in [
+        job,
+        proto::Job {
+            id: busy.id.clone(),
+            ..Default::default()
+        },
+    ] {
+        let assignment = lkagent::protocol::encode_server(
+            proto::server_message::Message::Assignment(proto::JobAssignment {
+                job: Some(job),
+                token: "a-token".into(),
+                ..Default::default()
+            }),
+        );
+        server
+            .inject_frame(&worker_id, RawFrame::Binary(assignment))
+            .await
+            .unwrap();
+    }
+    // the worker handles frames in order: once an offer sent after them is
+    // answered, the repeated assignments have been handled
+    let barrier = proto::Job {
+        id: "AJ_barrier".into(),
+        room: Some(proto::Room {
+            name: "b".into(),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    let offer = lkagent::protocol::encode_server(proto::server_message::Message::Availability(
+        proto::AvailabilityRequest {
+            job: Some(barrier),
+            resuming: false,
+        },
+    ));
+    server
+        .inject_frame(&worker_id, RawFrame::Binary(offer))
+        .await
+        .unwrap();
+    server
+        .wait_workers(DEADLINE, |ws| {
+            ws.iter().any(|w| {
+                w.id == worker_id
+                    && w.availability_answers
+                        .iter()
+                        .any(|(id, _)| id == "AJ_barrier")
+            })
+        })
+        .await
+        .expect("the offer after the repeats is answered");
+    let state = worker.send(lkagent::GetState).await.unwrap();
+    assert_eq!(state.queued, 1, "{state:?}");
+    assert_eq!(state.running_jobs, std::slice::from_ref(&busy.id));
+    assert_eq!(
+        probe.started(),
+        std::slice::from_ref(&busy.id),
+        "nothing started twice"
+    );
+
+    server.terminate_job(&busy.id).await.unwrap();
+    wait_job(&server, &queued.id, "the queued job running", |j| {
+        statuses(j).contains(&JobStatus::JsRunning)
+    })
+    .await;
+    probe.finish.add_permits(1);
+    let done = wait_final(&server, &queued.id).await;
+    assert_eq!(
+        statuses(&done),
+        [JobStatus::JsRunning, JobStatus::JsSuccess]
+    );
+    assert_eq!(probe.started(), [busy.id.clone(), queued.id.clone()]);
+}
+
+/// A checkpoint as a worker that died mid-job would have left it: the job
+/// (dispatched to a worker that then went away) and some saved state.
+async fn orphaned_checkpoint(server: &DevServer, store: &Arc<MemoryStore>, room: &str) -> String {
+    let job = server
+        .dispatch(DispatchRequest::room(room).agent_name("gone"))
+        .await
+        .unwrap();
+    let assigned = proto::Job {
+        id: job.id.clone(),
+        room: Some(proto::Room {
+            name: room.into(),
+            ..Default::default()
+        }),
+        agent_name: "gone".into(),
+        ..Default::default()
+    };
+    let mut record = JobCheckpoint::new(&assigned, format!("agent-{}", job.id), SystemTime::now());
+    record.save("stage", "greeted the caller").unwrap();
+    store.put(&record).await.unwrap();
+    job.id
+}
+
+#[actix_rt::test]
+async fn jobs_recovered_past_capacity_wait_in_the_queue_or_are_refused_when_it_is_full() {
+    let server = devserver().await;
+    let gone = worker(
+        options(&server).agent_name("gone").max_jobs(5),
+        Probe::new(),
+    );
+    registered(&gone).await;
+    let store = Arc::new(MemoryStore::new());
+    let mut orphans = Vec::new();
+    for room in ["a", "b", "c"] {
+        orphans.push(orphaned_checkpoint(&server, &store, room).await);
+    }
+    // `gone` keeps running its copies, as a worker cut off from the server
+    // would; the new worker claims the jobs with migrate_job
+
+    let probe = Probe::new();
+    let mut options = options(&server).max_jobs(1);
+    options.queue_capacity = 1;
+    let worker = Worker::builder(options)
+        .checkpoint_store(store.clone())
+        .handler(probe.clone())
+        .start()
+        .unwrap();
+    let worker_id = registered(&worker).await;
+    let state = wait_worker(&worker, "one running, one queued", |s| {
+        s.jobs.running == 1 && s.jobs.queued == 1
+    })
+    .await;
+    assert_eq!(state.running_jobs.len(), 1);
+
+    // the third did not fit: refused, and the server hears so
+    let finals = |j: &lkagent_devserver::JobInfo| {
+        j.updates
+            .iter()
+            .filter(|u| u.worker_id == worker_id && is_final(u.status))
+            .map(|u| (u.status, u.error.clone()))
+            .collect::<Vec<_>>()
+    };
+    let jobs = server
+        .wait_jobs(DEADLINE, |jobs| {
+            jobs.iter()
+                .any(|j| orphans.contains(&j.id) && !finals(j).is_empty())
+        })
+        .await
+        .expect("the refused job's status reaches the server");
+    let refused: Vec<_> = jobs
+        .iter()
+        .filter(|j| orphans.contains(&j.id) && !finals(j).is_empty())
+        .map(|j| (j.id.clone(), finals(j)))
+        .collect();
+    assert_eq!(refused.len(), 1, "{refused:?}");
+    let (refused_id, statuses) = &refused[0];
+    assert_eq!(statuses.len(), 1);
+    assert_eq!(statuses[0].0, JobStatus::JsFailed);
+    assert!(statuses[0].1.contains("no capacity"), "{}", statuses[0].1);
+    assert!(!probe.started().contains(refused_id));
+
+    // the other two run one after the other, never together
+    probe.finish.add_permits(2);
+    for id in orphans.iter().filter(|id| *id != refused_id) {
+        let done = wait_job(&server, id, "SUCCESS after recovery", |j| {
+            finals(j).iter().any(|(s, _)| *s == JobStatus::JsSuccess)
+        })
+        .await;
+        assert_eq!(finals(&done).len(), 1, "{:?}", done.updates);
+    }
+    assert_eq!(
+        probe.peak.load(Ordering::SeqCst),
+        1,
+        "never more than max_jobs"
+    );
+    wait_worker(&worker, "all done", |s| {
+        s.running_jobs.is_empty() && s.queued == 0
+    })
+    .await;
+}
