@@ -66,6 +66,9 @@ pub(crate) struct ReporterConfig {
     pub slots: Slots,
     /// Registered now.
     pub connected: bool,
+    /// The memory state the worker acts on now (a restarted reporter tells
+    /// it when that changes, not when it differs from a fresh start).
+    pub memory: UsageState,
 }
 
 impl LoadReporterActor {
@@ -80,7 +83,7 @@ impl LoadReporterActor {
             link,
             limiter: config.limiter,
             memory_check_interval: config.memory_check_interval,
-            memory: UsageState::Ok,
+            memory: config.memory,
             slots: config.slots,
             running_since: Vec::new(),
             connected: config.connected,

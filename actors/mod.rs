@@ -1,49 +1,82 @@
-//! The actor system: who supervises whom, and which messages flow where.
+//! The actor system: who supervises whom, which messages flow where, and
+//! what survives what.
 //!
 //! ```text
-//! WorkerActor  (supervisor; owns the jobs table, reservations, the outbox)
-//! ├── ConnectionActor   under actix's Supervisor: restarted in place, after
-//! │                     a backoff delay, on any socket error, close or timeout
-//! ├── LoadReporterActor samples every 500 ms, sends update_worker on change
-//! ├── QueueActor        accepted jobs waiting for a slot, by priority
-//! └── JobActor × N      one per job, spread over the worker's job arbiters
+//! WorkerActor  (supervisor; owns the job table — every job and its state —
+//! │             the reconnect state and the child restart limits)
+//! ├── ConnectionActor   one per connection, on its own arbiter (no user code
+//! │                     there); restarted by the worker after the reconnect
+//! │                     policy's delay whenever the socket ends
+//! ├── LoadReporterActor on the background arbiter: samples, computes the
+//! │                     load, checks memory
+//! ├── QueueActor        on the background arbiter: the priority order of the
+//! │                     queued jobs (their ids; the rows are the table's)
+//! └── JobActor × N      one per running job, spread over the job arbiters
+//!     (the handler's on_request runs on separate hook arbiters)
 //! ```
 //!
+//! Supervision is the worker's: every child holds a `Link` (`supervision.rs`)
+//! whose `Drop` sends `ChildExited { child, generation, panicked, reason }`,
+//! so a child that stops for any reason — a socket error, being told to, a
+//! panic in its own code — is reported exactly once per incarnation, and
+//! exits of incarnations already replaced are ignored.
+//!
+//! - **Connection**: it stops whenever its socket ends, saying why. The
+//!   worker forgets the server's offers (the server forgot them too) and
+//!   starts a new connection after the delay `src/reconnect.rs` decides:
+//!   exponential backoff, reset only by a registration that lasted 30 s; a
+//!   long delay after a refused token; "unreachable" past the give-up
+//!   budget. A panic counts against the child restart limit instead.
+//! - **Load reporter, queue**: they stop only by crashing. Each is restarted
+//!   under the child restart limit (`WorkerOptions::child_restart_policy`:
+//!   an intensity within a period, with backoff) and rebuilt from the table:
+//!   the reporter from the current slots, the queue by re-enqueueing the
+//!   table's queued rows in order with their original queueing times.
+//! - **Job actors**: one that dies without reporting its end gets a new
+//!   actor, from the job's stored checkpoint, under the same limit counted
+//!   per job; past it the job is reported FAILED. Either way the job ends with
+//!   exactly one final status.
+//! - **Past a limit** (connection, reporter, queue) the worker shuts down in
+//!   order rather than limp on without the child.
+//! - **The worker itself**: if it stops — shut down, or a panic in its own
+//!   code — dropping it stops every arbiter above, and every child with them:
+//!   no connection is left registered that would never take a job.
+//!
+//! Messages (all in `messages.rs`):
 //! - Server → worker: the ConnectionActor decodes frames and sends
-//!   `Registered`, `Disconnected`, `AvailabilityAsked`, `JobAssigned` and
-//!   `TerminationRequested` to the WorkerActor.
-//! - Worker → server: the WorkerActor sends `SendToServer` to the connection;
-//!   what cannot be written comes back as `Undelivered` and job statuses among
-//!   it return to the outbox.
-//! - Load: the WorkerActor sends `SlotsChanged` and `ConnectionChanged` to
-//!   the LoadReporterActor, which sends `update_worker` through the
-//!   connection and the computed report back as `LoadChanged`.
-//! - Queue: the WorkerActor sends `Enqueue` when an accepted job finds no
-//!   free slot and `TakeNext` when a slot frees; the QueueActor answers, and
-//!   hands back `QueuedJobsExpired` for jobs that waited too long.
-//! - Jobs: the WorkerActor starts a JobActor per assignment (or local spawn,
-//!   or recovered checkpoint) and sends it `TerminateJob`, `Reconnected` and
-//!   `MemoryPressure`; the JobActor answers with `JobStarted` and exactly one
-//!   `JobExited`.
+//!   `Registered`, `AvailabilityAsked`, `JobAssigned`, `TerminationRequested`,
+//!   and `Confirmed` once a pong proves the server read final statuses.
+//! - Worker → server: `SendToServer` to the connection. Nothing bounces back:
+//!   what must not be lost (final statuses) stays in the table, `Finishing`,
+//!   until `Confirmed`, and a new registration sends again whatever is owed
+//!   (`JobTable::registered`: `migrate_job`, then owed statuses in order).
+//! - Decisions: `on_request` runs on a hook arbiter and answers `Decided`;
+//!   the worker declines on its own clock if it is late.
+//! - Load: the worker sends `SlotsChanged` and `ConnectionChanged` to the
+//!   reporter, which answers `LoadChanged` (marked when worth an
+//!   `update_worker`, which the worker sends) and `MemoryChanged`.
+//! - Queue: `Enqueue`, `TakeNext` (when a slot frees), `Dequeue` (a queued
+//!   job ended); `QueuedJobsExpired` back.
+//! - Jobs: the worker sends `TerminateJob` (by the server, or for a
+//!   shutdown), `Reconnected` and `MemoryPressure`; the JobActor answers
+//!   `JobStarted`, `JobRestarted` (its handler restarted under the job's
+//!   `RestartPolicy`) and at most one `JobExited`.
 //!
 //! What survives what:
-//! - A connection restart keeps the ConnectionActor's fields (options, the
-//!   attempt counter) and drops its socket and timers. The WorkerActor and
-//!   every JobActor are untouched: jobs keep running, their statuses queue,
-//!   and after the next registration the worker sends `migrate_job` for the
-//!   running jobs and then the queued statuses, in order, and sends each
-//!   server job `Reconnected`: the JobActor asks the recovery handler about
-//!   itself, with its own checkpoint, and ends itself (reported FAILED) if
-//!   declined. Final statuses the old socket may have swallowed (no pong
-//!   since) are among them.
-//! - A handler panic or a retryable error restarts the handler inside its
-//!   JobActor — the actor, its checkpoint and its slot stay — under the job's
-//!   `RestartPolicy` (an OTP-style intensity limit with backoff; actix's own
-//!   `Supervisor` has neither, so it is used only for the connection). When
-//!   the policy gives up the JobActor ends and the job is reported FAILED.
-//! - A worker restart loses every actor; with a durable checkpoint store the
-//!   new WorkerActor finds the jobs' checkpoints at start-up and starts a
-//!   JobActor for each one the recovery handler accepts.
+//! - A lost connection: every job keeps running; queued jobs stay queued;
+//!   offers are withdrawn. After the next registration the worker claims its
+//!   jobs (`migrate_job`), sends what it owes, and asks the recovery handler
+//!   about each running job of the server's (`Reconnected`).
+//! - A handler panic or a retryable error: restarted inside its JobActor —
+//!   the actor, its checkpoint and its slot stay — under the job's
+//!   `RestartPolicy`; FAILED only when the policy gives up.
+//! - A worker restart: with a durable checkpoint store the new worker finds
+//!   the jobs' checkpoints and admits each one the recovery handler accepts,
+//!   like a new job: a slot if one is free, else the queue, else FAILED.
+//! - `Shutdown`: offers are declined, queued jobs FAILED, running jobs
+//!   terminated (their hooks run) and reported FAILED; once the server has
+//!   confirmed the statuses (bounded by the grace and the flush timeout) the
+//!   socket closes and everything stops.
 
 mod connection;
 mod job;

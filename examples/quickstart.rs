@@ -152,6 +152,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         },
         state.running_jobs.len()
     );
+    worker.stop().await;
     server.stop().await;
     if dispatched < JOBS.len() || finals.len() < dispatched {
         return Err("some jobs did not finish within 30 s".into());

@@ -95,12 +95,17 @@ async fn main() -> ExitCode {
             }
         }
     }
-    let worker = builder.start();
-    if let Err(err) = worker {
-        eprintln!("error: {err}");
-        return ExitCode::from(2);
-    }
-    match actix_rt::signal::ctrl_c().await {
+    let worker = match builder.start() {
+        Ok(worker) => worker,
+        Err(err) => {
+            eprintln!("error: {err}");
+            return ExitCode::from(2);
+        }
+    };
+    let waited = actix_rt::signal::ctrl_c().await;
+    // terminate the running jobs, deliver their statuses, close the socket
+    worker.stop().await;
+    match waited {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
             eprintln!("error: cannot wait for ctrl-c: {err}");

@@ -87,6 +87,43 @@ async fn a_burst_of_fifty_requests_accepts_exactly_max_jobs_and_full_goes_out_at
 }
 
 #[actix_rt::test]
+async fn the_server_sees_full_before_the_answer_that_took_the_last_slot() {
+    let server = devserver().await;
+    // a slow calculator keeps the load reporter busy: the flip to FULL must
+    // not wait for it
+    let worker = Worker::builder(options(&server).max_jobs(1))
+        .load_calculator(|m: &LoadMetrics| {
+            std::thread::sleep(Duration::from_millis(100));
+            m.job_load()
+        })
+        .handler(UntilTerminated)
+        .start()
+        .unwrap();
+    let worker_id = registered(&worker).await;
+    for round in 0..5 {
+        server
+            .wait_workers(DEADLINE, |ws| {
+                ws.iter()
+                    .any(|w| w.id == worker_id && w.status == WorkerStatus::WsAvailable)
+            })
+            .await
+            .expect("AVAILABLE");
+        let job = server
+            .dispatch(DispatchRequest::room(format!("r{round}")))
+            .await
+            .unwrap();
+        // FULL went out before the answer: the very next dispatch finds no
+        // worker, instead of being offered to a full one and declined
+        let next = server
+            .dispatch(DispatchRequest::room(format!("next{round}")))
+            .await
+            .unwrap_err();
+        assert_eq!(next, DispatchError::NoWorkers, "round {round}");
+        server.terminate_job(&job.id).await.unwrap();
+    }
+}
+
+#[actix_rt::test]
 async fn a_steady_load_is_reported_at_the_keepalive_not_at_every_sample() {
     let server = devserver().await;
     // a load that wobbles by 0.02 at every sample: within epsilon

@@ -111,6 +111,8 @@ pub struct WorkerActor {
     /// The sequence number of the last `update_worker` sent; it survives
     /// reconnects and reporter restarts.
     load_seq: u64,
+    /// The status the server was last told on this connection.
+    reported_status: Option<livekit_protocol::WorkerStatus>,
     /// Who hears about job statuses (bounded by [`MAX_SUBSCRIBERS`]).
     subscribers: Vec<Recipient<JobEvent>>,
     /// Who hears about the worker itself (bounded by [`MAX_SUBSCRIBERS`]).
@@ -177,6 +179,7 @@ impl WorkerActor {
             threshold,
             load,
             load_seq: 0,
+            reported_status: None,
             subscribers: Vec::new(),
             watchers: Vec::new(),
             store,
@@ -217,8 +220,24 @@ impl WorkerActor {
     }
 
     /// Tells the reporter that slots changed, so that it can recompute and
-    /// send a flip to FULL or back at once.
-    fn slots_changed(&self) {
+    /// send a flip to FULL or back at once. A flip to FULL because every slot
+    /// is taken goes out from here, before anything else the worker sends
+    /// next — above all before an `available: true` for the offer that took
+    /// the last slot — so the server can never see a full worker as
+    /// available.
+    fn slots_changed(&mut self) {
+        let slots = self.slots();
+        if slots.is_full()
+            && self.connected()
+            && self.reported_status != Some(livekit_protocol::WorkerStatus::WsFull)
+        {
+            let full = LoadReport::new(
+                slots,
+                self.load.load.max(slots_load(&slots)),
+                self.threshold,
+            );
+            self.report_load(full);
+        }
         if let Some(reporter) = &self.reporter.addr {
             reporter.do_send(SlotsChanged {
                 slots: self.slots(),
@@ -235,6 +254,31 @@ impl WorkerActor {
     fn slots(&self) -> Slots {
         self.table.slots()
     }
+
+    /// Sends `update_worker` for `report`, with the next sequence number.
+    fn report_load(&mut self, report: LoadReport) {
+        self.load_seq += 1;
+        self.reported_status = Some(report.status);
+        self.send(vec![
+            livekit_protocol::worker_message::Message::UpdateWorker(
+                livekit_protocol::UpdateWorkerStatus {
+                    status: Some(report.status as i32),
+                    load: report.load,
+                    job_count: report.job_count,
+                    draining: self.shutting_down(),
+                    seq: self.load_seq,
+                },
+            ),
+        ]);
+    }
+}
+
+/// The share of the slots in use, the least load a full worker reports.
+fn slots_load(slots: &Slots) -> f32 {
+    if slots.max == 0 {
+        return 0.0;
+    }
+    ((slots.active + slots.reserved) as f32 / slots.max as f32).min(1.0)
 }
 
 impl Actor for WorkerActor {

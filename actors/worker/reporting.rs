@@ -3,7 +3,7 @@
 //! server's confirmations, the load, the state snapshots asked for, and the
 //! worker's own events.
 
-use livekit_protocol::{JobStatus, UpdateJobStatus, UpdateWorkerStatus, worker_message};
+use livekit_protocol::{JobStatus, UpdateJobStatus};
 use tracing::{debug, info, warn};
 
 use super::*;
@@ -67,6 +67,8 @@ impl Handler<Registered> for WorkerActor {
             );
         }
         self.send(owed);
+        // a new registration starts AVAILABLE on the server: FULL at once if not
+        self.slots_changed();
         if self.registrations > 1 {
             self.recover_after_reconnect();
         }
@@ -95,17 +97,7 @@ impl Handler<LoadChanged> for WorkerActor {
     fn handle(&mut self, msg: LoadChanged, _ctx: &mut Self::Context) {
         self.load = msg.report;
         if msg.send && self.connected() {
-            self.load_seq += 1;
-            let report = msg.report;
-            self.send(vec![worker_message::Message::UpdateWorker(
-                UpdateWorkerStatus {
-                    status: Some(report.status as i32),
-                    load: report.load,
-                    job_count: report.job_count,
-                    draining: self.shutting_down(),
-                    seq: self.load_seq,
-                },
-            )]);
+            self.report_load(msg.report);
         }
     }
 }

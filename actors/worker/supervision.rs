@@ -76,6 +76,7 @@ impl WorkerActor {
             limiter: self.limiter.clone(),
             slots: self.slots(),
             connected: self.connected(),
+            memory: self.memory,
         };
         let addr = LoadReporterActor::start_in_arbiter(&self.threads.background(), move |_| {
             LoadReporterActor::new(config, link)
@@ -103,6 +104,7 @@ impl WorkerActor {
         let now = Instant::now();
         self.connection.addr = None;
         let was_registered = self.worker_id.take().is_some();
+        self.reported_status = None;
         let reason = msg.reason.unwrap_or_else(|| {
             ConnectionExit::Failed(if msg.panicked {
                 "the connection actor panicked".into()
