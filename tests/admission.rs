@@ -15,7 +15,7 @@ use lkagent::proto::{self, JobStatus};
 use lkagent::queue::{RateLimit, RateLimits};
 use lkagent::{
     Decision, GetQueueStats, JobContext, JobError, JobEvent, JobHandler, JobPriority, JobRequest,
-    ResourceRequest, SpawnJob, SpawnOutcome, SpawnRefusal, Worker,
+    SpawnJob, SpawnOutcome, SpawnRefusal, Worker,
 };
 use lkagent_devserver::{DispatchError, DispatchRequest};
 
@@ -180,14 +180,7 @@ struct Hungry;
 
 impl JobHandler for Hungry {
     async fn on_request(&self, request: &JobRequest) -> Decision {
-        let memory_mb = serde_json::from_str::<serde_json::Value>(request.metadata())
-            .ok()
-            .and_then(|v| v["memory_mb"].as_u64())
-            .unwrap_or(0);
-        Decision::accept(request).with_resources(ResourceRequest {
-            memory_mb,
-            ..ResourceRequest::default()
-        })
+        Decision::accept(request).with_resources(memory_request(request.metadata()))
     }
 
     async fn on_job(&self, ctx: JobContext) -> Result<(), JobError> {

@@ -7,15 +7,14 @@ mod common;
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::SystemTime;
 
 use common::*;
 use futures_util::future::{Either, select};
 use lkagent::limits::ResourceLimits;
 use lkagent::proto::{self, JobStatus};
-use lkagent::recovery::{CheckpointStore, JobCheckpoint, MemoryStore};
-use lkagent::{Decision, JobContext, JobError, JobHandler, JobRequest, ResourceRequest, Worker};
-use lkagent_devserver::{DevServer, DispatchError, DispatchRequest, RawFrame};
+use lkagent::recovery::MemoryStore;
+use lkagent::{Decision, JobContext, JobError, JobHandler, JobRequest, Worker};
+use lkagent_devserver::{DispatchError, DispatchRequest, RawFrame};
 
 /// Declares the memory a job needs (`{"memory_mb": N}` in its metadata),
 /// records which jobs started and how many ran at once, and runs each job
@@ -45,14 +44,7 @@ impl Probe {
 
 impl JobHandler for Probe {
     async fn on_request(&self, request: &JobRequest) -> Decision {
-        let memory_mb = serde_json::from_str::<serde_json::Value>(request.metadata())
-            .ok()
-            .and_then(|v| v["memory_mb"].as_u64())
-            .unwrap_or(0);
-        Decision::accept(request).with_resources(ResourceRequest {
-            memory_mb,
-            ..ResourceRequest::default()
-        })
+        Decision::accept(request).with_resources(memory_request(request.metadata()))
     }
 
     async fn on_job(&self, ctx: JobContext) -> Result<(), JobError> {
@@ -201,24 +193,10 @@ async fn a_repeated_offer_or_assignment_of_a_queued_job_is_refused() {
     wait_worker(&worker, "the job queued", |s| s.queued == 1).await;
 
     let job = proto::Job {
-        id: queued.id.clone(),
-        room: Some(proto::Room {
-            name: "q".into(),
-            ..Default::default()
-        }),
         metadata: r#"{"priority": "urgent"}"#.into(),
-        ..Default::default()
+        ..room_job(&queued.id, "q")
     };
-    let offer = lkagent::protocol::encode_server(proto::server_message::Message::Availability(
-        proto::AvailabilityRequest {
-            job: Some(job.clone()),
-            resuming: false,
-        },
-    ));
-    server
-        .inject_frame(&worker_id, RawFrame::Binary(offer))
-        .await
-        .unwrap();
+    inject_offer(&server, &worker_id, job.clone()).await;
     server
         .wait_workers(DEADLINE, |ws| {
             ws.iter().any(|w| {
@@ -227,13 +205,7 @@ async fn a_repeated_offer_or_assignment_of_a_queued_job_is_refused() {
         })
         .await
         .expect("the repeated offer is declined");
-    for job in [
-        job,
-        proto::Job {
-            id: busy.id.clone(),
-            ..Default::default()
-        },
-    ] {
+    for job in [job, room_job(&busy.id, "busy")] {
         let assignment = lkagent::protocol::encode_server(
             proto::server_message::Message::Assignment(proto::JobAssignment {
                 job: Some(job),
@@ -248,24 +220,7 @@ async fn a_repeated_offer_or_assignment_of_a_queued_job_is_refused() {
     }
     // the worker handles frames in order: once an offer sent after them is
     // answered, the repeated assignments have been handled
-    let barrier = proto::Job {
-        id: "AJ_barrier".into(),
-        room: Some(proto::Room {
-            name: "b".into(),
-            ..Default::default()
-        }),
-        ..Default::default()
-    };
-    let offer = lkagent::protocol::encode_server(proto::server_message::Message::Availability(
-        proto::AvailabilityRequest {
-            job: Some(barrier),
-            resuming: false,
-        },
-    ));
-    server
-        .inject_frame(&worker_id, RawFrame::Binary(offer))
-        .await
-        .unwrap();
+    inject_offer(&server, &worker_id, room_job("AJ_barrier", "b")).await;
     server
         .wait_workers(DEADLINE, |ws| {
             ws.iter().any(|w| {
@@ -298,28 +253,6 @@ async fn a_repeated_offer_or_assignment_of_a_queued_job_is_refused() {
         [JobStatus::JsRunning, JobStatus::JsSuccess]
     );
     assert_eq!(probe.started(), [busy.id.clone(), queued.id.clone()]);
-}
-
-/// A checkpoint as a worker that died mid-job would have left it: the job
-/// (dispatched to a worker that then went away) and some saved state.
-async fn orphaned_checkpoint(server: &DevServer, store: &Arc<MemoryStore>, room: &str) -> String {
-    let job = server
-        .dispatch(DispatchRequest::room(room).agent_name("gone"))
-        .await
-        .unwrap();
-    let assigned = proto::Job {
-        id: job.id.clone(),
-        room: Some(proto::Room {
-            name: room.into(),
-            ..Default::default()
-        }),
-        agent_name: "gone".into(),
-        ..Default::default()
-    };
-    let mut record = JobCheckpoint::new(&assigned, format!("agent-{}", job.id), SystemTime::now());
-    record.save("stage", "greeted the caller").unwrap();
-    store.put(&record).await.unwrap();
-    job.id
 }
 
 #[actix_rt::test]

@@ -11,7 +11,7 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
 use common::*;
 use lkagent::proto::{self, JobStatus};
@@ -139,35 +139,19 @@ impl JobHandler for Forever {
     }
 }
 
-/// A checkpoint as a worker that died mid-job would have left it: the job
-/// (dispatched to a worker that then went away) and some saved state.
-async fn orphaned_checkpoint(server: &DevServer, store: &Arc<MemoryStore>) -> String {
+/// A checkpoint as a worker that died mid-job would have left it; its
+/// worker (`gone`) runs on, holding the job, as a worker cut off would.
+async fn orphaned(server: &DevServer, store: &Arc<MemoryStore>) -> String {
     let gone = worker(options(server).agent_name("gone"), Forever);
     registered(&gone).await;
-    let job = server
-        .dispatch(DispatchRequest::room("r").agent_name("gone"))
-        .await
-        .unwrap();
-    let assigned = proto::Job {
-        id: job.id.clone(),
-        room: Some(proto::Room {
-            name: "r".into(),
-            ..Default::default()
-        }),
-        agent_name: "gone".into(),
-        ..Default::default()
-    };
-    let mut record = JobCheckpoint::new(&assigned, format!("agent-{}", job.id), SystemTime::now());
-    record.save("stage", "greeted the caller").unwrap();
-    store.put(&record).await.unwrap();
-    job.id
+    orphaned_checkpoint(server, store, "r").await
 }
 
 #[actix_rt::test]
 async fn a_refused_recovery_is_reported_and_not_resumed() {
     let server = devserver().await;
     let store = Arc::new(MemoryStore::new());
-    let job_id = orphaned_checkpoint(&server, &store).await;
+    let job_id = orphaned(&server, &store).await;
     let recorder = Recorder::new(false);
     let handler = PanicsOnce::default();
     let worker = Worker::builder(options(&server))
@@ -215,7 +199,7 @@ async fn a_refused_recovery_is_reported_and_not_resumed() {
 async fn an_accepted_recovery_resumes_with_the_saved_state_and_is_claimed() {
     let server = devserver().await;
     let store = Arc::new(MemoryStore::new());
-    let job_id = orphaned_checkpoint(&server, &store).await;
+    let job_id = orphaned(&server, &store).await;
     let recorder = Recorder::new(true);
     // the resumed job runs until the test has seen it claimed
     let gate = Arc::new(tokio::sync::Semaphore::new(0));

@@ -13,37 +13,13 @@ use std::panic::AssertUnwindSafe;
 use std::time::Instant;
 
 use futures_util::FutureExt as _;
-use livekit_protocol::{AvailabilityResponse, worker_message};
+use livekit_protocol::worker_message;
 use tracing::{debug, info, warn};
 
 use super::*;
 use crate::handler::{Decision, JobRequest, Participant, room_name};
 use crate::jobs::{JobState, Refusal};
 use crate::limits::{Reservation, ResourceRequest};
-
-/// The answer to an offer: `available: true` as `participant`, or not.
-pub(crate) fn availability_answer(
-    job_id: &str,
-    accepted: Option<&Participant>,
-) -> worker_message::Message {
-    let response = match accepted {
-        Some(participant) => AvailabilityResponse {
-            job_id: job_id.to_owned(),
-            available: true,
-            participant_identity: participant.identity.clone(),
-            participant_name: participant.name.clone(),
-            participant_metadata: participant.metadata.clone(),
-            participant_attributes: participant.attributes.clone(),
-            ..Default::default()
-        },
-        None => AvailabilityResponse {
-            job_id: job_id.to_owned(),
-            available: false,
-            ..Default::default()
-        },
-    };
-    worker_message::Message::Availability(response)
-}
 
 impl WorkerActor {
     /// The first checks every new job passes, server or local, before
@@ -80,7 +56,8 @@ impl WorkerActor {
     }
 
     pub(super) fn answer(&self, job_id: &str, accepted: Option<&Participant>) {
-        self.send(vec![availability_answer(job_id, accepted)]);
+        let answer = crate::protocol::availability_answer(job_id, accepted);
+        self.send(vec![worker_message::Message::Availability(answer)]);
     }
 
     /// Declines offer `ticket` of `job_id` and frees what it held.

@@ -72,6 +72,31 @@ pub fn decode_server_text(payload: &str) -> Result<Option<server_message::Messag
     Ok(serde_json::from_str::<ServerMessage>(payload)?.message)
 }
 
+/// The answer to an offer: `available: true` as `accepted`'s participant
+/// (the server mints the room token for that identity, with that name,
+/// metadata and attributes), or `available: false`.
+pub fn availability_answer(
+    job_id: &str,
+    accepted: Option<&crate::handler::Participant>,
+) -> livekit_protocol::AvailabilityResponse {
+    match accepted {
+        Some(participant) => livekit_protocol::AvailabilityResponse {
+            job_id: job_id.to_owned(),
+            available: true,
+            participant_identity: participant.identity.clone(),
+            participant_name: participant.name.clone(),
+            participant_metadata: participant.metadata.clone(),
+            participant_attributes: participant.attributes.clone(),
+            ..Default::default()
+        },
+        None => livekit_protocol::AvailabilityResponse {
+            job_id: job_id.to_owned(),
+            available: false,
+            ..Default::default()
+        },
+    }
+}
+
 /// Encodes a server message as a binary frame payload (used by tests and tools
 /// that play the server's side).
 pub fn encode_server(message: server_message::Message) -> Vec<u8> {
@@ -127,6 +152,27 @@ pub fn agent_url(server_url: &str) -> Result<Url, UrlError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_acceptance_carries_the_participant_and_a_refusal_nothing() {
+        let participant = crate::handler::Participant {
+            identity: "agent-7".into(),
+            name: "Agent".into(),
+            metadata: "{}".into(),
+            attributes: [("k".to_owned(), "v".to_owned())].into(),
+        };
+        let yes = availability_answer("AJ_1", Some(&participant));
+        assert!(yes.available && !yes.terminate);
+        assert_eq!(
+            (yes.job_id.as_str(), yes.participant_identity.as_str()),
+            ("AJ_1", "agent-7")
+        );
+        assert_eq!(yes.participant_name, "Agent");
+        assert_eq!(yes.participant_attributes["k"], "v");
+        let no = availability_answer("AJ_2", None);
+        assert!(!no.available && !no.terminate);
+        assert!(no.participant_identity.is_empty() && no.job_id == "AJ_2");
+    }
     use livekit_protocol::{JobTermination, UpdateJobStatus, WorkerMessage, WorkerPong};
 
     #[test]

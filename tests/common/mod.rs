@@ -65,18 +65,8 @@ pub async fn wait_worker(
     what: &str,
     pred: impl Fn(&WorkerState) -> bool,
 ) -> WorkerState {
-    let start = Instant::now();
-    loop {
-        let state = worker.send(GetState).await.expect("worker alive");
-        if pred(&state) {
-            return state;
-        }
-        assert!(
-            start.elapsed() < DEADLINE,
-            "timed out waiting for {what}; last state {state:?}"
-        );
-        actix_rt::time::sleep(Duration::from_millis(10)).await;
-    }
+    let fetch = || async { worker.send(GetState).await.expect("worker alive") };
+    wait_until(what, fetch, pred).await
 }
 
 /// Waits until the worker is registered and returns its worker id.
@@ -137,17 +127,23 @@ pub async fn serve_quick_job(server: &DevServer, room: &str) -> JobInfo {
     job
 }
 
-/// An actor that subscribes to a worker's job events and keeps them, for
-/// tests that watch job statuses from the application's side.
-pub struct EventLog {
-    events: Vec<lkagent::JobEvent>,
+/// An actor that keeps every event it receives, with when it arrived: the
+/// application's view of a worker, for tests that watch job events
+/// ([`EventLog`]) or the worker's own events ([`WorkerWatch`]).
+pub struct Log<M> {
+    events: Vec<(Instant, M)>,
 }
 
+/// A log of a worker's job events.
+pub type EventLog = Log<lkagent::JobEvent>;
+/// A log of a worker's own events.
+pub type WorkerWatch = Log<lkagent::WorkerEvent>;
+
 impl EventLog {
-    /// Starts a log subscribed to `worker`.
+    /// Starts a log subscribed to `worker`'s job events.
     pub async fn start(worker: &Addr<WorkerActor>) -> Addr<EventLog> {
         use actix::Actor as _;
-        let log = EventLog { events: Vec::new() }.start();
+        let log = Log::default().start();
         let subscribed = worker
             .send(lkagent::SubscribeJobEvents(log.clone().recipient()))
             .await
@@ -157,7 +153,27 @@ impl EventLog {
     }
 }
 
-impl actix::Actor for EventLog {
+impl WorkerWatch {
+    /// Starts a log subscribed to `worker`'s own events.
+    pub async fn start(worker: &Addr<WorkerActor>) -> Addr<WorkerWatch> {
+        use actix::Actor as _;
+        let log = Log::default().start();
+        let subscribed = worker
+            .send(lkagent::SubscribeWorkerEvents(log.clone().recipient()))
+            .await
+            .expect("worker alive");
+        assert!(subscribed, "the worker took the subscription");
+        log
+    }
+}
+
+impl<M> Default for Log<M> {
+    fn default() -> Self {
+        Self { events: Vec::new() }
+    }
+}
+
+impl<M: Unpin + 'static> actix::Actor for Log<M> {
     type Context = actix::Context<Self>;
 
     fn started(&mut self, ctx: &mut Self::Context) {
@@ -165,43 +181,84 @@ impl actix::Actor for EventLog {
     }
 }
 
-impl actix::Handler<lkagent::JobEvent> for EventLog {
+impl<M> actix::Handler<M> for Log<M>
+where
+    M: actix::Message<Result = ()> + Unpin + 'static,
+{
     type Result = ();
-    fn handle(&mut self, event: lkagent::JobEvent, _ctx: &mut Self::Context) {
-        self.events.push(event);
+    fn handle(&mut self, event: M, _ctx: &mut Self::Context) {
+        self.events.push((Instant::now(), event));
     }
 }
 
 /// Every event logged so far.
-#[derive(actix::Message)]
-#[rtype(result = "Vec<lkagent::JobEvent>")]
 pub struct Events;
+
+impl actix::Message for Events {
+    type Result = Vec<lkagent::JobEvent>;
+}
 
 impl actix::Handler<Events> for EventLog {
     type Result = actix::MessageResult<Events>;
     fn handle(&mut self, _msg: Events, _ctx: &mut Self::Context) -> Self::Result {
+        actix::MessageResult(self.events.iter().map(|(_, e)| e.clone()).collect())
+    }
+}
+
+/// Every worker event seen so far, with when it arrived.
+pub struct Seen;
+
+impl actix::Message for Seen {
+    type Result = Vec<(Instant, lkagent::WorkerEvent)>;
+}
+
+impl actix::Handler<Seen> for WorkerWatch {
+    type Result = actix::MessageResult<Seen>;
+    fn handle(&mut self, _msg: Seen, _ctx: &mut Self::Context) -> Self::Result {
         actix::MessageResult(self.events.clone())
     }
 }
 
-/// Waits until the log holds events satisfying `pred`, and returns them.
+/// Polls `fetch` until `pred` holds of what it answers, or panics at the
+/// deadline naming `what`.
+async fn wait_until<T: std::fmt::Debug, F: std::future::Future<Output = T>>(
+    what: &str,
+    fetch: impl Fn() -> F,
+    pred: impl Fn(&T) -> bool,
+) -> T {
+    let start = Instant::now();
+    loop {
+        let found = fetch().await;
+        if pred(&found) {
+            return found;
+        }
+        assert!(
+            start.elapsed() < DEADLINE,
+            "timed out waiting for {what}; last seen {found:?}"
+        );
+        actix_rt::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// Waits until the log holds job events satisfying `pred`, and returns them.
 pub async fn wait_events(
     log: &Addr<EventLog>,
     what: &str,
     pred: impl Fn(&[lkagent::JobEvent]) -> bool,
 ) -> Vec<lkagent::JobEvent> {
-    let start = Instant::now();
-    loop {
-        let events = log.send(Events).await.expect("log alive");
-        if pred(&events) {
-            return events;
-        }
-        assert!(
-            start.elapsed() < DEADLINE,
-            "timed out waiting for {what}; events {events:?}"
-        );
-        actix_rt::time::sleep(Duration::from_millis(10)).await;
-    }
+    let fetch = || async { log.send(Events).await.expect("log alive") };
+    wait_until(what, fetch, |events: &Vec<_>| pred(events)).await
+}
+
+/// Waits until the watch holds worker events satisfying `pred`, and returns
+/// them.
+pub async fn wait_seen(
+    watch: &Addr<WorkerWatch>,
+    what: &str,
+    pred: impl Fn(&[(Instant, lkagent::WorkerEvent)]) -> bool,
+) -> Vec<(Instant, lkagent::WorkerEvent)> {
+    let fetch = || async { watch.send(Seen).await.expect("watch alive") };
+    wait_until(what, fetch, |events: &Vec<_>| pred(events)).await
 }
 
 /// Waits until `done` holds (state a test's handler records), polling, or
@@ -214,65 +271,72 @@ pub async fn eventually(what: &str, done: impl Fn() -> bool) {
     }
 }
 
-/// An actor that subscribes to a worker's own events and keeps them with the
-/// moment each arrived.
-pub struct WorkerWatch {
-    events: Vec<(Instant, lkagent::WorkerEvent)>,
-}
-
-impl WorkerWatch {
-    /// Starts a watch subscribed to `worker`.
-    pub async fn start(worker: &Addr<WorkerActor>) -> Addr<WorkerWatch> {
-        use actix::Actor as _;
-        let watch = WorkerWatch { events: Vec::new() }.start();
-        let subscribed = worker
-            .send(lkagent::SubscribeWorkerEvents(watch.clone().recipient()))
-            .await
-            .expect("worker alive");
-        assert!(subscribed, "the worker took the subscription");
-        watch
+/// What a job declares it needs, from `{"memory_mb": N}` in its metadata
+/// (anything else: one slot, no memory).
+pub fn memory_request(metadata: &str) -> lkagent::ResourceRequest {
+    let memory_mb = serde_json::from_str::<serde_json::Value>(metadata)
+        .ok()
+        .and_then(|v| v["memory_mb"].as_u64())
+        .unwrap_or(0);
+    lkagent::ResourceRequest {
+        memory_mb,
+        ..lkagent::ResourceRequest::default()
     }
 }
 
-impl actix::Actor for WorkerWatch {
-    type Context = actix::Context<Self>;
+/// A checkpoint as a worker that died mid-job would have left it: the job,
+/// dispatched in `room` to the agent `gone` (a worker registered under that
+/// name must be running), and some saved state, put in `store`.
+pub async fn orphaned_checkpoint(
+    server: &DevServer,
+    store: &lkagent::recovery::MemoryStore,
+    room: &str,
+) -> String {
+    use lkagent::recovery::CheckpointStore as _;
+    let job = server
+        .dispatch(lkagent_devserver::DispatchRequest::room(room).agent_name("gone"))
+        .await
+        .unwrap();
+    let assigned = lkagent::proto::Job {
+        id: job.id.clone(),
+        room: Some(lkagent::proto::Room {
+            name: room.into(),
+            ..Default::default()
+        }),
+        agent_name: "gone".into(),
+        ..Default::default()
+    };
+    let mut record = lkagent::recovery::JobCheckpoint::new(
+        &assigned,
+        format!("agent-{}", job.id),
+        std::time::SystemTime::now(),
+    );
+    record.save("stage", "greeted the caller").unwrap();
+    store.put(&record).await.unwrap();
+    job.id
 }
 
-impl actix::Handler<lkagent::WorkerEvent> for WorkerWatch {
-    type Result = ();
-    fn handle(&mut self, event: lkagent::WorkerEvent, _ctx: &mut Self::Context) {
-        self.events.push((Instant::now(), event));
-    }
+/// Sends the worker an availability request for `job`, as the server would.
+pub async fn inject_offer(server: &DevServer, worker_id: &str, job: lkagent::proto::Job) {
+    use lkagent::proto::{AvailabilityRequest, server_message::Message};
+    let offer = lkagent::protocol::encode_server(Message::Availability(AvailabilityRequest {
+        job: Some(job),
+        resuming: false,
+    }));
+    server
+        .inject_frame(worker_id, lkagent_devserver::RawFrame::Binary(offer))
+        .await
+        .unwrap();
 }
 
-/// Every worker event seen so far, with when it arrived.
-#[derive(actix::Message)]
-#[rtype(result = "Vec<(Instant, lkagent::WorkerEvent)>")]
-pub struct Seen;
-
-impl actix::Handler<Seen> for WorkerWatch {
-    type Result = actix::MessageResult<Seen>;
-    fn handle(&mut self, _msg: Seen, _ctx: &mut Self::Context) -> Self::Result {
-        actix::MessageResult(self.events.clone())
-    }
-}
-
-/// Waits until the watch holds events satisfying `pred`, and returns them.
-pub async fn wait_seen(
-    watch: &Addr<WorkerWatch>,
-    what: &str,
-    pred: impl Fn(&[(Instant, lkagent::WorkerEvent)]) -> bool,
-) -> Vec<(Instant, lkagent::WorkerEvent)> {
-    let start = Instant::now();
-    loop {
-        let events = watch.send(Seen).await.expect("watch alive");
-        if pred(&events) {
-            return events;
-        }
-        assert!(
-            start.elapsed() < DEADLINE,
-            "timed out waiting for {what}; events {events:?}"
-        );
-        actix_rt::time::sleep(Duration::from_millis(10)).await;
+/// A room job with this id, as the server would describe it.
+pub fn room_job(id: &str, room: &str) -> lkagent::proto::Job {
+    lkagent::proto::Job {
+        id: id.into(),
+        room: Some(lkagent::proto::Room {
+            name: room.into(),
+            ..Default::default()
+        }),
+        ..Default::default()
     }
 }
