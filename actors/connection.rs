@@ -36,6 +36,9 @@ use crate::protocol::{self, FrameError, MAX_FRAME_SIZE, PartialError, PartialMes
 
 type WsSink = SplitSink<actix_codec::Framed<BoxedSocket, Codec>, WsMessage>;
 
+/// How long a deliberate close may take to flush what was written before it.
+const CLOSE_FLUSH: std::time::Duration = std::time::Duration::from_millis(500);
+
 /// Owns one websocket connection; stops when it ends.
 pub struct ConnectionActor {
     options: Arc<WorkerOptions>,
@@ -222,15 +225,21 @@ impl ConnectionActor {
         }
     }
 
-    /// Closes the connection on purpose: a close frame, then stop.
+    /// Closes the connection on purpose: a close frame after everything
+    /// already written, the sink flushed and closed, then stop (at the
+    /// latest after [`CLOSE_FLUSH`]).
     fn close(&mut self, ctx: &mut Context<Self>) {
-        if let Some(sink) = self.sink.as_mut() {
-            let _ = sink.write(WsMessage::Close(Some(CloseReason {
-                code: CloseCode::Normal,
-                description: Some("worker stopping".into()),
-            })));
-        }
-        self.end(ConnectionExit::Closed, ctx);
+        self.link.set_reason(ConnectionExit::Closed);
+        let Some(sink) = self.sink.as_mut() else {
+            return ctx.stop();
+        };
+        let _ = sink.write(WsMessage::Close(Some(CloseReason {
+            code: CloseCode::Normal,
+            description: Some("worker stopping".into()),
+        })));
+        // the server answers with its own close frame and ends the stream,
+        // which stops this actor once everything before it was read
+        ctx.run_later(CLOSE_FLUSH, |_act, ctx| ctx.stop());
     }
 
     fn on_server_message(&mut self, message: server_message::Message, ctx: &mut Context<Self>) {

@@ -33,9 +33,12 @@
 //!   the reporter from the current slots, the queue by re-enqueueing the
 //!   table's queued rows in order with their original queueing times.
 //! - **Job actors**: one that dies without reporting its end gets a new
-//!   actor, from the job's stored checkpoint, under the same limit counted
-//!   per job; past it the job is reported FAILED. Either way the job ends with
-//!   exactly one final status.
+//!   actor — from the job's stored checkpoint for a job of the server's; a
+//!   local job, whose checkpoint lived only in its actor, starts afresh —
+//!   under the same limit counted per job; past it the job is reported
+//!   FAILED. A job that was being ended (terminated, or the shutdown) ends
+//!   with the status it was ending with instead of running again. Either way
+//!   the job ends with exactly one final status.
 //! - **Past a limit** (connection, reporter, queue) the worker shuts down in
 //!   order rather than limp on without the child.
 //! - **The worker itself**: if it stops — shut down, or a panic in its own
@@ -66,17 +69,20 @@
 //! - A lost connection: every job keeps running; queued jobs stay queued;
 //!   offers are withdrawn. After the next registration the worker claims its
 //!   jobs (`migrate_job`), sends what it owes, and asks the recovery handler
-//!   about each running job of the server's (`Reconnected`).
+//!   about each running job of the server's whose actor is up
+//!   (`Reconnected`).
 //! - A handler panic or a retryable error: restarted inside its JobActor —
 //!   the actor, its checkpoint and its slot stay — under the job's
 //!   `RestartPolicy`; FAILED only when the policy gives up.
 //! - A worker restart: with a durable checkpoint store the new worker finds
 //!   the jobs' checkpoints and admits each one the recovery handler accepts,
 //!   like a new job: a slot if one is free, else the queue, else FAILED.
-//! - `Shutdown`: offers are declined, queued jobs FAILED, running jobs
-//!   terminated (their hooks run) and reported FAILED; once the server has
-//!   confirmed the statuses (bounded by the grace and the flush timeout) the
-//!   socket closes and everything stops.
+//! - `Shutdown`: the server is told the worker drains (FULL); offers not yet
+//!   answered are declined, accepted ones failed if assigned; queued jobs are
+//!   FAILED, running jobs terminated (their hooks run) and reported FAILED;
+//!   once the server has confirmed the statuses the socket closes and
+//!   everything stops. The grace plus the flush timeout bound it: what still
+//!   runs then is reported FAILED before the close.
 
 mod connection;
 mod job;

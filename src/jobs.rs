@@ -162,6 +162,10 @@ pub struct JobRow<A> {
     running: RunningNote,
     /// The identity an offer was accepted under, until the assignment.
     identity: Option<String>,
+    /// The job is being ended from outside (terminated, or the worker shuts
+    /// down) with this status: if its actor dies meanwhile, the job ends
+    /// with it instead of running again.
+    ending: Option<FinalStatus>,
     spec: Option<JobSpec>,
     checkpoint: Option<Checkpoint>,
     reservation: Option<Reservation>,
@@ -273,9 +277,10 @@ pub enum Assignment {
 
 /// What [`JobTable::terminate`] did.
 #[derive(Debug)]
-pub enum Termination<A> {
-    /// It was only offered: the offer is withdrawn, no status is owed.
-    Withdrawn(JobRow<A>),
+pub enum Termination {
+    /// It was only offered: the offer is withdrawn (its slot and
+    /// reservation freed), no status is owed.
+    Withdrawn,
     /// It was queued: it ended without running.
     Ended(Finished),
     /// It is starting or running: its actor must wind it down and report.
@@ -424,6 +429,7 @@ impl<A: Default> JobTable<A> {
             restarts: 0,
             running: RunningNote::NotYet,
             identity: None,
+            ending: None,
             spec: None,
             checkpoint: None,
             reservation: None,
@@ -689,19 +695,36 @@ impl<A: Default> JobTable<A> {
     /// withdrawn (it was never assigned: no status is owed), a queued job is
     /// finished with `status` at once (it never runs), a starting or running
     /// job must be wound down by its actor, which then reports its end.
-    pub fn terminate(&mut self, id: &str, status: FinalStatus, now: Instant) -> Termination<A> {
+    pub fn terminate(&mut self, id: &str, status: FinalStatus, now: Instant) -> Termination {
         match self.state(id) {
             Some(JobState::Offered { .. }) => match self.withdraw(id, None) {
-                Some(row) => Termination::Withdrawn(row),
+                Some(_) => Termination::Withdrawn,
                 None => Termination::Ignored,
             },
             Some(JobState::Queued) => match self.finish(id, status, now) {
                 Some(finished) => Termination::Ended(finished),
                 None => Termination::Ignored,
             },
-            Some(JobState::Starting | JobState::Running) => Termination::WindDown,
+            Some(JobState::Starting | JobState::Running) => {
+                if let Some(row) = self.rows.get_mut(id) {
+                    // the first reason to end it is the one it ends with
+                    row.ending.get_or_insert(status);
+                }
+                Termination::WindDown
+            }
             Some(JobState::Finishing) | None => Termination::Ignored,
         }
+    }
+
+    /// The status a job being wound down ends with, if it is being ended.
+    pub fn ending(&self, id: &str) -> Option<&FinalStatus> {
+        self.rows.get(id)?.ending.as_ref()
+    }
+
+    /// The final status of a finishing job, owed to the server until it
+    /// confirms it.
+    pub fn final_status(&self, id: &str) -> Option<&UpdateJobStatus> {
+        self.rows.get(id)?.final_status.as_ref()
     }
 
     /// A queued job waited longer than the queue allows: it is finished with
@@ -762,12 +785,13 @@ impl<A: Default> JobTable<A> {
 
     /// The job's actor died without producing a final status: the job keeps
     /// its slot and goes back to `Starting` for a new actor. False unless it
-    /// was starting or running.
+    /// was starting or running and not being ended (a job being ended ends:
+    /// see [`ending`](Self::ending)).
     pub fn crashed(&mut self, id: &str, now: Instant) -> bool {
         let Some(row) = self.rows.get_mut(id) else {
             return false;
         };
-        if !row.state.is_running() {
+        if !row.state.is_running() || row.ending.is_some() {
             return false;
         }
         row.state = JobState::Starting;
@@ -809,6 +833,7 @@ impl<A: Default> JobTable<A> {
         row.reservation = None;
         row.spec = None;
         row.checkpoint = None;
+        row.ending = None;
         row.final_status = Some(update);
         let evicted = self.evict_past_cap();
         Some(Finished {

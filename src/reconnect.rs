@@ -110,11 +110,10 @@ impl Reconnect {
     /// The connection ended at `now` for `end`: the delay before the next
     /// attempt, given a uniform random `sample` in `0.0..1.0`.
     pub fn ended(&mut self, end: ConnectionEnd, now: Instant, sample: f64) -> Duration {
-        if let Some(since) = self.registered_at.take() {
-            self.down_since = now;
-            if now.saturating_duration_since(since) >= self.policy.stable_after {
-                self.failures = 0;
-            }
+        if let Some(since) = self.lost(now)
+            && now.saturating_duration_since(since) >= self.policy.stable_after
+        {
+            self.failures = 0;
         }
         let delay = self.policy.backoff.delay(self.failures, sample);
         self.failures = self.failures.saturating_add(1);
@@ -122,6 +121,15 @@ impl Reconnect {
             ConnectionEnd::Unauthorized => delay.max(self.policy.unauthorized_retry),
             ConnectionEnd::Failed | ConnectionEnd::Lost => delay,
         }
+    }
+
+    /// The connection ended at `now` without a say on the delay (the caller
+    /// has its own, e.g. after a crash): the outage starts now. Answers when
+    /// the registration that ended began, if there was one.
+    pub fn lost(&mut self, now: Instant) -> Option<Instant> {
+        let since = self.registered_at.take()?;
+        self.down_since = now;
+        Some(since)
     }
 
     /// Consecutive failures so far (0 after a stable registration).
@@ -257,6 +265,19 @@ mod tests {
         let never = ReconnectPolicy::default();
         let mut r = Reconnect::new(never, t0);
         assert!(!r.give_up_now(t0 + Duration::from_secs(1_000_000)));
+    }
+
+    #[test]
+    fn an_outage_counts_from_the_loss_however_the_delay_is_decided() {
+        let t0 = Instant::now();
+        let mut r = Reconnect::new(policy(), t0);
+        r.registered(t0);
+        let lost = t0 + Duration::from_secs(100);
+        assert_eq!(r.lost(lost), Some(t0));
+        assert!(!r.is_registered());
+        assert_eq!(r.down_for(lost + ms(5)), ms(5));
+        assert!(r.give_up_now(lost + Duration::from_secs(60)));
+        assert_eq!(r.lost(lost), None, "only a registration can be lost");
     }
 
     #[test]

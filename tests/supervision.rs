@@ -349,10 +349,13 @@ async fn stop_terminates_jobs_delivers_their_statuses_and_stops_every_actor() {
     let last = done.updates.last().unwrap();
     assert_eq!(last.status, JobStatus::JsFailed);
     assert!(last.error.contains("shut down"), "{}", last.error);
-    server
+    let workers = server
         .wait_workers(DEADLINE, |ws| ws.iter().all(|w| !w.connected))
         .await
         .expect("the connection is closed");
+    let last = workers[0].last_update.expect("load reported");
+    assert!(last.draining, "the server was told it drains: {last:?}");
+    assert_eq!(last.status, Some(WorkerStatus::WsFull as i32));
     let events = log.send(Events).await.unwrap();
     let waiting: Vec<_> = events.iter().filter(|e| e.job_id == "waiting").collect();
     assert_eq!(waiting.len(), 1, "{waiting:?}");
@@ -380,4 +383,89 @@ async fn a_worker_that_dies_leaves_no_child_answering_the_server() {
     let workers = server.workers().await;
     assert!(workers.iter().all(|w| !w.connected), "{workers:?}");
     assert_eq!(workers.len(), 1, "no new registration: {workers:?}");
+}
+
+/// Ignores its cancellation: after the server terminates the job, or the
+/// worker stops, it goes on — politely waiting, or blocking its thread.
+#[derive(Clone, Default)]
+struct Stubborn {
+    terminated: Arc<AtomicUsize>,
+    runs: Arc<AtomicUsize>,
+    block_thread: bool,
+}
+
+impl JobHandler for Stubborn {
+    async fn on_job(&self, ctx: JobContext) -> Result<(), JobError> {
+        self.runs.fetch_add(1, Ordering::SeqCst);
+        ctx.cancelled().await;
+        if self.block_thread {
+            std::thread::sleep(Duration::from_secs(3));
+        } else {
+            std::future::pending::<()>().await;
+        }
+        Ok(())
+    }
+
+    fn on_terminated(&self, _job: &proto::Job) {
+        self.terminated.fetch_add(1, Ordering::SeqCst);
+    }
+}
+
+#[actix_rt::test]
+async fn a_job_whose_actor_crashes_while_being_terminated_ends_and_does_not_run_again() {
+    let server = devserver().await;
+    let handler = Stubborn::default();
+    let worker = worker(options(&server), handler.clone());
+    registered(&worker).await;
+    let job = server.dispatch(DispatchRequest::room("r")).await.unwrap();
+    eventually("the job runs", || handler.runs.load(Ordering::SeqCst) == 1).await;
+    server.terminate_job(&job.id).await.unwrap();
+    eventually("on_terminated", || {
+        handler.terminated.load(Ordering::SeqCst) == 1
+    })
+    .await;
+    // the handler ignores the cancellation; its actor dies meanwhile
+    worker.send(InjectFault::Job(job.id.clone())).await.unwrap();
+    let done = wait_final(&server, &job.id).await;
+    assert_eq!(
+        statuses(&done),
+        [JobStatus::JsRunning, JobStatus::JsSuccess],
+        "ended as the server asked, once"
+    );
+    wait_worker(&worker, "the job gone", |s| s.running_jobs.is_empty()).await;
+    assert_eq!(handler.runs.load(Ordering::SeqCst), 1, "it never ran again");
+}
+
+#[actix_rt::test]
+async fn a_job_that_outlives_the_shutdown_deadline_is_failed_before_the_socket_closes() {
+    let server = devserver().await;
+    let handler = Stubborn {
+        block_thread: true,
+        ..Stubborn::default()
+    };
+    let mut options = options(&server).termination_grace(Duration::from_millis(200));
+    options.shutdown_flush_timeout = Duration::from_millis(300);
+    let worker = worker(options, handler.clone());
+    registered(&worker).await;
+    let job = server.dispatch(DispatchRequest::room("r")).await.unwrap();
+    eventually("the job runs", || handler.runs.load(Ordering::SeqCst) == 1).await;
+
+    // its handler blocks its thread once cancelled: its actor's own grace
+    // timer cannot fire, the worker's deadline does
+    worker.stop().await;
+    // written before the close frame: the server reads it (it cannot confirm
+    // it any more, the socket closes right after)
+    let done = wait_final(&server, &job.id).await;
+    let last = done.updates.last().unwrap();
+    assert_eq!(last.status, JobStatus::JsFailed, "{:?}", done.updates);
+    assert!(
+        last.error
+            .contains("did not stop within the shutdown deadline"),
+        "{}",
+        last.error
+    );
+    assert_eq!(
+        done.updates.iter().filter(|u| is_final(u.status)).count(),
+        1
+    );
 }

@@ -73,7 +73,10 @@ impl WorkerActor {
     /// decision comes back as [`Decided`].
     fn ask_handler(&mut self, request: JobRequest, ticket: u64, ctx: &mut Context<Self>) {
         let job_id = request.id().to_owned();
-        let (thread, arbiter) = self.threads.hook();
+        let Some((thread, arbiter)) = self.threads.hook() else {
+            warn!(job_id, "every on_request hook thread is blocked: declining");
+            return self.decline(&job_id, ticket, ctx);
+        };
         let decide = AssertUnwindSafe(self.handler.clone().on_request(request)).catch_unwind();
         let worker = ctx.address();
         let id = job_id.clone();

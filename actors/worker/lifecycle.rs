@@ -144,6 +144,11 @@ impl WorkerActor {
     /// A job ended: report it, take it out of the queue if it waited there,
     /// forget its checkpoint, and give its slot to the next queued job.
     pub(super) fn finished(&mut self, job_id: &str, done: Finished, ctx: &mut Context<Self>) {
+        if let Some(row) = self.table.get_mut(job_id) {
+            // an actor still winding down (the shutdown's deadline cut it)
+            // is no longer this job's
+            row.attachment.addr = None;
+        }
         if done.was_queued
             && let Some(queue) = &self.queue.addr
         {
@@ -182,7 +187,7 @@ impl WorkerActor {
             TerminateJob::Shutdown(reason) => FinalStatus::failed(reason.clone()),
         };
         match self.table.terminate(job_id, status.clone(), Instant::now()) {
-            Termination::Withdrawn(_) => {
+            Termination::Withdrawn => {
                 info!(job_id, "terminated before assignment: releasing the slot");
                 self.slots_changed();
                 self.grant(ctx);
@@ -238,7 +243,15 @@ impl Handler<JobAssigned> for WorkerActor {
                 warn!(
                     job_id,
                     "ignoring a repeated assignment of a job the worker has"
-                )
+                );
+                if self.connected()
+                    && let Some(owed) = self.table.final_status(&job_id).cloned()
+                {
+                    // the server may have missed how it ended: say it again
+                    self.send(vec![livekit_protocol::worker_message::Message::UpdateJob(
+                        owed,
+                    )]);
+                }
             }
             Assignment::Refused(report) => {
                 warn!(

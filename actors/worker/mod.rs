@@ -255,8 +255,12 @@ impl WorkerActor {
         self.table.slots()
     }
 
-    /// Sends `update_worker` for `report`, with the next sequence number.
-    fn report_load(&mut self, report: LoadReport) {
+    /// Sends `update_worker` for `report`, with the next sequence number. A
+    /// worker shutting down says FULL and draining, whatever its load.
+    fn report_load(&mut self, mut report: LoadReport) {
+        if self.shutting_down() {
+            report.status = livekit_protocol::WorkerStatus::WsFull;
+        }
         self.load_seq += 1;
         self.reported_status = Some(report.status);
         self.send(vec![

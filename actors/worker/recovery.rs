@@ -33,6 +33,11 @@ impl WorkerActor {
     /// they wait in the queue at their priority); reports the others FAILED
     /// and forgets them.
     fn recover(&mut self, checkpoints: Vec<JobCheckpoint>, ctx: &mut Context<Self>) {
+        if self.shutting_down() {
+            // the checkpoints stay for the next start
+            info!(jobs = checkpoints.len(), "shutting down: no job is resumed");
+            return;
+        }
         let mut resumed = Vec::new();
         for record in checkpoints {
             let job_id = record.job_id().to_owned();
@@ -161,6 +166,11 @@ impl WorkerActor {
             .get_or_insert(policy)
             .on_failure_jittered(Instant::now(), rand::random::<f64>());
         let origin = row.origin();
+        if let Some(status) = self.table.ending(job_id).cloned() {
+            // it was being ended (terminated, or the shutdown): it ends now
+            warn!(job_id, "the job's actor died while the job was being ended");
+            return self.end_job(job_id, status, ctx);
+        }
         if let Some(reason) = self.shutdown_reason() {
             return self.end_job(job_id, FinalStatus::failed(reason), ctx);
         }

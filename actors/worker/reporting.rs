@@ -95,9 +95,12 @@ impl Handler<LoadChanged> for WorkerActor {
     type Result = ();
 
     fn handle(&mut self, msg: LoadChanged, _ctx: &mut Self::Context) {
-        self.load = msg.report;
+        // the reporter may have computed this from slots that have changed
+        // since (the worker's own flip to FULL must not be undone by it)
+        let report = LoadReport::new(self.slots(), msg.report.load, self.threshold);
+        self.load = report;
         if msg.send && self.connected() {
-            self.report_load(msg.report);
+            self.report_load(report);
         }
     }
 }

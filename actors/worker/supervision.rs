@@ -11,7 +11,7 @@ use tracing::{error, info, warn};
 use super::super::load_reporter::ReporterConfig;
 use super::super::supervision::Link;
 use super::*;
-use crate::jobs::JobState;
+use crate::jobs::{FinalStatus, JobState};
 use crate::load::ReportPolicy;
 use crate::reconnect::ConnectionEnd;
 use crate::recovery::RestartDecision;
@@ -134,6 +134,7 @@ impl WorkerActor {
             return self.finish_stop(ctx);
         }
         let delay = if msg.panicked {
+            self.reconnect.lost(now);
             match self.connection.crashed(now) {
                 RestartDecision::Restart { after, .. } => {
                     warn!(?after, "the connection actor panicked: restarting it");
@@ -189,7 +190,13 @@ impl WorkerActor {
     /// it after the crash limit's delay, or give up.
     fn child_crashed(&mut self, child: Child, panicked: bool, ctx: &mut Context<Self>) {
         if self.shutting_down() {
-            return; // no restarts while shutting down
+            // no restarts while shutting down: the child is simply gone
+            match child {
+                Child::Reporter => self.reporter.addr = None,
+                Child::Queue => self.queue.addr = None,
+                _ => {}
+            }
+            return;
         }
         let now = Instant::now();
         let decision = match child {
@@ -259,19 +266,26 @@ impl WorkerActor {
             closing: false,
         });
         self.notify(WorkerEvent::ShuttingDown);
+        // the server stops choosing this worker
+        if self.connected() {
+            self.report_load(self.load);
+        }
         for job_id in self.table.ids_where(|_| true) {
-            if let Some(JobState::Offered {
-                answered: false, ..
-            }) = self.table.state(&job_id)
-            {
-                self.answer(&job_id, None);
+            match self.table.state(&job_id) {
+                Some(JobState::Offered {
+                    answered: false, ..
+                }) => self.answer(&job_id, None),
+                // said yes: its assignment may be on the way, and is failed
+                // when it comes (or the offer lapses)
+                Some(JobState::Offered { answered: true, .. }) => continue,
+                _ => {}
             }
             self.terminate(&job_id, TerminateJob::Shutdown(reason.clone()), ctx);
         }
         // bounded: the handlers' grace, then the statuses' delivery
         let deadline = self.options.termination_grace + self.options.shutdown_flush_timeout;
         ctx.run_later(deadline, |act, ctx| {
-            warn!("shutdown deadline reached: stopping with what is left");
+            act.cut_at_deadline(ctx);
             act.close(ctx);
         });
         self.shutdown_progress(ctx);
@@ -288,7 +302,7 @@ impl WorkerActor {
             return;
         }
         let counts = self.table.counts();
-        if counts.queued + counts.starting + counts.running > 0 {
+        if counts.offered + counts.queued + counts.starting + counts.running > 0 {
             return;
         }
         let owed = self
@@ -300,6 +314,34 @@ impl WorkerActor {
             return; // the confirmations, or the deadline
         }
         self.close(ctx);
+    }
+
+    /// The shutdown's deadline passed: every job still held — a handler that
+    /// ignored its cancellation and blocked its thread past the grace, an
+    /// offer whose assignment never came — ends now, FAILED, so that each
+    /// still gets its one final status before the socket closes.
+    fn cut_at_deadline(&mut self, ctx: &mut Context<Self>) {
+        let Some(reason) = self.shutdown_reason() else {
+            return;
+        };
+        let now = Instant::now();
+        for job_id in self.table.ids_where(|_| true) {
+            match self.table.state(&job_id) {
+                Some(JobState::Offered { .. }) => {
+                    self.table.withdraw(&job_id, None);
+                }
+                Some(JobState::Queued | JobState::Starting | JobState::Running) => {
+                    warn!(job_id, "still running at the shutdown deadline: failing it");
+                    let status = FinalStatus::failed(format!(
+                        "{reason} (the job did not stop within the shutdown deadline)"
+                    ));
+                    if let Some(done) = self.table.finish(&job_id, status, now) {
+                        self.finished(&job_id, done, ctx);
+                    }
+                }
+                _ => {}
+            }
+        }
     }
 
     /// Closes the connection, then stops.

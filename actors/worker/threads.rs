@@ -15,6 +15,12 @@
 
 use actix::prelude::*;
 
+/// The most `on_request` decisions waiting on one hook thread. A decision
+/// is normally over in microseconds; this many in flight means the hook
+/// blocks, and a further offer is declined at once rather than queued
+/// behind it without bound.
+pub(super) const MAX_DECISIONS_PER_HOOK_THREAD: usize = 256;
+
 pub(super) struct Threads {
     connection: Arbiter,
     background: Arbiter,
@@ -60,16 +66,19 @@ impl Threads {
     }
 
     /// The hook arbiter with the fewest decisions in flight, counted as one
-    /// more until [`hook_done`](Self::hook_done).
-    pub(super) fn hook(&mut self) -> (usize, ArbiterHandle) {
+    /// more until [`hook_done`](Self::hook_done); `None` when every one has
+    /// [`MAX_DECISIONS_PER_HOOK_THREAD`].
+    pub(super) fn hook(&mut self) -> Option<(usize, ArbiterHandle)> {
         let (index, (arbiter, in_flight)) = self
             .hooks
             .iter_mut()
             .enumerate()
-            .min_by_key(|(_, (_, in_flight))| *in_flight)
-            .expect("at least one hook thread");
+            .min_by_key(|(_, (_, in_flight))| *in_flight)?;
+        if *in_flight >= MAX_DECISIONS_PER_HOOK_THREAD {
+            return None;
+        }
         *in_flight += 1;
-        (index, arbiter.handle())
+        Some((index, arbiter.handle()))
     }
 
     /// A decision on hook arbiter `index` has finished.

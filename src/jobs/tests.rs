@@ -161,7 +161,7 @@ fn terminating_an_offer_withdraws_it_and_a_running_job_is_wound_down() {
         .unwrap();
     assert!(matches!(
         table.terminate("AJ_o", FinalStatus::success(), now),
-        Termination::Withdrawn(_)
+        Termination::Withdrawn
     ));
     assert!(
         !table.answer("AJ_o", ticket, JobPriority::Normal, None, None, now),
@@ -336,6 +336,32 @@ fn a_crashed_actor_keeps_the_slot_and_running_is_not_said_twice() {
     assert!(!table.can_start(), "the slot stays held");
     assert!(table.started("AJ_1", now).is_none());
     assert_eq!(table.state("AJ_1"), Some(JobState::Running));
+}
+
+#[test]
+fn a_job_whose_actor_crashes_while_it_is_being_ended_ends_instead_of_rerunning() {
+    let now = t0();
+    let mut table: JobTable = JobTable::new(1, 0);
+    table.registered();
+    dispatched(&mut table, "AJ_1", JobPriority::Normal, now);
+    table.started("AJ_1", now);
+    assert!(matches!(
+        table.terminate("AJ_1", FinalStatus::success(), now),
+        Termination::WindDown
+    ));
+    // a second reason (a shutdown) does not replace the first
+    table.terminate("AJ_1", FinalStatus::failed("shutting down"), now);
+    assert_eq!(table.ending("AJ_1"), Some(&FinalStatus::success()));
+    assert!(
+        !table.crashed("AJ_1", now),
+        "no new actor for a job being ended"
+    );
+    let done = table.finish("AJ_1", FinalStatus::success(), now).unwrap();
+    assert_eq!(done.report.update.status, JobStatus::JsSuccess as i32);
+    assert_eq!(
+        table.final_status("AJ_1").map(|u| u.status),
+        Some(JobStatus::JsSuccess as i32)
+    );
 }
 
 #[test]
@@ -629,7 +655,18 @@ impl Model {
                 self.table.restarted(&name(id));
             }
             Event::Crashed { id } => {
-                self.table.crashed(&name(id), now);
+                let id = name(id);
+                if let Some(status) = self.table.ending(&id).cloned() {
+                    // being ended: the job ends instead of running again
+                    assert!(!self.table.crashed(&id, now));
+                    let done = self
+                        .table
+                        .finish(&id, status, now)
+                        .expect("running jobs finish");
+                    self.finished(&id, done);
+                } else {
+                    self.table.crashed(&id, now);
+                }
             }
             Event::Exit { id, ok } => {
                 let id = name(id);
@@ -651,12 +688,10 @@ impl Model {
                 let id = name(id);
                 match self.table.terminate(&id, FinalStatus::success(), now) {
                     Termination::Ended(done) => self.finished(&id, done),
-                    Termination::WindDown => {
-                        // the actor winds the handler down and reports
-                        let done = self.table.finish(&id, FinalStatus::success(), now).unwrap();
-                        self.finished(&id, done);
-                    }
-                    Termination::Withdrawn(_) | Termination::Ignored => {}
+                    // the actor winds the handler down and reports later
+                    // (an Exit), unless it crashes first (a Crashed)
+                    Termination::WindDown => assert!(self.table.ending(&id).is_some()),
+                    Termination::Withdrawn | Termination::Ignored => {}
                 }
             }
             Event::Expire { id } => {
@@ -744,6 +779,12 @@ impl Model {
         for id in self.table.ids_where(|_| true) {
             let id_num: u8 = id[1..].parse().unwrap();
             self.apply(&Event::Terminate { id: id_num });
+        }
+        // every actor winds its job down and reports
+        for id in self.table.ids_where(|row| row.state().is_running()) {
+            let status = self.table.ending(&id).cloned().expect("being ended");
+            let done = self.table.finish(&id, status, self.now).unwrap();
+            self.finished(&id, done);
         }
         self.apply(&Event::Register);
         let finishing = self
