@@ -30,7 +30,6 @@ use tracing::{debug, info, warn};
 use super::messages::*;
 use super::supervision::Link;
 use super::worker::WorkerActor;
-use crate::auth::WORKER_TOKEN_TTL;
 use crate::options::WorkerOptions;
 use crate::protocol::{self, FrameError, MAX_FRAME_SIZE, PartialError, PartialMessageBuffer};
 
@@ -43,6 +42,9 @@ const CLOSE_FLUSH: std::time::Duration = std::time::Duration::from_millis(500);
 pub struct ConnectionActor {
     options: Arc<WorkerOptions>,
     link: Link,
+    /// The token to present, minted by the worker (reading the secret is
+    /// I/O, kept off this thread), or why there is none.
+    token: Option<Result<String, String>>,
     sink: Option<SinkWrite<WsMessage, WsSink>>,
     registered: bool,
     last_pong: Instant,
@@ -57,10 +59,15 @@ pub struct ConnectionActor {
 }
 
 impl ConnectionActor {
-    pub(crate) fn new(options: Arc<WorkerOptions>, link: Link) -> Self {
+    pub(crate) fn new(
+        options: Arc<WorkerOptions>,
+        link: Link,
+        token: Result<String, String>,
+    ) -> Self {
         Self {
             options,
             link,
+            token: Some(token),
             sink: None,
             registered: false,
             last_pong: Instant::now(),
@@ -93,9 +100,10 @@ impl ConnectionActor {
                 return self.end(ConnectionExit::Failed(err.to_string()), ctx);
             }
         };
-        let token = match self.options.credentials.worker_token(WORKER_TOKEN_TTL) {
-            Ok(token) => token,
-            Err(err) => return self.end(ConnectionExit::Failed(err.to_string()), ctx),
+        let token = match self.token.take() {
+            Some(Ok(token)) => token,
+            Some(Err(err)) => return self.end(ConnectionExit::Failed(err), ctx),
+            None => return self.end(ConnectionExit::Failed("no token".into()), ctx),
         };
         debug!(url = %url, "connecting");
         let client = awc::Client::builder()

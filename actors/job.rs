@@ -29,7 +29,8 @@ use std::time::{Duration, Instant, SystemTime};
 
 use actix::prelude::*;
 use futures_util::FutureExt as _;
-use tracing::{info, warn};
+use tracing::Instrument as _;
+use tracing::{debug, info, warn};
 
 use super::messages::*;
 use super::supervision::Link;
@@ -51,6 +52,21 @@ pub(crate) struct JobRules {
     pub checkpoint_interval: Duration,
     /// Asked about the job when it is recovered (read-only, shared).
     pub recovery: Arc<dyn RecoveryHandler>,
+    /// Counts checkpoint writes.
+    pub metrics: crate::telemetry::WorkerMetrics,
+}
+
+/// How a room token the worker minted itself is kept fresh: a new one for
+/// the same room and identity every three quarters of its lifetime.
+pub(crate) struct TokenRefresh {
+    /// Signs the new tokens (the secret is read from its source each time).
+    pub credentials: crate::auth::Credentials,
+    /// The room.
+    pub room: String,
+    /// The identity.
+    pub identity: String,
+    /// How long each token is valid.
+    pub ttl: Duration,
 }
 
 /// Runs one job.
@@ -67,6 +83,10 @@ pub struct JobActor {
     exited: bool,
     /// Set while a restart is waiting for its delay.
     restart_pending: bool,
+    /// Keeps a worker-minted room token fresh.
+    refresh: Option<TokenRefresh>,
+    /// The job's span: the handler runs in it.
+    span: tracing::Span,
 }
 
 /// How a run of the handler failed, for the restart decision.
@@ -84,6 +104,8 @@ impl JobActor {
         handler: Arc<dyn DynHandler>,
         link: Link,
         rules: JobRules,
+        refresh: Option<TokenRefresh>,
+        span: tracing::Span,
     ) -> Self {
         let policy = rules.restart_policy.clone();
         Self {
@@ -95,6 +117,8 @@ impl JobActor {
             ending: None,
             exited: false,
             restart_pending: false,
+            refresh,
+            span,
         }
     }
 
@@ -115,7 +139,8 @@ impl JobActor {
     fn write_checkpoint(&self, write: StoreFuture<()>, ctx: &mut Context<Self>) {
         let job_id = self.context.id().to_owned();
         ctx.spawn(
-            actix::fut::wrap_future(write).map(move |result, _act: &mut Self, _ctx| {
+            actix::fut::wrap_future(write).map(move |result, act: &mut Self, _ctx| {
+                act.rules.metrics.checkpoint_written(result.is_ok());
                 if let Err(err) = result {
                     warn!(job_id, %err, "could not write the checkpoint");
                 }
@@ -125,8 +150,14 @@ impl JobActor {
 
     /// Runs the handler once, under `catch_unwind`.
     fn run_attempt(&mut self, ctx: &mut Context<Self>) {
-        let run =
-            AssertUnwindSafe(self.handler.clone().on_job(self.context.clone())).catch_unwind();
+        self.span.record("attempt", self.context.attempt());
+        let run = AssertUnwindSafe(
+            self.handler
+                .clone()
+                .on_job(self.context.clone())
+                .instrument(self.span.clone()),
+        )
+        .catch_unwind();
         ctx.spawn(
             actix::fut::wrap_future(run).map(|result, act: &mut Self, ctx| {
                 if let Some(outcome) = act.ending.clone() {
@@ -217,6 +248,9 @@ impl Actor for JobActor {
                 recovery.on_recovered(context.job(), context)
             });
         }
+        if let Some(refresh) = &self.refresh {
+            ctx.run_interval(refresh.ttl.mul_f64(0.75), |act, _ctx| act.refresh_token());
+        }
         ctx.run_interval(self.rules.checkpoint_interval, |act, ctx| {
             if let Some(write) = act.context.checkpoint().write_if_dirty() {
                 act.write_checkpoint(write, ctx);
@@ -227,6 +261,25 @@ impl Actor for JobActor {
 }
 
 impl JobActor {
+    /// Mints a fresh room token for the same room and identity and hands it
+    /// to the handler; a failure (the secret's source is down) keeps the old
+    /// one and tries again at the next tick.
+    fn refresh_token(&mut self) {
+        let Some(refresh) = &self.refresh else {
+            return;
+        };
+        match refresh
+            .credentials
+            .room_token(&refresh.room, &refresh.identity, refresh.ttl)
+        {
+            Ok(token) => {
+                debug!(job_id = self.context.id(), "room token refreshed");
+                self.context.set_token(token);
+            }
+            Err(err) => warn!(job_id = self.context.id(), %err, "cannot refresh the room token"),
+        }
+    }
+
     /// Ends the job from outside: cancels it and gives the handler the grace
     /// period to return; it then reports `outcome`.
     fn wind_down(&mut self, outcome: JobOutcome, ctx: &mut Context<Self>) {

@@ -46,6 +46,7 @@ pub struct LoadReporterActor {
     limiter: ResourceLimiter,
     memory_check_interval: Duration,
     memory: UsageState,
+    metrics: crate::telemetry::WorkerMetrics,
     slots: Slots,
     running_since: Vec<Instant>,
     connected: bool,
@@ -62,6 +63,8 @@ pub(crate) struct ReporterConfig {
     pub sample_interval: Duration,
     pub memory_check_interval: Duration,
     pub limiter: ResourceLimiter,
+    /// Records the sampled CPU and memory.
+    pub metrics: crate::telemetry::WorkerMetrics,
     /// The slots now (a restarted reporter starts from the worker's).
     pub slots: Slots,
     /// Registered now.
@@ -84,6 +87,7 @@ impl LoadReporterActor {
             limiter: config.limiter,
             memory_check_interval: config.memory_check_interval,
             memory: config.memory,
+            metrics: config.metrics,
             slots: config.slots,
             running_since: Vec::new(),
             connected: config.connected,
@@ -181,6 +185,8 @@ impl Actor for LoadReporterActor {
         self.resources = self.sampler.sample();
         ctx.run_interval(self.sample_interval, |act, _ctx| {
             act.resources = act.sampler.sample();
+            act.metrics
+                .resources(act.resources.process_cpu, act.resources.memory_used);
             act.report(Instant::now(), false);
         });
         ctx.run_interval(self.memory_check_interval, |act, _ctx| act.check_memory());

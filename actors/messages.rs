@@ -4,13 +4,14 @@
 //! crate-private; the ones an application sends to a worker are public.
 
 use actix::prelude::*;
-use livekit_protocol::{Job, ServerInfo, WorkerStatus, worker_message};
+use livekit_protocol::{Job, ServerInfo, worker_message};
 
+use crate::jobs::FinalStatus;
 pub use crate::jobs::JobOrigin;
-use crate::jobs::{FinalStatus, JobCounts};
 use crate::limits::{ResourceRequest, UsageState};
 use crate::load::LoadReport;
 use crate::queue::{JobPriority, QueueStats};
+pub use crate::state::WorkerState;
 
 // ---------------------------------------------------------------------------
 // Supervision: every child → WorkerActor
@@ -165,6 +166,16 @@ pub(crate) struct Decided {
     pub ticket: u64,
     /// The decision, or the panic's message.
     pub decision: Result<crate::handler::Decision, String>,
+    /// The hook thread it ran on, now free again.
+    pub thread: usize,
+}
+
+/// A shutdown hook finished (or panicked) on hook thread `thread`.
+#[derive(Message, Debug)]
+#[rtype(result = "()")]
+pub(crate) struct HookDone {
+    /// Which hook run.
+    pub seq: u64,
     /// The hook thread it ran on, now free again.
     pub thread: usize,
 }
@@ -529,50 +540,6 @@ pub enum SpawnRefusal {
 #[rtype(result = "WorkerState")]
 pub struct GetState;
 
-/// A snapshot of a worker, as answered to [`GetState`].
-#[derive(Clone, Debug, PartialEq)]
-pub struct WorkerState {
-    /// The id of the current registration, if registered now.
-    pub worker_id: Option<String>,
-    /// True while registered with the server.
-    pub connected: bool,
-    /// How many times the worker has registered (1 + reconnects).
-    pub registrations: u64,
-    /// The ids of the jobs running now (their actor starting or running),
-    /// sorted.
-    pub running_jobs: Vec<String>,
-    /// Jobs in each state of the job table.
-    pub jobs: JobCounts,
-    /// Slots held for offered jobs (deciding, or accepted and waiting for
-    /// their assignment).
-    pub reserved: usize,
-    /// The status last computed.
-    pub status: WorkerStatus,
-    /// The load last computed.
-    pub load: f32,
-    /// Final statuses the server has not confirmed yet (they are sent again
-    /// after a reconnect).
-    pub outbox: usize,
-    /// Final statuses lost to the bound on unconfirmed ones, since start.
-    pub lost_statuses: u64,
-    /// Accepted jobs waiting in the queue for a slot.
-    pub queued: usize,
-    /// Consecutive failed connection attempts (and registrations that did
-    /// not last); 0 after a stable registration.
-    pub reconnect_failures: u32,
-    /// Why the last connection attempt failed, while not registered (a
-    /// refused token says so here).
-    pub connection_error: Option<String>,
-    /// The worker has been unable to reach the server for longer than its
-    /// give-up budget (`WorkerOptions::reconnect`); it keeps trying.
-    pub unreachable: bool,
-    /// Why supervision gave up, if it did: a child crashed past its restart
-    /// limit and the worker shut down.
-    pub supervision_failure: Option<String>,
-    /// The worker is shutting down.
-    pub shutting_down: bool,
-}
-
 /// Stops a worker in order: new offers are declined, queued jobs are failed,
 /// running jobs are terminated (their `on_terminated` hooks run, FAILED with
 /// the reason that the worker shut down), their statuses are delivered (as
@@ -582,6 +549,27 @@ pub struct WorkerState {
 #[derive(Message, Debug, Default)]
 #[rtype(result = "()")]
 pub struct Shutdown;
+
+/// Drains a worker: it tells the server it drains (FULL, `draining: true`),
+/// declines every new offer and local job, and lets its running and queued
+/// jobs finish; after `timeout` it terminates what still runs (their
+/// `on_terminated` hooks run; they are reported FAILED "cut by the drain
+/// timeout", and with a durable checkpoint store their checkpoints stay, so
+/// the next start resumes them). Then it stops as [`Shutdown`] does. Answers
+/// once stopped. A [`Shutdown`] sent meanwhile cuts the drain short.
+#[derive(Message, Debug, Clone, Copy)]
+#[rtype(result = "()")]
+pub struct Drain {
+    /// How long the jobs may take to finish.
+    pub timeout: std::time::Duration,
+}
+
+impl Drain {
+    /// A drain that lets jobs finish for up to `timeout`.
+    pub fn with_timeout(timeout: std::time::Duration) -> Self {
+        Self { timeout }
+    }
+}
 
 /// Something that happened to the worker itself (not to one job).
 #[derive(Message, Clone, Debug, PartialEq, Eq)]

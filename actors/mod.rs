@@ -95,7 +95,7 @@ mod worker;
 #[cfg(feature = "fault-injection")]
 pub use messages::InjectFault;
 pub use messages::{
-    GetLoad, GetQueueStats, GetState, JobEvent, JobOrigin, JobOutcome, Shutdown, SpawnJob,
+    Drain, GetLoad, GetQueueStats, GetState, JobEvent, JobOrigin, JobOutcome, Shutdown, SpawnJob,
     SpawnOutcome, SpawnRefusal, SubscribeJobEvents, SubscribeWorkerEvents, WorkerEvent,
     WorkerState,
 };

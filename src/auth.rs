@@ -5,8 +5,15 @@
 //! that leaks from a proxy log is worth minutes, not hours. The secret lives in
 //! [`ApiSecret`], whose `Debug` and `Display` never print it, so no `{:?}` of
 //! an options struct or an error can leak it into a log.
+//!
+//! Where the secret comes from is a [`SecretSource`]: a value given once, a
+//! file read again at every use (a Kubernetes secret mounted as a file is
+//! rotated in place, and the next connection signs with the new one, no
+//! restart needed), or a closure of the application's own (a vault client).
 
 use std::fmt;
+use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use livekit_api::access_token::{AccessToken, VideoGrants};
@@ -49,13 +56,66 @@ impl fmt::Display for ApiSecret {
     }
 }
 
-/// An API key and its secret.
-#[derive(Clone, Debug, PartialEq, Eq)]
+/// A closure that answers the current API secret.
+pub type SecretProvider = Arc<dyn Fn() -> Result<ApiSecret, String> + Send + Sync>;
+
+/// Where the API secret comes from, asked again for every token.
+#[derive(Clone)]
+pub enum SecretSource {
+    /// A secret given once.
+    Value(ApiSecret),
+    /// A file holding the secret (surrounding whitespace is ignored), read at
+    /// every use: rotate the file and the next token is signed with the new
+    /// secret.
+    File(PathBuf),
+    /// The application's own source, called at every use.
+    Provider(SecretProvider),
+}
+
+impl fmt::Debug for SecretSource {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            SecretSource::Value(secret) => f.debug_tuple("Value").field(secret).finish(),
+            SecretSource::File(path) => f.debug_tuple("File").field(path).finish(),
+            SecretSource::Provider(_) => f.write_str("Provider(..)"),
+        }
+    }
+}
+
+impl SecretSource {
+    /// The secret now. Reads the file or calls the provider: call it when a
+    /// token is to be signed, off any thread that must stay responsive.
+    pub fn current(&self) -> Result<ApiSecret, AuthError> {
+        let secret = match self {
+            SecretSource::Value(secret) => secret.clone(),
+            SecretSource::File(path) => {
+                let text = std::fs::read_to_string(path).map_err(|e| {
+                    AuthError::Secret(format!("cannot read {}: {e}", path.display()))
+                })?;
+                ApiSecret::new(text.trim())
+            }
+            SecretSource::Provider(provider) => provider().map_err(AuthError::Secret)?,
+        };
+        if secret.is_empty() {
+            return Err(AuthError::MissingKeys);
+        }
+        Ok(secret)
+    }
+
+    /// True for a secret given once that is empty: the only source known to
+    /// be unusable before it is asked.
+    pub fn is_known_empty(&self) -> bool {
+        matches!(self, SecretSource::Value(secret) if secret.is_empty())
+    }
+}
+
+/// An API key and where its secret comes from.
+#[derive(Clone, Debug)]
 pub struct Credentials {
     /// The API key: public, it names the secret and becomes the token's `iss`.
     pub api_key: String,
-    /// The API secret that signs tokens.
-    pub api_secret: ApiSecret,
+    /// Where the API secret that signs tokens comes from.
+    pub api_secret: SecretSource,
 }
 
 /// Why a token could not be minted.
@@ -64,6 +124,10 @@ pub enum AuthError {
     /// The key or the secret is empty.
     #[error("the API key and secret must both be set")]
     MissingKeys,
+    /// The secret could not be read from its source (the message never
+    /// contains the secret).
+    #[error("cannot get the API secret: {0}")]
+    Secret(String),
     /// Signing failed (the message never contains the secret).
     #[error("could not sign the token: {0}")]
     Sign(String),
@@ -72,19 +136,30 @@ pub enum AuthError {
 impl Credentials {
     /// Pairs a key with its secret.
     pub fn new(api_key: impl Into<String>, api_secret: impl Into<String>) -> Self {
+        Self::with_source(api_key, SecretSource::Value(ApiSecret::new(api_secret)))
+    }
+
+    /// Pairs a key with a source of its secret, asked at every token.
+    pub fn with_source(api_key: impl Into<String>, source: SecretSource) -> Self {
         Self {
             api_key: api_key.into(),
-            api_secret: ApiSecret::new(api_secret),
+            api_secret: source,
         }
     }
 
-    /// Mints the token a worker presents when it connects: HS256, `iss` = the
-    /// key, `video.agent = true`, valid for `ttl`.
-    pub fn worker_token(&self, ttl: Duration) -> Result<String, AuthError> {
-        if self.api_key.is_empty() || self.api_secret.is_empty() {
+    /// The key and the current secret, or why there are none.
+    fn keys(&self) -> Result<ApiSecret, AuthError> {
+        if self.api_key.is_empty() {
             return Err(AuthError::MissingKeys);
         }
-        AccessToken::with_api_key(&self.api_key, self.api_secret.expose())
+        self.api_secret.current()
+    }
+
+    /// Mints the token a worker presents when it connects: HS256, `iss` = the
+    /// key, `video.agent = true`, valid for `ttl`. Asks the secret's source.
+    pub fn worker_token(&self, ttl: Duration) -> Result<String, AuthError> {
+        let secret = self.keys()?;
+        AccessToken::with_api_key(&self.api_key, secret.expose())
             .with_ttl(ttl)
             .with_grants(VideoGrants {
                 agent: true,
@@ -102,16 +177,15 @@ pub const ROOM_TOKEN_TTL: Duration = Duration::from_secs(60 * 60);
 impl Credentials {
     /// Mints a token to join `room` as `identity` (kind agent), for jobs the
     /// worker starts itself: local jobs, and jobs resumed after a restart.
+    /// Asks the secret's source.
     pub fn room_token(
         &self,
         room: &str,
         identity: &str,
         ttl: Duration,
     ) -> Result<String, AuthError> {
-        if self.api_key.is_empty() || self.api_secret.is_empty() {
-            return Err(AuthError::MissingKeys);
-        }
-        AccessToken::with_api_key(&self.api_key, self.api_secret.expose())
+        let secret = self.keys()?;
+        AccessToken::with_api_key(&self.api_key, secret.expose())
             .with_ttl(ttl)
             .with_identity(identity)
             .with_kind("agent")
@@ -195,8 +269,63 @@ mod tests {
     #[test]
     fn the_secret_never_prints() {
         let creds = Credentials::new("devkey", "hunter2-very-secret");
-        let shown = format!("{creds:?} {} {:?}", creds.api_secret, creds.api_secret);
+        let secret = creds.api_secret.current().unwrap();
+        let shown = format!("{creds:?} {secret} {secret:?}");
         assert!(!shown.contains("hunter2"), "{shown}");
         assert!(shown.contains("devkey"));
+        let provider = Credentials::with_source(
+            "devkey",
+            SecretSource::Provider(Arc::new(|| Ok(ApiSecret::new("hunter2")))),
+        );
+        assert!(!format!("{provider:?}").contains("hunter2"));
+    }
+
+    #[test]
+    fn a_secret_file_is_read_at_every_token() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("secret");
+        std::fs::write(&path, "first\n").unwrap();
+        let creds = Credentials::with_source("devkey", SecretSource::File(path.clone()));
+        let verify = |token: &str, secret: &str| {
+            TokenVerifier::with_api_key("devkey", secret)
+                .verify(token)
+                .is_ok()
+        };
+        let token = creds.worker_token(WORKER_TOKEN_TTL).unwrap();
+        assert!(verify(&token, "first"), "surrounding whitespace is ignored");
+        std::fs::write(&path, "second").unwrap();
+        let token = creds.worker_token(WORKER_TOKEN_TTL).unwrap();
+        assert!(verify(&token, "second") && !verify(&token, "first"));
+        std::fs::remove_file(&path).unwrap();
+        let err = creds.worker_token(WORKER_TOKEN_TTL).unwrap_err();
+        assert!(matches!(err, AuthError::Secret(_)), "{err}");
+        assert!(err.to_string().contains("cannot read"), "{err}");
+        std::fs::write(&path, "  ").unwrap();
+        assert!(matches!(
+            creds.worker_token(WORKER_TOKEN_TTL),
+            Err(AuthError::MissingKeys)
+        ));
+    }
+
+    #[test]
+    fn a_provider_is_asked_at_every_token() {
+        let calls = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let counted = calls.clone();
+        let creds = Credentials::with_source(
+            "devkey",
+            SecretSource::Provider(Arc::new(move || {
+                counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                Ok(ApiSecret::new("secret"))
+            })),
+        );
+        creds.worker_token(WORKER_TOKEN_TTL).unwrap();
+        creds.room_token("r", "a", ROOM_TOKEN_TTL).unwrap();
+        assert_eq!(calls.load(std::sync::atomic::Ordering::SeqCst), 2);
+        let failing = Credentials::with_source(
+            "devkey",
+            SecretSource::Provider(Arc::new(|| Err("vault sealed".into()))),
+        );
+        let err = failing.worker_token(WORKER_TOKEN_TTL).unwrap_err();
+        assert!(err.to_string().contains("vault sealed"), "{err}");
     }
 }

@@ -20,6 +20,7 @@ use std::sync::Arc;
 use std::time::SystemTime;
 
 use livekit_protocol::{Job, JobType, ParticipantInfo};
+use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use crate::limits::{ResourceRequest, UsageState};
@@ -209,12 +210,15 @@ impl From<&str> for JobError {
 
 /// Everything a running job needs.
 ///
-/// Clones share the cancellation signal. `Debug` leaves the room token out.
+/// Clones share the cancellation signal and the room token. `Debug` leaves
+/// the room token out.
 #[derive(Clone)]
 pub struct JobContext {
     job: Arc<Job>,
     url: String,
-    token: String,
+    /// The current room token; replaced before it expires for the tokens the
+    /// worker mints itself.
+    token: Arc<watch::Sender<String>>,
     participant_identity: String,
     cancel: CancellationToken,
     attempt: u32,
@@ -239,7 +243,7 @@ impl JobContext {
         Self {
             job: Arc::new(job),
             url: url.into(),
-            token: token.into(),
+            token: Arc::new(watch::Sender::new(token.into())),
             participant_identity,
             cancel: CancellationToken::new(),
             attempt: 1,
@@ -327,9 +331,23 @@ impl JobContext {
         &self.url
     }
 
-    /// The room token minted for this job's participant identity.
-    pub fn token(&self) -> &str {
-        &self.token
+    /// The room token minted for this job's participant identity, as it is
+    /// now. For tokens the worker mints itself (local jobs, jobs resumed
+    /// after a restart) a fresh one replaces it before it expires: read it
+    /// again when (re)joining, or [`watch_token`](Self::watch_token).
+    pub fn token(&self) -> String {
+        self.token.borrow().clone()
+    }
+
+    /// Follows the room token: [`TokenWatch::changed`] resolves with each new
+    /// token, so a handler can pass it on to its room connection.
+    pub fn watch_token(&self) -> TokenWatch {
+        TokenWatch(self.token.subscribe())
+    }
+
+    /// Replaces the room token (the runtime's refresh).
+    pub(crate) fn set_token(&self, token: String) {
+        self.token.send_replace(token);
     }
 
     /// The identity the agent joins the room as.
@@ -351,6 +369,29 @@ impl JobContext {
 
     pub(crate) fn cancel(&self) {
         self.cancel.cancel()
+    }
+}
+
+/// A job's room token over time, from [`JobContext::watch_token`].
+pub struct TokenWatch(watch::Receiver<String>);
+
+impl TokenWatch {
+    /// Resolves with the next token; `None` once the job has ended and no
+    /// new token will come.
+    pub async fn changed(&mut self) -> Option<String> {
+        self.0.changed().await.ok()?;
+        Some(self.0.borrow_and_update().clone())
+    }
+
+    /// The token now.
+    pub fn current(&self) -> String {
+        self.0.borrow().clone()
+    }
+}
+
+impl fmt::Debug for TokenWatch {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("TokenWatch([redacted])")
     }
 }
 
@@ -487,6 +528,19 @@ mod tests {
         let shown = format!("{ctx:?}");
         assert!(!shown.contains("eyJ-room-token-value"), "{shown}");
         assert!(shown.contains("AJ_1"));
+    }
+
+    #[test]
+    fn a_new_token_reaches_every_clone_and_watcher() {
+        let ctx = JobContext::new(job("AJ_1"), "ws://h", "first");
+        let clone = ctx.clone();
+        let mut watch = clone.watch_token();
+        assert_eq!(watch.current(), "first");
+        ctx.set_token("second".into());
+        assert_eq!(clone.token(), "second");
+        let next = futures_util::FutureExt::now_or_never(watch.changed());
+        assert_eq!(next, Some(Some("second".to_owned())));
+        assert!(!format!("{watch:?}").contains("second"));
     }
 
     #[test]

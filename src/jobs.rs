@@ -309,6 +309,8 @@ pub struct Finished {
     pub report: Report,
     /// It was queued: take it out of the queue.
     pub was_queued: bool,
+    /// How long its handler had been running, if it was.
+    pub ran: Option<std::time::Duration>,
     /// The oldest unconfirmed final status had to make room for this one
     /// (the table's bound): that job's status is lost.
     pub evicted: Option<String>,
@@ -366,9 +368,70 @@ pub struct Admission {
     pub checkpoint: Option<Checkpoint>,
 }
 
+/// The numbers derived from the rows' states, kept as the rows change so
+/// that reading them costs nothing however many jobs there are. Every change
+/// of a row's state goes through [`Tally::add`] and [`Tally::remove`]; the
+/// property tests check that the tally always equals a recount.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+struct Tally {
+    counts: JobCounts,
+    /// Offers holding a slot (not taken over capacity).
+    offered_in_slot: usize,
+    /// Offers taken over capacity, on their way to the queue.
+    offered_over: usize,
+    /// Queued jobs by priority, indexed as [`JobPriority::ALL`].
+    queued_by_priority: [usize; 4],
+}
+
+impl Tally {
+    fn count(&mut self, state: JobState, priority: JobPriority, up: bool) {
+        let step = |n: &mut usize| {
+            if up {
+                *n += 1;
+            } else {
+                *n -= 1;
+            }
+        };
+        match state {
+            JobState::Offered { over_capacity, .. } => {
+                step(&mut self.counts.offered);
+                step(if over_capacity {
+                    &mut self.offered_over
+                } else {
+                    &mut self.offered_in_slot
+                });
+            }
+            JobState::Queued => {
+                step(&mut self.counts.queued);
+                step(&mut self.queued_by_priority[priority.index()]);
+            }
+            JobState::Starting => step(&mut self.counts.starting),
+            JobState::Running => step(&mut self.counts.running),
+            JobState::Finishing => step(&mut self.counts.finishing),
+        }
+    }
+
+    fn add(&mut self, state: JobState, priority: JobPriority) {
+        self.count(state, priority, true);
+    }
+
+    fn remove(&mut self, state: JobState, priority: JobPriority) {
+        self.count(state, priority, false);
+    }
+
+    fn recount<'a, A: 'a>(rows: impl Iterator<Item = &'a JobRow<A>>) -> Self {
+        let mut tally = Tally::default();
+        for row in rows {
+            tally.add(row.state, row.priority);
+        }
+        tally
+    }
+}
+
 /// The job table. See the module docs.
 pub struct JobTable<A = ()> {
     rows: HashMap<String, JobRow<A>>,
+    tally: Tally,
     max_jobs: usize,
     queue_capacity: usize,
     /// The most unconfirmed final statuses kept; past it the oldest is lost.
@@ -381,7 +444,21 @@ pub struct JobTable<A = ()> {
     evicted: u64,
 }
 
+/// Moves a row to `state`, keeping the tally in step.
+fn move_to<A>(tally: &mut Tally, row: &mut JobRow<A>, state: JobState) {
+    tally.remove(row.state, row.priority);
+    tally.add(state, row.priority);
+    row.state = state;
+}
+
 impl<A: Default> JobTable<A> {
+    /// Takes a row out of the table, keeping the tally in step.
+    fn take(&mut self, id: &str) -> Option<JobRow<A>> {
+        let row = self.rows.remove(id)?;
+        self.tally.remove(row.state, row.priority);
+        Some(row)
+    }
+
     /// An empty table for a worker of `max_jobs` slots and a queue of
     /// `queue_capacity` (0: no queue), not registered.
     pub fn new(max_jobs: usize, queue_capacity: usize) -> Self {
@@ -394,6 +471,7 @@ impl<A: Default> JobTable<A> {
             .saturating_add(64);
         Self {
             rows: HashMap::new(),
+            tally: Tally::default(),
             max_jobs,
             queue_capacity,
             finishing_cap,
@@ -436,6 +514,7 @@ impl<A: Default> JobTable<A> {
             final_status: None,
             attachment: A::default(),
         };
+        self.tally.add(state, priority);
         self.rows.entry(id.to_owned()).insert_entry(row).into_mut()
     }
 
@@ -496,11 +575,15 @@ impl<A: Default> JobTable<A> {
                 over_capacity,
                 ticket: current,
             } if current == ticket => {
-                row.state = JobState::Offered {
-                    answered: true,
-                    over_capacity,
-                    ticket,
-                };
+                move_to(
+                    &mut self.tally,
+                    row,
+                    JobState::Offered {
+                        answered: true,
+                        over_capacity,
+                        ticket,
+                    },
+                );
                 row.priority = priority;
                 row.identity = identity;
                 row.reservation = reservation;
@@ -527,7 +610,7 @@ impl<A: Default> JobTable<A> {
         match row.state {
             JobState::Offered {
                 ticket: current, ..
-            } if ticket.is_none_or(|t| t == current) => self.rows.remove(id),
+            } if ticket.is_none_or(|t| t == current) => self.take(id),
             _ => None,
         }
     }
@@ -554,13 +637,13 @@ impl<A: Default> JobTable<A> {
                     }
                     row.spec = Some(spec);
                     row.since = now;
-                    if !over_capacity || can_start {
-                        row.state = JobState::Starting;
-                        Assignment::Placed(Placement::Start)
+                    let (state, placement) = if !over_capacity || can_start {
+                        (JobState::Starting, Placement::Start)
                     } else {
-                        row.state = JobState::Queued;
-                        Assignment::Placed(Placement::Queue(row.priority))
-                    }
+                        (JobState::Queued, Placement::Queue(row.priority))
+                    };
+                    move_to(&mut self.tally, row, state);
+                    Assignment::Placed(placement)
                 }
                 _ => Assignment::Duplicate,
             },
@@ -686,7 +769,7 @@ impl<A: Default> JobTable<A> {
         if row.state != JobState::Queued {
             return false;
         }
-        row.state = JobState::Starting;
+        move_to(&mut self.tally, row, JobState::Starting);
         row.since = now;
         true
     }
@@ -750,7 +833,7 @@ impl<A: Default> JobTable<A> {
         if row.state != JobState::Starting {
             return None;
         }
-        row.state = JobState::Running;
+        move_to(&mut self.tally, row, JobState::Running);
         row.since = now;
         if row.running != RunningNote::NotYet {
             return None; // an actor restarted after a crash: RUNNING was said
@@ -794,7 +877,7 @@ impl<A: Default> JobTable<A> {
         if !row.state.is_running() || row.ending.is_some() {
             return false;
         }
-        row.state = JobState::Starting;
+        move_to(&mut self.tally, row, JobState::Starting);
         row.since = now;
         true
     }
@@ -812,6 +895,8 @@ impl<A: Default> JobTable<A> {
             JobState::Starting | JobState::Running => false,
             JobState::Offered { .. } | JobState::Finishing => return None,
         };
+        let ran =
+            (row.state == JobState::Running).then(|| now.saturating_duration_since(row.since));
         let update = status.update(id);
         let origin = row.origin;
         let report = Report {
@@ -820,14 +905,15 @@ impl<A: Default> JobTable<A> {
             send_now: connected && origin.is_servers(),
         };
         if !origin.is_servers() {
-            self.rows.remove(id);
+            self.take(id);
             return Some(Finished {
                 report,
                 was_queued,
+                ran,
                 evicted: None,
             });
         }
-        row.state = JobState::Finishing;
+        move_to(&mut self.tally, row, JobState::Finishing);
         row.since = now;
         row.seq = seq;
         row.reservation = None;
@@ -839,6 +925,7 @@ impl<A: Default> JobTable<A> {
         Some(Finished {
             report,
             was_queued,
+            ran,
             evicted,
         })
     }
@@ -854,7 +941,7 @@ impl<A: Default> JobTable<A> {
             .filter(|(_, row)| row.state == JobState::Finishing)
             .min_by_key(|(_, row)| row.seq)
             .map(|(id, _)| id.clone())?;
-        self.rows.remove(&oldest);
+        self.take(&oldest);
         self.evicted += 1;
         Some(oldest)
     }
@@ -869,7 +956,7 @@ impl<A: Default> JobTable<A> {
                 .get(id)
                 .is_some_and(|row| row.state == JobState::Finishing)
             {
-                self.rows.remove(id);
+                self.take(id);
                 confirmed += 1;
             }
         }
@@ -887,7 +974,7 @@ impl<A: Default> JobTable<A> {
             .map(|(id, _)| id.clone())
             .collect();
         for id in &offered {
-            self.rows.remove(id);
+            self.take(id);
         }
         offered
     }
@@ -1008,24 +1095,19 @@ impl<A: Default> JobTable<A> {
 
     /// Jobs in each state.
     pub fn counts(&self) -> JobCounts {
-        let mut counts = JobCounts::default();
-        for row in self.rows.values() {
-            match row.state {
-                JobState::Offered { .. } => counts.offered += 1,
-                JobState::Queued => counts.queued += 1,
-                JobState::Starting => counts.starting += 1,
-                JobState::Running => counts.running += 1,
-                JobState::Finishing => counts.finishing += 1,
-            }
-        }
-        counts
+        self.tally.counts
+    }
+
+    /// Queued jobs by priority, indexed as [`JobPriority::ALL`].
+    pub fn queued_by_priority(&self) -> [usize; 4] {
+        self.tally.queued_by_priority
     }
 
     /// The slots as the load reporter sees them: running (starting
     /// included), and reserved — offers and queued jobs, each of which will
     /// want a slot.
     pub fn slots(&self) -> crate::load::Slots {
-        let counts = self.counts();
+        let counts = self.tally.counts;
         crate::load::Slots {
             active: counts.starting + counts.running,
             reserved: counts.offered + counts.queued,
@@ -1042,38 +1124,23 @@ impl<A: Default> JobTable<A> {
     /// True when a job could start now without taking a slot that is held
     /// for an offer or granted to a queued job.
     pub fn can_start(&self) -> bool {
-        let mut claims = self.grants;
-        for row in self.rows.values() {
-            match row.state {
-                JobState::Starting | JobState::Running => claims += 1,
-                JobState::Offered {
-                    over_capacity: false,
-                    ..
-                } => claims += 1,
-                _ => {}
-            }
-        }
+        let counts = self.tally.counts;
+        let claims = counts.starting + counts.running + self.tally.offered_in_slot + self.grants;
         claims < self.max_jobs
     }
 
     /// True when the queue can take one more job (counting offers taken
     /// over capacity, on their way to it).
     pub fn queue_has_room(&self) -> bool {
-        let waiting = self
-            .rows
-            .values()
-            .filter(|row| {
-                matches!(
-                    row.state,
-                    JobState::Queued
-                        | JobState::Offered {
-                            over_capacity: true,
-                            ..
-                        }
-                )
-            })
-            .count();
+        let waiting = self.tally.counts.queued + self.tally.offered_over;
         self.queue_capacity > 0 && waiting < self.queue_capacity
+    }
+
+    /// True when the numbers kept as rows change equal a recount of the
+    /// rows (for tests: every change of state must go through the tally).
+    #[doc(hidden)]
+    pub fn tally_is_exact(&self) -> bool {
+        Tally::recount(self.rows.values()) == self.tally
     }
 
     /// Grants to the queue in flight.

@@ -75,6 +75,8 @@ pub mod auth;
 mod backoff;
 pub mod demo;
 mod handler;
+#[cfg(feature = "http")]
+pub mod http;
 pub mod jobs;
 pub mod limits;
 pub mod load;
@@ -83,6 +85,9 @@ pub mod protocol;
 pub mod queue;
 pub mod reconnect;
 pub mod recovery;
+mod shutdown;
+mod state;
+pub mod telemetry;
 
 #[path = "../actors/mod.rs"]
 mod actors;
@@ -90,21 +95,23 @@ mod actors;
 #[cfg(feature = "fault-injection")]
 pub use actors::InjectFault;
 pub use actors::{
-    GetLoad, GetQueueStats, GetState, JobEvent, JobOrigin, JobOutcome, MAX_SUBSCRIBERS, Shutdown,
-    SpawnJob, SpawnOutcome, SpawnRefusal, StartError, SubscribeJobEvents, SubscribeWorkerEvents,
-    Worker, WorkerActor, WorkerBuilder, WorkerEvent, WorkerState,
+    Drain, GetLoad, GetQueueStats, GetState, JobEvent, JobOrigin, JobOutcome, MAX_SUBSCRIBERS,
+    Shutdown, SpawnJob, SpawnOutcome, SpawnRefusal, StartError, SubscribeJobEvents,
+    SubscribeWorkerEvents, Worker, WorkerActor, WorkerBuilder, WorkerEvent, WorkerState,
 };
 pub use backoff::Backoff;
 pub use handler::{
     Acceptance, Decision, DynHandler, JobContext, JobError, JobHandler, JobRequest, Participant,
+    TokenWatch,
 };
 pub use limits::ResourceRequest;
 pub use options::{
     DEFAULT_HOOK_THREADS, DEFAULT_QUEUE_MAX_WAIT, ENV_AGENT_NAME, ENV_API_KEY, ENV_API_SECRET,
-    ENV_URL, OptionsError, WorkerOptions,
+    ENV_API_SECRET_FILE, ENV_URL, OptionsError, WorkerOptions,
 };
 pub use queue::JobPriority;
 pub use reconnect::ReconnectPolicy;
+pub use shutdown::{DEFAULT_HOOK_TIMEOUT, ShutdownHook, ShutdownPhase};
 
 /// The LiveKit protocol types the public API speaks in.
 pub use livekit_protocol as proto;

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use livekit_protocol::JobType;
 
-use crate::auth::{ApiSecret, Credentials, ROOM_TOKEN_TTL};
+use crate::auth::{Credentials, ROOM_TOKEN_TTL, SecretProvider, SecretSource};
 use crate::backoff::Backoff;
 use crate::limits::ResourceLimits;
 use crate::protocol;
@@ -24,12 +24,24 @@ pub const ENV_URL: &str = "LIVEKIT_URL";
 pub const ENV_API_KEY: &str = "LIVEKIT_API_KEY";
 /// The environment variable holding the API secret.
 pub const ENV_API_SECRET: &str = "LIVEKIT_API_SECRET";
+/// The environment variable naming a file that holds the API secret, read
+/// again at every connection (instead of [`ENV_API_SECRET`]).
+pub const ENV_API_SECRET_FILE: &str = "LIVEKIT_API_SECRET_FILE";
 /// The environment variable holding the agent name (optional).
 pub const ENV_AGENT_NAME: &str = "LIVEKIT_AGENT_NAME";
 
 /// How long a queued job may wait by default: long enough to ride out a
 /// burst, far shorter than the hour a room token lasts.
 pub const DEFAULT_QUEUE_MAX_WAIT: Duration = Duration::from_secs(5 * 60);
+
+/// `prefix` and eight random letters or digits.
+pub(crate) fn random_id(prefix: &str) -> String {
+    const ALPHABET: &[u8] = b"abcdefghijklmnopqrstuvwxyz0123456789";
+    let suffix: String = (0..8)
+        .map(|_| ALPHABET[rand::random_range(0..ALPHABET.len())] as char)
+        .collect();
+    format!("{prefix}{suffix}")
+}
 
 /// How many threads run `on_request` hooks by default: two, so that one hook
 /// blocking its thread leaves the other for every other offer.
@@ -75,6 +87,11 @@ pub struct WorkerOptions {
     pub namespace: Option<String>,
     /// The version string sent at registration.
     pub version: String,
+    /// This worker's name for the people who run it: the `worker` label of
+    /// its metrics, and in its logs. Default: `lkw-` and eight random
+    /// letters or digits, new at every start (set it to the pod's name to
+    /// follow one pod across restarts).
+    pub instance_id: String,
     /// The most jobs this worker runs at once; at this many it reports FULL
     /// and declines further requests.
     pub max_jobs: usize,
@@ -138,6 +155,11 @@ pub struct WorkerOptions {
     /// How long a shutdown waits, after the jobs' grace, for the server to
     /// confirm their final statuses (default 5 s).
     pub shutdown_flush_timeout: Duration,
+    /// How long the room tokens the worker mints itself (for local jobs and
+    /// jobs resumed after a restart) are valid; each is replaced by a fresh
+    /// one when three quarters of this have passed (default 1 h, as the
+    /// server's own).
+    pub room_token_ttl: Duration,
     /// The load at which the worker reports FULL; `None` takes the load
     /// calculator's own default (0.7 for resource-based loads, as in the
     /// official workers; 1.0 for the job-slot load).
@@ -164,6 +186,7 @@ impl WorkerOptions {
             job_type: JobType::JtRoom,
             namespace: None,
             version: env!("CARGO_PKG_VERSION").to_owned(),
+            instance_id: random_id("lkw-"),
             max_jobs: 100,
             ping_interval: Duration::from_secs(10),
             ping_timeout: Duration::from_secs(30),
@@ -193,6 +216,7 @@ impl WorkerOptions {
                 },
             ),
             shutdown_flush_timeout: Duration::from_secs(5),
+            room_token_ttl: ROOM_TOKEN_TTL,
             load_threshold: None,
             load_sample_interval: Duration::from_millis(500),
             load_report_interval: Duration::from_millis(2500),
@@ -201,6 +225,9 @@ impl WorkerOptions {
 
     /// Reads `LIVEKIT_URL`, `LIVEKIT_API_KEY`, `LIVEKIT_API_SECRET` (all
     /// required) and `LIVEKIT_AGENT_NAME` (optional) from the environment.
+    /// `LIVEKIT_API_SECRET_FILE` may replace `LIVEKIT_API_SECRET`: the file is
+    /// read again at every connection, so a rotated secret takes effect at the
+    /// next reconnect.
     pub fn from_env() -> Result<Self, OptionsError> {
         Self::from_lookup(|name| std::env::var(name).ok())
     }
@@ -219,8 +246,20 @@ impl WorkerOptions {
             reason: e.to_string(),
         })?;
         let key = required(ENV_API_KEY)?;
-        let secret = required(ENV_API_SECRET)?;
-        let mut options = Self::new(url, key, secret);
+        let secret_file = lookup(ENV_API_SECRET_FILE).filter(|v| !v.trim().is_empty());
+        let secret_given = lookup(ENV_API_SECRET).is_some_and(|v| !v.trim().is_empty());
+        let mut options = match secret_file {
+            Some(_) if secret_given => {
+                return Err(OptionsError::Invalid {
+                    name: ENV_API_SECRET_FILE,
+                    reason: format!(
+                        "set either {ENV_API_SECRET} or {ENV_API_SECRET_FILE}, not both"
+                    ),
+                });
+            }
+            Some(path) => Self::new(url, key, "").api_secret_file(path.trim()),
+            None => Self::new(url, key, required(ENV_API_SECRET)?),
+        };
         if let Some(name) = lookup(ENV_AGENT_NAME) {
             options.agent_name = name.trim().to_owned();
         }
@@ -297,9 +336,28 @@ impl WorkerOptions {
         self
     }
 
-    /// The API secret (redacted when printed).
-    pub fn api_secret(&self) -> &ApiSecret {
+    /// Where the API secret comes from (a secret prints redacted).
+    pub fn api_secret(&self) -> &SecretSource {
         &self.credentials.api_secret
+    }
+
+    /// Reads the API secret from this file at every connection (and every
+    /// room token the worker mints), so that a rotated secret takes effect
+    /// at the next reconnect without a restart.
+    pub fn api_secret_file(mut self, path: impl Into<std::path::PathBuf>) -> Self {
+        self.credentials.api_secret = SecretSource::File(path.into());
+        self
+    }
+
+    /// Asks this closure for the API secret at every connection (and every
+    /// room token the worker mints).
+    pub fn api_secret_provider(
+        mut self,
+        provider: impl Fn() -> Result<crate::auth::ApiSecret, String> + Send + Sync + 'static,
+    ) -> Self {
+        let provider: SecretProvider = std::sync::Arc::new(provider);
+        self.credentials.api_secret = SecretSource::Provider(provider);
+        self
     }
 
     /// Checks that the options can run a worker.
@@ -320,7 +378,7 @@ impl WorkerOptions {
         if self.credentials.api_key.is_empty() {
             return Err(OptionsError::Missing { name: "api_key" });
         }
-        if self.credentials.api_secret.is_empty() {
+        if self.credentials.api_secret.is_known_empty() {
             return Err(OptionsError::Missing { name: "api_secret" });
         }
         if self.max_jobs == 0 {
@@ -358,6 +416,7 @@ impl WorkerOptions {
             ("request_timeout", self.request_timeout),
             ("assignment_timeout", self.assignment_timeout),
             ("queue_max_wait", self.queue_max_wait),
+            ("room_token_ttl", self.room_token_ttl),
             ("shutdown_flush_timeout", self.shutdown_flush_timeout),
         ] {
             if value.is_zero() {
@@ -369,6 +428,9 @@ impl WorkerOptions {
                 "queue_max_wait",
                 "must be shorter than a room token's lifetime (1 h)",
             );
+        }
+        if self.instance_id.trim().is_empty() {
+            return invalid("instance_id", "must not be empty");
         }
         if self.hook_threads == 0 {
             return invalid("hook_threads", "must be at least 1");
@@ -413,7 +475,10 @@ mod tests {
         let options = WorkerOptions::from_lookup(lookup(&FULL)).unwrap();
         assert_eq!(options.url, "ws://localhost:7880");
         assert_eq!(options.credentials.api_key, "devkey");
-        assert_eq!(options.api_secret().expose(), "secret");
+        assert_eq!(
+            options.api_secret().current().unwrap(),
+            crate::auth::ApiSecret::new("secret")
+        );
         assert_eq!(options.agent_name, "support-bot");
         options.validate().unwrap();
     }
@@ -487,6 +552,31 @@ mod tests {
             .validate()
             .unwrap_err();
         assert_eq!(err, OptionsError::Missing { name: "api_secret" });
+    }
+
+    #[test]
+    fn the_secret_may_come_from_a_file_but_not_from_both() {
+        let mut vars = FULL.to_vec();
+        vars.retain(|(k, _)| *k != ENV_API_SECRET);
+        vars.push((ENV_API_SECRET_FILE, "/run/secrets/livekit"));
+        let options = WorkerOptions::from_lookup(lookup(&vars)).unwrap();
+        assert!(matches!(
+            options.api_secret(),
+            SecretSource::File(path) if path.as_os_str() == "/run/secrets/livekit"
+        ));
+        options.validate().unwrap();
+        vars.push((ENV_API_SECRET, "secret"));
+        let err = WorkerOptions::from_lookup(lookup(&vars)).unwrap_err();
+        assert!(
+            matches!(
+                err,
+                OptionsError::Invalid {
+                    name: ENV_API_SECRET_FILE,
+                    ..
+                }
+            ),
+            "{err}"
+        );
     }
 
     #[test]

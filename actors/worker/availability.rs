@@ -20,6 +20,7 @@ use super::*;
 use crate::handler::{Decision, JobRequest, Participant, room_name};
 use crate::jobs::{JobState, Refusal};
 use crate::limits::{Reservation, ResourceRequest};
+use crate::telemetry::DeclineReason;
 
 impl WorkerActor {
     /// The first checks every new job passes, server or local, before
@@ -60,9 +61,20 @@ impl WorkerActor {
         self.send(vec![worker_message::Message::Availability(answer)]);
     }
 
-    /// Declines offer `ticket` of `job_id` and frees what it held.
-    fn decline(&mut self, job_id: &str, ticket: u64, ctx: &mut Context<Self>) {
+    /// Declines offer `ticket` of `job_id` for `reason` and frees what it
+    /// held.
+    fn decline(
+        &mut self,
+        job_id: &str,
+        ticket: u64,
+        reason: DeclineReason,
+        ctx: &mut Context<Self>,
+    ) {
         self.answer(job_id, None);
+        if let Some(offered) = self.table.offer_of(job_id, ticket).map(|row| row.since()) {
+            self.metrics.declined(reason, offered.elapsed());
+            self.job_event(job_id, "declined");
+        }
         if self.table.withdraw(job_id, Some(ticket)).is_some() {
             self.slots_changed();
             self.grant(ctx); // a queued job may take the slot it held
@@ -75,7 +87,7 @@ impl WorkerActor {
         let job_id = request.id().to_owned();
         let Some((thread, arbiter)) = self.threads.hook() else {
             warn!(job_id, "every on_request hook thread is blocked: declining");
-            return self.decline(&job_id, ticket, ctx);
+            return self.decline(&job_id, ticket, DeclineReason::Timeout, ctx);
         };
         let decide = AssertUnwindSafe(self.handler.clone().on_request(request)).catch_unwind();
         let worker = ctx.address();
@@ -94,7 +106,7 @@ impl WorkerActor {
         if !spawned {
             // the hook thread is gone (the worker is stopping)
             self.threads.hook_done(thread);
-            self.decline(&job_id, ticket, ctx);
+            self.decline(&job_id, ticket, DeclineReason::Draining, ctx);
             return;
         }
         // the worker's own clock, not the hook's: a hook that blocks its
@@ -112,7 +124,7 @@ impl WorkerActor {
             });
             if deciding {
                 warn!(job_id, ?timeout, "on_request took too long: declining");
-                act.decline(&job_id, ticket, ctx);
+                act.decline(&job_id, ticket, DeclineReason::Timeout, ctx);
             }
         });
     }
@@ -123,14 +135,20 @@ impl Handler<AvailabilityAsked> for WorkerActor {
 
     fn handle(&mut self, msg: AvailabilityAsked, ctx: &mut Self::Context) {
         let job_id = msg.job.id.clone();
+        let asked = Instant::now();
+        self.metrics.offered();
+        let refuse = |act: &mut Self, reason: DeclineReason| {
+            act.metrics.declined(reason, asked.elapsed());
+            act.answer(&job_id, None);
+        };
         if self.shutting_down() {
             info!(job_id, "declining job: the worker is shutting down");
-            return self.answer(&job_id, None);
+            return refuse(self, DeclineReason::Draining);
         }
         let priority = self.priority_of(&msg.job);
         if let Err(reason) = self.admissible(priority) {
             info!(job_id, %reason, "declining job");
-            return self.answer(&job_id, None);
+            return refuse(self, decline_reason(&reason));
         }
         // beyond the free slots only high-priority work is taken, and only
         // as far as the queue has room; the slot (or place) is taken now, so
@@ -147,15 +165,16 @@ impl Handler<AvailabilityAsked> for WorkerActor {
                     job_id,
                     "availability asked for a job the worker already has: declining the repeat"
                 );
-                return self.answer(&job_id, None);
+                return refuse(self, DeclineReason::Duplicate);
             }
             Err(Refusal::AtCapacity) => {
                 info!(job_id, %priority, load = self.load.load, "declining job: at capacity");
-                self.answer(&job_id, None);
+                refuse(self, DeclineReason::AtCapacity);
                 self.slots_changed();
                 return;
             }
         };
+        self.job_event(&job_id, "offered");
         self.slots_changed();
         self.ask_handler(JobRequest::new(msg.job, msg.resuming), ticket, ctx);
     }
@@ -184,35 +203,37 @@ impl Handler<Decided> for WorkerActor {
         else {
             return;
         };
-        let (calculated, room) = (row.priority(), row.room().to_owned());
+        let (calculated, room, offered_at) = (row.priority(), row.room().to_owned(), row.since());
         let acceptance = match decision {
             Ok(Decision::Accept(acceptance)) => acceptance,
             Ok(Decision::Reject { reason }) => {
                 info!(job_id, reason, "declining job");
-                return self.decline(&job_id, ticket, ctx);
+                return self.decline(&job_id, ticket, DeclineReason::Handler, ctx);
             }
             Err(panic) => {
                 warn!(job_id, panic, "on_request panicked: declining");
-                return self.decline(&job_id, ticket, ctx);
+                return self.decline(&job_id, ticket, DeclineReason::Handler, ctx);
             }
         };
         if self.shutting_down() {
-            return self.decline(&job_id, ticket, ctx);
+            return self.decline(&job_id, ticket, DeclineReason::Draining, ctx);
         }
         let priority = acceptance.priority.unwrap_or(calculated);
         if over_capacity && priority < JobPriority::High {
             info!(job_id, %priority, "declining job: at capacity");
-            return self.decline(&job_id, ticket, ctx);
+            return self.decline(&job_id, ticket, DeclineReason::AtCapacity, ctx);
         }
         let reservation = match self.reserve(&room, acceptance.resources.unwrap_or_default()) {
             Ok(reservation) => reservation,
             Err(reason) => {
                 info!(job_id, %reason, "declining job");
-                return self.decline(&job_id, ticket, ctx);
+                return self.decline(&job_id, ticket, decline_reason(&reason), ctx);
             }
         };
         let participant = acceptance.participant;
         info!(job_id, identity = participant.identity, %priority, "accepting job");
+        self.metrics.accepted(offered_at.elapsed());
+        self.job_event(&job_id, "accepted");
         self.table.answer(
             &job_id,
             ticket,
@@ -236,5 +257,20 @@ impl Handler<Decided> for WorkerActor {
                 }
             }
         });
+    }
+}
+
+/// The metrics' name for why admission refused a job.
+pub(super) fn decline_reason(refusal: &SpawnRefusal) -> DeclineReason {
+    match refusal {
+        SpawnRefusal::Admission(_) => DeclineReason::Admission,
+        SpawnRefusal::MemoryPressure => DeclineReason::Memory,
+        SpawnRefusal::Resources(_) => DeclineReason::Resources,
+        SpawnRefusal::RateLimited(_) => DeclineReason::RateLimited,
+        SpawnRefusal::Duplicate(_) => DeclineReason::Duplicate,
+        SpawnRefusal::ShuttingDown => DeclineReason::Draining,
+        SpawnRefusal::AtCapacity | SpawnRefusal::Invalid(_) | SpawnRefusal::Token(_) => {
+            DeclineReason::AtCapacity
+        }
     }
 }

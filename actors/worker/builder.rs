@@ -21,6 +21,8 @@ use crate::recovery::{DefaultRecovery, MemoryStore};
 #[derive(Clone, Debug)]
 pub struct Worker {
     addr: Addr<WorkerActor>,
+    /// Where its HTTP endpoints listen, if it serves them.
+    http: Option<std::net::SocketAddr>,
 }
 
 impl Deref for Worker {
@@ -50,6 +52,53 @@ impl Worker {
         let _ = self.addr.send(Shutdown).await;
     }
 
+    /// Drains the worker (see [`Drain`]): its jobs finish, for up to
+    /// `timeout`, then it stops. Resolves when it has stopped.
+    pub async fn drain(&self, timeout: std::time::Duration) {
+        let _ = self.addr.send(Drain::with_timeout(timeout)).await;
+    }
+
+    /// What a deployment wants on SIGTERM (or SIGINT, Ctrl-C): the first
+    /// signal drains the worker for up to `timeout`; a second one cuts the
+    /// drain short and stops it at once (its jobs are terminated and
+    /// reported). Resolves when the worker has stopped, by a signal or
+    /// otherwise.
+    pub async fn drain_on_signals(&self, timeout: std::time::Duration) -> std::io::Result<()> {
+        use futures_util::future::{Either, select};
+        let mut signals = Signals::new()?;
+        let stopped = Box::pin(self.stopped());
+        let stopped = match select(Box::pin(signals.next()), stopped).await {
+            Either::Left((signal, stopped)) => {
+                tracing::info!(signal, ?timeout, "draining the worker");
+                let addr = self.addr.clone();
+                actix_rt::spawn(async move {
+                    let _ = addr.send(Drain::with_timeout(timeout)).await;
+                });
+                stopped
+            }
+            Either::Right(_) => return Ok(()),
+        };
+        if let Either::Left((signal, stopped)) = select(Box::pin(signals.next()), stopped).await {
+            tracing::warn!(signal, "second signal: stopping now");
+            let _ = self.addr.send(Shutdown).await;
+            stopped.await;
+        }
+        Ok(())
+    }
+
+    /// Resolves once the worker actor has stopped.
+    pub async fn stopped(&self) {
+        while self.addr.connected() {
+            actix_rt::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Where the worker's HTTP endpoints listen (`WorkerBuilder::http`):
+    /// the bound address, with the port chosen if `:0` was asked for.
+    pub fn http_addr(&self) -> Option<std::net::SocketAddr> {
+        self.http
+    }
+
     /// A builder for a worker with these options.
     pub fn builder(options: WorkerOptions) -> WorkerBuilder {
         WorkerBuilder {
@@ -59,6 +108,8 @@ impl Worker {
             store: None,
             recovery: None,
             priorities: None,
+            shutdown_hooks: Default::default(),
+            http: None,
         }
     }
 }
@@ -72,6 +123,14 @@ pub enum StartError {
     /// No handler was given: call `.handler(...)`.
     #[error("no job handler: call .handler(...) before .start()")]
     NoHandler,
+    /// The HTTP endpoints could not listen on the address given.
+    #[error("cannot serve the HTTP endpoints on {addr}: {source}")]
+    Http {
+        /// The address asked for.
+        addr: String,
+        /// Why.
+        source: std::io::Error,
+    },
 }
 
 /// Configures and starts a worker.
@@ -82,9 +141,32 @@ pub struct WorkerBuilder {
     store: Option<Arc<dyn CheckpointStore>>,
     recovery: Option<Arc<dyn RecoveryHandler>>,
     priorities: Option<Arc<dyn PriorityCalculator>>,
+    shutdown_hooks: crate::shutdown::ShutdownHooks,
+    http: Option<String>,
 }
 
 impl WorkerBuilder {
+    /// Runs `hook` in `phase` of the worker's shutdown (see
+    /// [`ShutdownHook`](crate::ShutdownHook)).
+    pub fn on_shutdown(
+        mut self,
+        phase: crate::shutdown::ShutdownPhase,
+        hook: crate::shutdown::ShutdownHook,
+    ) -> Self {
+        self.shutdown_hooks.add(phase, hook);
+        self
+    }
+
+    /// Serves the operator's endpoints (`/`, `/ready`, `/worker`,
+    /// `/metrics`; see [`crate::http`]) on `addr` (`host:port`; port 0 picks
+    /// a free one, see [`Worker::http_addr`]). They outlive the worker: once
+    /// it has stopped, `/` answers 503.
+    #[cfg(feature = "http")]
+    pub fn http(mut self, addr: impl Into<String>) -> Self {
+        self.http = Some(addr.into());
+        self
+    }
+
     /// Sets the agent name (empty: the default agent).
     pub fn agent_name(mut self, name: impl Into<String>) -> Self {
         self.options.agent_name = name.into();
@@ -195,7 +277,17 @@ impl WorkerBuilder {
             None => None,
         };
         let limiter = ResourceLimiter::new(self.options.resource_limits);
+        let http_listener = match &self.http {
+            Some(addr) => Some(
+                std::net::TcpListener::bind(addr.as_str()).map_err(|source| StartError::Http {
+                    addr: addr.clone(),
+                    source,
+                })?,
+            ),
+            None => None,
+        };
         let parts = WorkerParts {
+            shutdown_hooks: self.shutdown_hooks,
             priorities: self
                 .priorities
                 .unwrap_or_else(|| Arc::new(DefaultPriorityCalculator::default())),
@@ -211,9 +303,20 @@ impl WorkerBuilder {
                 .recovery
                 .unwrap_or_else(|| Arc::new(DefaultRecovery::default())),
         };
-        Ok(Worker {
+        let mut worker = Worker {
             addr: WorkerActor::create(|_| WorkerActor::new(parts)),
-        })
+            http: None,
+        };
+        if let Some(listener) = http_listener {
+            worker.http =
+                Some(
+                    serve_http(listener, worker.clone()).map_err(|source| StartError::Http {
+                        addr: self.http.unwrap_or_default(),
+                        source,
+                    })?,
+                );
+        }
+        Ok(worker)
     }
 }
 
@@ -224,4 +327,76 @@ fn install_crypto_provider() {
     ONCE.call_once(|| {
         let _ = rustls::crypto::ring::default_provider().install_default();
     });
+}
+
+/// Serves the operator's endpoints for `worker` on `listener`, on actix-web's
+/// own threads (one worker thread: these are probes and scrapes).
+#[cfg(feature = "http")]
+fn serve_http(
+    listener: std::net::TcpListener,
+    worker: Worker,
+) -> std::io::Result<std::net::SocketAddr> {
+    let addr = listener.local_addr()?;
+    let server = actix_web::HttpServer::new(move || {
+        actix_web::App::new().configure(crate::http::configure(worker.clone()))
+    })
+    .workers(1)
+    .disable_signals()
+    .listen(listener)?
+    .run();
+    actix_rt::spawn(server);
+    tracing::info!(%addr, "serving /, /ready, /worker and /metrics");
+    Ok(addr)
+}
+
+#[cfg(not(feature = "http"))]
+fn serve_http(
+    _listener: std::net::TcpListener,
+    _worker: Worker,
+) -> std::io::Result<std::net::SocketAddr> {
+    Err(std::io::Error::other("built without the `http` feature"))
+}
+
+#[cfg(feature = "http")]
+impl crate::http::StateSource for Worker {
+    fn state(
+        &self,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Option<crate::WorkerState>>>> {
+        let addr = self.addr.clone();
+        Box::pin(async move { addr.send(GetState).await.ok() })
+    }
+}
+
+/// SIGTERM and SIGINT, as one stream of signal names.
+struct Signals {
+    #[cfg(unix)]
+    term: actix_rt::signal::unix::Signal,
+}
+
+impl Signals {
+    fn new() -> std::io::Result<Self> {
+        Ok(Self {
+            #[cfg(unix)]
+            term: actix_rt::signal::unix::signal(actix_rt::signal::unix::SignalKind::terminate())?,
+        })
+    }
+
+    /// The next SIGTERM or SIGINT.
+    async fn next(&mut self) -> &'static str {
+        #[cfg(unix)]
+        {
+            use futures_util::future::{Either, select};
+            let term = Box::pin(self.term.recv());
+            let int = Box::pin(actix_rt::signal::ctrl_c());
+            match select(term, int).await {
+                Either::Left(_) => "SIGTERM",
+                Either::Right(_) => "SIGINT",
+            }
+        }
+        #[cfg(not(unix))]
+        {
+            let _ = actix_rt::signal::ctrl_c().await;
+            "ctrl-c"
+        }
+    }
 }

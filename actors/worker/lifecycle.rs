@@ -14,6 +14,11 @@ use crate::recovery::{Checkpoint, JobCheckpoint};
 impl WorkerActor {
     /// Starts or queues a job the table has just placed.
     pub(super) fn place(&mut self, job_id: &str, placement: Placement, ctx: &mut Context<Self>) {
+        let state = match placement {
+            Placement::Start => "starting",
+            Placement::Queue(_) => "queued",
+        };
+        self.job_event(job_id, state);
         match placement {
             Placement::Start => self.start_job(job_id, None, ctx),
             Placement::Queue(priority) => self.enqueue(job_id, priority, Instant::now()),
@@ -45,6 +50,7 @@ impl WorkerActor {
                     if act.table.end_grant(next.as_deref(), Instant::now()) {
                         let job_id = next.expect("a granted job has an id");
                         info!(job_id, "starting a queued job");
+                        act.job_event(&job_id, "starting");
                         act.start_job(&job_id, None, ctx);
                         act.slots_changed();
                     } else if let Some(stale) = next {
@@ -77,9 +83,33 @@ impl WorkerActor {
         let JobSpec {
             job,
             url,
-            token,
+            mut token,
             identity,
         } = spec;
+        // a token the worker minted itself (local and recovered jobs) is
+        // minted afresh as the job starts, however long it queued, and kept
+        // fresh while it runs
+        let refresh = match (&identity, origin) {
+            (Some(identity), crate::jobs::JobOrigin::Local | crate::jobs::JobOrigin::Recovered) => {
+                let refresh = super::super::job::TokenRefresh {
+                    credentials: self.options.credentials.clone(),
+                    room: crate::handler::room_name(&job).to_owned(),
+                    identity: identity.clone(),
+                    ttl: self.options.room_token_ttl,
+                };
+                match refresh
+                    .credentials
+                    .room_token(&refresh.room, &refresh.identity, refresh.ttl)
+                {
+                    Ok(fresh) => token = fresh,
+                    Err(err) => {
+                        warn!(job_id, %err, "cannot mint a fresh room token: using the first")
+                    }
+                }
+                Some(refresh)
+            }
+            _ => None,
+        };
         let mut context = JobContext::new((*job).clone(), url, token);
         if let Some(identity) = identity {
             context = context.with_identity(&identity);
@@ -102,6 +132,8 @@ impl WorkerActor {
             }
         });
         let context = context.with_checkpoint(checkpoint, is_recovered);
+        let span = self.job_span(job_id).unwrap_or_else(tracing::Span::none);
+        span.record("attempt", context.attempt());
         let handler = self.handler.clone();
         let link = super::super::supervision::Link::new(
             ctx.address(),
@@ -114,9 +146,10 @@ impl WorkerActor {
             max_retry_delay: self.options.max_retry_delay,
             checkpoint_interval: self.options.checkpoint_interval,
             recovery: self.recovery.clone(),
+            metrics: self.metrics.clone(),
         };
         let addr = JobActor::start_in_arbiter(&self.threads.job(), move |_| {
-            JobActor::new(context, handler, link, rules)
+            JobActor::new(context, handler, link, rules, refresh, span)
         });
         if let Some(row) = self.table.get_mut(job_id) {
             row.attachment.addr = Some(addr);
@@ -161,8 +194,12 @@ impl WorkerActor {
                 job_id = lost,
                 "too many unconfirmed final statuses: dropped the oldest"
             );
+            self.metrics.outbox_eviction();
         }
-        if done.report.origin.is_servers() {
+        let success = done.report.update.status == livekit_protocol::JobStatus::JsSuccess as i32;
+        self.metrics.ended(success, done.ran);
+        self.job_event(job_id, if success { "succeeded" } else { "failed" });
+        if done.report.origin.is_servers() && !self.keeps_checkpoint(job_id) {
             self.forget(job_id, ctx);
         }
         self.deliver(done.report);
@@ -186,6 +223,15 @@ impl WorkerActor {
             TerminateJob::Server => FinalStatus::success(),
             TerminateJob::Shutdown(reason) => FinalStatus::failed(reason.clone()),
         };
+        let by_server = matches!(why, TerminateJob::Server);
+        let known = self
+            .table
+            .get(job_id)
+            .is_some_and(|row| !matches!(row.state(), crate::jobs::JobState::Finishing));
+        if by_server && known {
+            self.metrics.terminated();
+            self.job_event(job_id, "terminated");
+        }
         match self.table.terminate(job_id, status.clone(), Instant::now()) {
             Termination::Withdrawn => {
                 info!(job_id, "terminated before assignment: releasing the slot");
@@ -231,7 +277,7 @@ impl Handler<JobAssigned> for WorkerActor {
         match self.table.assign(&job_id, spec, priority, Instant::now()) {
             Assignment::Placed(placement) => {
                 info!(job_id, "job assigned");
-                if let Some(reason) = self.shutdown_reason() {
+                if let Some(reason) = self.cut_reason() {
                     // assigned while shutting down: it never runs, and the
                     // server hears so
                     let status = FinalStatus::failed(reason);
@@ -258,6 +304,7 @@ impl Handler<JobAssigned> for WorkerActor {
                     job_id,
                     "assigned a job that was not offered, at capacity: failing it"
                 );
+                self.metrics.ended(false, None);
                 self.deliver(report);
             }
         }
@@ -272,6 +319,8 @@ impl Handler<JobStarted> for WorkerActor {
             return;
         }
         if let Some(report) = self.table.started(&msg.job_id, Instant::now()) {
+            self.metrics.started();
+            self.job_event(&msg.job_id, "running");
             self.deliver(report);
         }
         self.slots_changed();
@@ -286,6 +335,8 @@ impl Handler<JobRestarted> for WorkerActor {
             && let Some(restarts) = self.table.restarted(&msg.job_id)
         {
             debug!(job_id = msg.job_id, restarts, "the job's handler restarts");
+            self.metrics.restarted();
+            self.job_event(&msg.job_id, "restarting");
         }
     }
 }

@@ -6,7 +6,6 @@ use livekit_protocol::{Job, Room};
 use tracing::info;
 
 use super::*;
-use crate::auth::ROOM_TOKEN_TTL;
 use crate::handler::room_name;
 use crate::jobs::{Admission, JobOrigin, JobSpec, Placement, Refusal};
 
@@ -51,14 +50,15 @@ impl Handler<SpawnJob> for WorkerActor {
             Err(reason) => return refuse(reason),
         };
         let identity = msg.identity.unwrap_or_else(|| format!("agent-{job_id}"));
-        let token = match self
-            .options
-            .credentials
-            .room_token(&room, &identity, ROOM_TOKEN_TTL)
-        {
-            Ok(token) => token,
-            Err(err) => return refuse(SpawnRefusal::Token(err.to_string())),
-        };
+        let token =
+            match self
+                .options
+                .credentials
+                .room_token(&room, &identity, self.options.room_token_ttl)
+            {
+                Ok(token) => token,
+                Err(err) => return refuse(SpawnRefusal::Token(err.to_string())),
+            };
         let admission = Admission {
             id: job_id.clone(),
             origin: JobOrigin::Local,

@@ -29,6 +29,7 @@ mod lifecycle;
 mod local;
 mod recovery;
 mod reporting;
+mod shutdown;
 mod supervision;
 mod threads;
 
@@ -60,9 +61,13 @@ use threads::Threads;
 /// event is offered to every one of them on the worker's thread.
 pub const MAX_SUBSCRIBERS: usize = 64;
 
-/// The worker's data on one job: its actor, and that actor's crash limit.
+/// The worker's data on one job: its actor, that actor's crash limit, and
+/// the job's tracing span.
 #[derive(Default)]
 pub(crate) struct JobLink {
+    /// The job's span (under the worker's): its handler runs in it, and
+    /// every change of the job's state is an event in it.
+    span: Option<tracing::Span>,
     /// The live actor, if one runs.
     addr: Option<Addr<JobActor>>,
     /// The live (or last) actor's incarnation.
@@ -77,7 +82,7 @@ enum Phase {
     /// Taking jobs.
     Serving,
     /// Shutting down: see `supervision.rs`.
-    Stopping(supervision::Stopping),
+    Stopping(shutdown::Stopping),
 }
 
 /// The worker: see the module docs. Start it with [`Worker::builder`].
@@ -124,10 +129,17 @@ pub struct WorkerActor {
     phase: Phase,
     /// Why supervision gave up, if it did.
     supervision_failure: Option<String>,
+    /// Records this worker's metrics, under its labels.
+    metrics: crate::telemetry::WorkerMetrics,
+    /// The worker's span: every job's span is a child of it.
+    span: tracing::Span,
+    /// The application's steps in a shutdown, by phase.
+    shutdown_hooks: crate::shutdown::ShutdownHooks,
 }
 
 /// What a worker is made of, as the builder hands it over.
 struct WorkerParts {
+    shutdown_hooks: crate::shutdown::ShutdownHooks,
     options: Arc<WorkerOptions>,
     handler: Arc<dyn DynHandler>,
     load_calculator: Arc<dyn LoadCalculator>,
@@ -143,6 +155,7 @@ struct WorkerParts {
 impl WorkerActor {
     fn new(parts: WorkerParts) -> Self {
         let WorkerParts {
+            shutdown_hooks,
             options,
             handler,
             load_calculator,
@@ -157,7 +170,18 @@ impl WorkerActor {
         let table = JobTable::new(options.max_jobs, options.queue_capacity);
         let load = LoadReport::new(table.slots(), 0.0, 1.0);
         let child_policy = options.child_restart_policy.clone();
+        let metrics =
+            crate::telemetry::WorkerMetrics::new(&options.agent_name, &options.instance_id);
+        let span = tracing::info_span!(
+            "worker",
+            agent_name = options.agent_name.as_str(),
+            instance = options.instance_id.as_str(),
+            worker_id = tracing::field::Empty,
+        );
         Self {
+            shutdown_hooks,
+            metrics,
+            span,
             threads: Threads::new(options.job_threads, options.hook_threads),
             reconnect: Reconnect::new(options.reconnect, Instant::now()),
             options,
@@ -227,6 +251,8 @@ impl WorkerActor {
     /// available.
     fn slots_changed(&mut self) {
         let slots = self.slots();
+        self.metrics
+            .jobs(&self.table.counts(), self.table.queued_by_priority());
         if slots.is_full()
             && self.connected()
             && self.reported_status != Some(livekit_protocol::WorkerStatus::WsFull)
@@ -261,6 +287,10 @@ impl WorkerActor {
         if self.shutting_down() {
             report.status = livekit_protocol::WorkerStatus::WsFull;
         }
+        self.metrics.load(
+            report.load,
+            report.status == livekit_protocol::WorkerStatus::WsFull,
+        );
         self.load_seq += 1;
         self.reported_status = Some(report.status);
         self.send(vec![
@@ -277,6 +307,35 @@ impl WorkerActor {
     }
 }
 
+impl WorkerActor {
+    /// The span of `job_id`, made (as a child of the worker's) the first time
+    /// it is asked for.
+    fn job_span(&mut self, job_id: &str) -> Option<tracing::Span> {
+        let worker = self.span.clone();
+        let row = self.table.get_mut(job_id)?;
+        let room = row.room().to_owned();
+        let origin = format!("{:?}", row.origin()).to_lowercase();
+        let span = row.attachment.span.get_or_insert_with(|| {
+            tracing::info_span!(
+                parent: &worker,
+                "job",
+                job_id,
+                room,
+                origin,
+                attempt = tracing::field::Empty,
+            )
+        });
+        Some(span.clone())
+    }
+
+    /// An event in the job's span: its state changed.
+    fn job_event(&mut self, job_id: &str, state: &'static str) {
+        if let Some(span) = self.job_span(job_id) {
+            tracing::info!(parent: &span, job_id, state, "job state changed");
+        }
+    }
+}
+
 /// The share of the slots in use, the least load a full worker reports.
 fn slots_load(slots: &Slots) -> f32 {
     if slots.max == 0 {
@@ -290,17 +349,25 @@ impl Actor for WorkerActor {
 
     fn started(&mut self, ctx: &mut Self::Context) {
         info!(
+            parent: &self.span,
             url = self.options.url,
             agent_name = self.options.agent_name,
+            instance = self.options.instance_id,
             max_jobs = self.options.max_jobs,
             "worker starting"
         );
+        self.metrics.connected(false);
+        self.metrics.draining(false);
         self.start_connection(ctx);
         self.start_queue(ctx);
         self.start_reporter(ctx);
         ctx.run_interval(self.options.memory_check_interval, |act, _ctx| {
             if let Some(limiter) = &act.rate_limiter {
                 limiter.retain_recent();
+            }
+            // histograms buffer samples until the recorder's upkeep
+            if let Some(prometheus) = crate::telemetry::installed() {
+                prometheus.run_upkeep();
             }
         });
         self.recover_at_start(ctx);

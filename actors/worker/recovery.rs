@@ -10,7 +10,6 @@ use livekit_protocol::{MigrateJobRequest, worker_message};
 use tracing::{error, info, warn};
 
 use super::*;
-use crate::auth::ROOM_TOKEN_TTL;
 use crate::jobs::{Admission, FinalStatus, JobSpec, JobState, Placement, Refusal};
 use crate::limits::ResourceRequest;
 use crate::recovery::{Checkpoint, JobCheckpoint, RecoveryError, RestartDecision};
@@ -48,6 +47,7 @@ impl WorkerActor {
             match self.resume(record) {
                 Ok(placement) => {
                     resumed.push(job_id.clone());
+                    self.metrics.recovered();
                     self.place(&job_id, placement, ctx);
                 }
                 Err(error) => {
@@ -63,7 +63,10 @@ impl WorkerActor {
                         .table
                         .fail_unstarted(&job_id, &room, status, Instant::now())
                     {
-                        Ok(report) => self.deliver(report),
+                        Ok(report) => {
+                            self.metrics.ended(false, None);
+                            self.deliver(report);
+                        }
                         Err(err) => warn!(job_id, %err, "cannot record the refusal"),
                     }
                 }
@@ -97,7 +100,7 @@ impl WorkerActor {
         let token = self
             .options
             .credentials
-            .room_token(record.room_name(), &identity, ROOM_TOKEN_TTL)
+            .room_token(record.room_name(), &identity, self.options.room_token_ttl)
             .map_err(|e| RecoveryError::Resume(e.to_string()))?;
         // a recovered job takes a slot and a reservation like any other; the
         // rate limits are for new work, not for work already accepted once
@@ -171,7 +174,7 @@ impl WorkerActor {
             warn!(job_id, "the job's actor died while the job was being ended");
             return self.end_job(job_id, status, ctx);
         }
-        if let Some(reason) = self.shutdown_reason() {
+        if let Some(reason) = self.cut_reason() {
             return self.end_job(job_id, FinalStatus::failed(reason), ctx);
         }
         let after = match decision {
@@ -227,6 +230,8 @@ impl WorkerActor {
 
     /// Starts the new actor of a job whose actor crashed.
     fn restart_job(&mut self, job_id: &str, resumed: Option<Checkpoint>, ctx: &mut Context<Self>) {
+        self.metrics.restarted();
+        self.job_event(job_id, "restarting");
         self.start_job(job_id, resumed, ctx);
         self.notify(WorkerEvent::ChildRestarted {
             child: Child::Job(job_id.to_owned()).to_string(),

@@ -52,6 +52,8 @@ impl Handler<Registered> for WorkerActor {
             return; // an old connection's registration, overtaken
         }
         self.registrations += 1;
+        self.metrics.connected(true);
+        self.span.record("worker_id", msg.worker_id.as_str());
         self.reconnect.registered(std::time::Instant::now());
         self.connection_error = None;
         self.worker_id = Some(msg.worker_id.clone());
@@ -99,6 +101,10 @@ impl Handler<LoadChanged> for WorkerActor {
         // since (the worker's own flip to FULL must not be undone by it)
         let report = LoadReport::new(self.slots(), msg.report.load, self.threshold);
         self.load = report;
+        self.metrics.load(
+            report.load,
+            report.status == livekit_protocol::WorkerStatus::WsFull,
+        );
         if msg.send && self.connected() {
             self.report_load(report);
         }
@@ -154,7 +160,11 @@ impl Handler<GetState> for WorkerActor {
             connection_error: self.connection_error.clone(),
             unreachable: self.reconnect.is_unreachable(),
             supervision_failure: self.supervision_failure.clone(),
+            draining: self.draining(),
             shutting_down: self.shutting_down(),
+            agent_name: self.options.agent_name.clone(),
+            job_type: self.options.job_type,
+            instance_id: self.options.instance_id.clone(),
         })
     }
 }

@@ -1,45 +1,39 @@
 //! Supervision: starting the long-lived children, hearing of their exits,
-//! restarting them (the connection under the reconnect policy, a crash under
-//! the child restart limit), and shutting down in order — when asked, or
-//! when a child crashes past its limit.
+//! and restarting them (the connection under the reconnect policy, a crash
+//! under the child restart limit); past the limit, the worker shuts down in
+//! order (`shutdown.rs`).
 
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
-use tokio::sync::oneshot;
 use tracing::{error, info, warn};
 
 use super::super::load_reporter::ReporterConfig;
 use super::super::supervision::Link;
+use super::shutdown::Stop;
 use super::*;
-use crate::jobs::{FinalStatus, JobState};
 use crate::load::ReportPolicy;
 use crate::reconnect::ConnectionEnd;
 use crate::recovery::RestartDecision;
-
-/// How long a closing connection may take to send its close frame before
-/// the worker stops anyway.
-const CLOSE_GRACE: Duration = Duration::from_secs(1);
-
-/// A worker shutting down.
-pub(super) struct Stopping {
-    /// Why, for the jobs' final statuses.
-    reason: String,
-    /// Who waits for the end (answered when the actor is dropped).
-    waiters: Vec<oneshot::Sender<()>>,
-    /// The connection has been told to close: the last step.
-    closing: bool,
-}
 
 impl WorkerActor {
     pub(super) fn start_connection(&mut self, ctx: &mut Context<Self>) {
         if self.connection.addr.is_some() || self.closing() {
             return;
         }
+        if self.connection.generation > 0 {
+            self.metrics.reconnect();
+        }
         let generation = self.generation();
         let link = Link::new(ctx.address(), Child::Connection, generation);
         let options = self.options.clone();
+        // a fresh token for every attempt, signed with the secret as it is
+        // now (a rotated secret file takes effect here)
+        let token = options
+            .credentials
+            .worker_token(crate::auth::WORKER_TOKEN_TTL)
+            .map_err(|e| format!("cannot mint the worker token: {e}"));
         let addr = ConnectionActor::start_in_arbiter(&self.threads.connection(), move |_| {
-            ConnectionActor::new(options, link)
+            ConnectionActor::new(options, link, token)
         });
         self.connection.started(addr, generation);
     }
@@ -74,6 +68,7 @@ impl WorkerActor {
             sample_interval: self.options.load_sample_interval,
             memory_check_interval: self.options.memory_check_interval,
             limiter: self.limiter.clone(),
+            metrics: self.metrics.clone(),
             slots: self.slots(),
             connected: self.connected(),
             memory: self.memory,
@@ -83,18 +78,6 @@ impl WorkerActor {
         });
         self.reporter.started(addr, generation);
         self.slots_changed();
-    }
-
-    /// Why the worker is shutting down, if it is.
-    pub(super) fn shutdown_reason(&self) -> Option<String> {
-        match &self.phase {
-            Phase::Stopping(stopping) => Some(stopping.reason.clone()),
-            Phase::Serving => None,
-        }
-    }
-
-    fn closing(&self) -> bool {
-        matches!(&self.phase, Phase::Stopping(stopping) if stopping.closing)
     }
 
     /// The connection ended: forget what the server forgot with it, then
@@ -112,6 +95,7 @@ impl WorkerActor {
                 "the connection actor stopped".into()
             })
         });
+        self.metrics.connected(false);
         if was_registered {
             warn!(
                 %reason,
@@ -131,7 +115,7 @@ impl WorkerActor {
             });
         }
         if self.closing() {
-            return self.finish_stop(ctx);
+            return self.closed(ctx);
         }
         let delay = if msg.panicked {
             self.reconnect.lost(now);
@@ -240,156 +224,12 @@ impl WorkerActor {
         self.notify(WorkerEvent::SupervisionGaveUp {
             reason: reason.clone(),
         });
-        self.begin_shutdown(format!("the worker shut down: {reason}"), None, ctx);
-        // a dead connection cannot deliver the statuses: go on without it
-        if matches!(child, Child::Connection) {
-            self.shutdown_progress(ctx);
-        }
-    }
-
-    /// Begins an orderly shutdown (see [`Shutdown`]); `waiter` hears when it
-    /// is over.
-    pub(super) fn begin_shutdown(
-        &mut self,
-        reason: String,
-        waiter: Option<oneshot::Sender<()>>,
-        ctx: &mut Context<Self>,
-    ) {
-        if let Phase::Stopping(stopping) = &mut self.phase {
-            stopping.waiters.extend(waiter);
-            return;
-        }
-        info!(reason, "shutting down");
-        self.phase = Phase::Stopping(Stopping {
-            reason: reason.clone(),
-            waiters: waiter.into_iter().collect(),
-            closing: false,
-        });
-        self.notify(WorkerEvent::ShuttingDown);
-        // the server stops choosing this worker
-        if self.connected() {
-            self.report_load(self.load);
-        }
-        for job_id in self.table.ids_where(|_| true) {
-            match self.table.state(&job_id) {
-                Some(JobState::Offered {
-                    answered: false, ..
-                }) => self.answer(&job_id, None),
-                // said yes: its assignment may be on the way, and is failed
-                // when it comes (or the offer lapses)
-                Some(JobState::Offered { answered: true, .. }) => continue,
-                _ => {}
-            }
-            self.terminate(&job_id, TerminateJob::Shutdown(reason.clone()), ctx);
-        }
-        // bounded: the handlers' grace, then the statuses' delivery
-        let deadline = self.options.termination_grace + self.options.shutdown_flush_timeout;
-        ctx.run_later(deadline, |act, ctx| {
-            act.cut_at_deadline(ctx);
-            act.close(ctx);
-        });
-        self.shutdown_progress(ctx);
-    }
-
-    /// Once no job runs or waits and the server has confirmed every final
-    /// status (or there is no connection left to deliver them on), closes
-    /// the connection: the last step.
-    pub(super) fn shutdown_progress(&mut self, ctx: &mut Context<Self>) {
-        let Phase::Stopping(stopping) = &self.phase else {
-            return;
-        };
-        if stopping.closing {
-            return;
-        }
-        let counts = self.table.counts();
-        if counts.offered + counts.queued + counts.starting + counts.running > 0 {
-            return;
-        }
-        let owed = self
-            .table
-            .iter()
-            .any(|(_, row)| row.state() == JobState::Finishing && row.origin().is_servers());
-        let can_deliver = self.supervision_failure.is_none() || self.connection.addr.is_some();
-        if owed && can_deliver {
-            return; // the confirmations, or the deadline
-        }
-        self.close(ctx);
-    }
-
-    /// The shutdown's deadline passed: every job still held — a handler that
-    /// ignored its cancellation and blocked its thread past the grace, an
-    /// offer whose assignment never came — ends now, FAILED, so that each
-    /// still gets its one final status before the socket closes.
-    fn cut_at_deadline(&mut self, ctx: &mut Context<Self>) {
-        let Some(reason) = self.shutdown_reason() else {
-            return;
-        };
-        let now = Instant::now();
-        for job_id in self.table.ids_where(|_| true) {
-            match self.table.state(&job_id) {
-                Some(JobState::Offered { .. }) => {
-                    self.table.withdraw(&job_id, None);
-                }
-                Some(JobState::Queued | JobState::Starting | JobState::Running) => {
-                    warn!(job_id, "still running at the shutdown deadline: failing it");
-                    let status = FinalStatus::failed(format!(
-                        "{reason} (the job did not stop within the shutdown deadline)"
-                    ));
-                    if let Some(done) = self.table.finish(&job_id, status, now) {
-                        self.finished(&job_id, done, ctx);
-                    }
-                }
-                _ => {}
-            }
-        }
-    }
-
-    /// Closes the connection, then stops.
-    fn close(&mut self, ctx: &mut Context<Self>) {
-        let Phase::Stopping(stopping) = &mut self.phase else {
-            return;
-        };
-        if stopping.closing {
-            return;
-        }
-        stopping.closing = true;
-        let lost = self.table.counts().finishing;
-        if lost > 0 {
-            warn!(
-                statuses = lost,
-                "stopping with final statuses the server has not confirmed"
-            );
-        }
-        match &self.connection.addr {
-            Some(connection) => {
-                connection.do_send(CloseConnection);
-                ctx.run_later(CLOSE_GRACE, |act, ctx| act.finish_stop(ctx));
-            }
-            None => self.finish_stop(ctx),
-        }
-    }
-
-    /// The end: every child and thread stops with the actor (see `Drop`).
-    fn finish_stop(&mut self, ctx: &mut Context<Self>) {
-        if ctx.state().stopping() {
-            return;
-        }
-        info!("worker stopped");
-        ctx.stop();
-    }
-}
-
-impl Drop for WorkerActor {
-    fn drop(&mut self) {
-        // however the worker ends (in order, or by a panic in its own code),
-        // its threads stop, and with them every child: no connection is
-        // left registered that would never take a job
-        self.threads.stop();
-        if let Phase::Stopping(stopping) = &mut self.phase {
-            for waiter in stopping.waiters.drain(..) {
-                let _ = waiter.send(());
-            }
-        }
+        self.begin_stop(
+            Stop::Now,
+            format!("the worker shut down: {reason}"),
+            None,
+            ctx,
+        );
     }
 }
 
@@ -412,19 +252,6 @@ impl Handler<ChildExited> for WorkerActor {
             }
             _ => {} // an incarnation already replaced, or a job that ended
         }
-    }
-}
-
-impl Handler<Shutdown> for WorkerActor {
-    type Result = ResponseFuture<()>;
-
-    fn handle(&mut self, _msg: Shutdown, ctx: &mut Self::Context) -> Self::Result {
-        let (tx, rx) = oneshot::channel();
-        self.begin_shutdown("the worker shut down".into(), Some(tx), ctx);
-        Box::pin(async move {
-            // an error only means the worker is gone: stopped all the same
-            let _ = rx.await;
-        })
     }
 }
 

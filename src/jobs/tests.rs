@@ -739,6 +739,10 @@ impl Model {
     }
 
     fn check(&self) {
+        assert!(
+            self.table.tally_is_exact(),
+            "the tally drifted from the rows"
+        );
         let counts = self.table.counts();
         assert_eq!(
             counts.offered + counts.queued + counts.starting + counts.running + counts.finishing,

@@ -234,6 +234,10 @@ impl std::fmt::Debug for EmbeddedStore {
 }
 
 impl CheckpointStore for EmbeddedStore {
+    fn is_durable(&self) -> bool {
+        true // on disk: a restarted worker finds it
+    }
+
     fn put(&self, checkpoint: &JobCheckpoint) -> StoreFuture<()> {
         let job_id = checkpoint.job_id().to_owned();
         let record = checkpoint.encode();

@@ -128,6 +128,13 @@ pub trait CheckpointStore: Send + Sync + 'static {
     /// that writes a checkpoint takes the lease first, so that its own
     /// running jobs never show up here.
     fn list_orphaned(&self, now: SystemTime) -> StoreFuture<Vec<JobCheckpoint>>;
+
+    /// True when what the store holds outlives the process (on disk, or in
+    /// a server): a checkpoint left there is found by the next start. A
+    /// drain that cuts jobs keeps their checkpoints only in such a store.
+    fn is_durable(&self) -> bool {
+        false
+    }
 }
 
 /// A shared store is a store: hand the worker an `Arc` and keep a clone to
@@ -168,6 +175,9 @@ impl<S: CheckpointStore> CheckpointStore for std::sync::Arc<S> {
     }
     fn list_orphaned(&self, now: SystemTime) -> StoreFuture<Vec<JobCheckpoint>> {
         (**self).list_orphaned(now)
+    }
+    fn is_durable(&self) -> bool {
+        (**self).is_durable()
     }
 }
 

@@ -1,0 +1,58 @@
+//! [`WorkerState`]: a snapshot of a worker, plain data.
+
+use livekit_protocol::{JobType, WorkerStatus};
+
+use crate::jobs::JobCounts;
+
+/// A snapshot of a worker, as answered to `GetState`: what the operator's
+/// endpoints (`/`, `/ready`, `/worker`) and the tests read.
+#[derive(Clone, Debug, PartialEq)]
+pub struct WorkerState {
+    /// The agent name it registers under (empty: the default agent).
+    pub agent_name: String,
+    /// Room, participant or publisher jobs.
+    pub job_type: JobType,
+    /// Its instance name (the `worker` label of its metrics).
+    pub instance_id: String,
+    /// The id of the current registration, if registered now.
+    pub worker_id: Option<String>,
+    /// True while registered with the server.
+    pub connected: bool,
+    /// How many times the worker has registered (1 + reconnects).
+    pub registrations: u64,
+    /// The ids of the jobs running now (their actor starting or running),
+    /// sorted.
+    pub running_jobs: Vec<String>,
+    /// Jobs in each state of the job table.
+    pub jobs: JobCounts,
+    /// Slots held for offered jobs (deciding, or accepted and waiting for
+    /// their assignment).
+    pub reserved: usize,
+    /// The status last computed.
+    pub status: WorkerStatus,
+    /// The load last computed.
+    pub load: f32,
+    /// Final statuses the server has not confirmed yet (they are sent again
+    /// after a reconnect).
+    pub outbox: usize,
+    /// Final statuses lost to the bound on unconfirmed ones, since start.
+    pub lost_statuses: u64,
+    /// Accepted jobs waiting in the queue for a slot.
+    pub queued: usize,
+    /// Consecutive failed connection attempts (and registrations that did
+    /// not last); 0 after a stable registration.
+    pub reconnect_failures: u32,
+    /// Why the last connection attempt failed, while not registered (a
+    /// refused token says so here).
+    pub connection_error: Option<String>,
+    /// The worker has been unable to reach the server for longer than its
+    /// give-up budget (`WorkerOptions::reconnect`); it keeps trying.
+    pub unreachable: bool,
+    /// Why supervision gave up, if it did: a child crashed past its restart
+    /// limit and the worker shut down.
+    pub supervision_failure: Option<String>,
+    /// The worker drains: it takes no new job and lets its jobs finish.
+    pub draining: bool,
+    /// The worker is shutting down (after a drain, or at once).
+    pub shutting_down: bool,
+}
