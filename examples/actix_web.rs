@@ -3,13 +3,20 @@
 //! The worker is an actor in the same process; the endpoint sends it
 //! `SpawnJob` and answers with the outcome. With `LIVEKIT_URL`,
 //! `LIVEKIT_API_KEY` and `LIVEKIT_API_SECRET` set the worker also serves a
-//! LiveKit server; without them it starts an embedded dev server.
+//! LiveKit server; without them it starts an embedded dev server. The same
+//! app mounts the worker's own endpoints (`lkagent::http::configure`):
+//! liveness at `/`, readiness at `/ready`, `/worker` and `/metrics`. Ctrl-C
+//! (or SIGTERM) drains the worker, then stops the app. Logs follow
+//! `RUST_LOG` (default `info`).
 //!
 //! ```text
 //! cargo run --example actix_web
 //! curl -X POST 'http://127.0.0.1:8080/jobs?room=support-1&duration_ms=2000'
 //! curl http://127.0.0.1:8080/jobs
+//! curl http://127.0.0.1:8080/metrics
 //! ```
+
+use std::time::Duration;
 
 use actix::Addr;
 use actix_web::{App, HttpResponse, HttpServer, web};
@@ -93,14 +100,23 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!(
         "POST http://{addr}/jobs?room=NAME to start a job; GET http://{addr}/jobs to list them"
     );
-    HttpServer::new(move || {
+    println!("the worker's own endpoints: http://{addr}/ /ready /worker /metrics");
+    let app_worker = worker.clone();
+    let server = HttpServer::new(move || {
         App::new()
-            .app_data(web::Data::new(worker.clone()))
+            .app_data(web::Data::new(app_worker.addr()))
             .route("/jobs", web::post().to(start_job))
             .route("/jobs", web::get().to(list_jobs))
+            // liveness, readiness, /worker and /metrics, in this same app
+            .configure(lkagent::http::configure(app_worker.clone()))
     })
+    .disable_signals()
     .bind(addr)?
-    .run()
-    .await?;
+    .run();
+    let handle = server.handle();
+    actix_rt::spawn(server);
+    // Ctrl-C or SIGTERM drains the worker (a second one stops it), then the app
+    worker.drain_on_signals(Duration::from_secs(600)).await?;
+    handle.stop(true).await;
     Ok(())
 }

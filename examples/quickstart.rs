@@ -7,6 +7,7 @@
 //!
 //! ```text
 //! cargo run --example quickstart
+//! RUST_LOG=info cargo run --example quickstart   # with the worker's logs
 //! ```
 
 use std::cell::Cell;

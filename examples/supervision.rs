@@ -5,7 +5,8 @@
 //! waits out the restart backoff and runs the handler again with the same
 //! checkpoint; the second run picks up at segment 4 and finishes. The server
 //! sees RUNNING, then SUCCESS — no FAILED in between. Runs in-process against
-//! an embedded dev server, no set-up:
+//! an embedded dev server, no set-up (`RUST_LOG=info` shows the worker's
+//! logs):
 //!
 //! ```text
 //! cargo run --example supervision
@@ -59,6 +60,12 @@ impl JobHandler for Transcriber {
 
 #[actix::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("error")),
+        )
+        .init();
     // the panic is caught and handled; keep the default hook's report short
     std::panic::set_hook(Box::new(|info| println!("  (caught: {info})")));
     let server = DevServer::start(DevServerConfig::default()).await?;

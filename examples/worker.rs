@@ -8,26 +8,50 @@
 //! are kept on disk: a worker killed mid-job and started again with the same
 //! directory resumes the job where it was.
 //!
+//! Operating it: `--http ADDR` serves `/`, `/ready`, `/worker` and
+//! `/metrics` (off unless given); SIGTERM (or Ctrl-C) drains it — new jobs
+//! declined, running ones finish for up to `--drain-timeout SECS` (default
+//! 600) — and it exits 0 after a clean drain; a second signal stops it at
+//! once. `--idle` makes every job wait for its termination, doing nothing
+//! (for load tests). Logs follow `RUST_LOG` (default `info`).
+//!
 //! ```text
 //! cargo run -p lkagent-devserver &        # or any LiveKit server
 //! LIVEKIT_URL=ws://127.0.0.1:7880 LIVEKIT_API_KEY=devkey LIVEKIT_API_SECRET=secret \
-//!     cargo run --example worker -- --max-jobs 20
+//!     cargo run --example worker -- --max-jobs 20 --http 127.0.0.1:8081
 //! ```
 
 use std::process::ExitCode;
+use std::time::Duration;
 
 use lkagent::demo::DemoAgent;
 use lkagent::recovery::EmbeddedStore;
-use lkagent::{Worker, WorkerOptions};
+use lkagent::{JobContext, JobError, JobHandler, Worker, WorkerOptions};
 
 const USAGE: &str = "usage: worker [--max-jobs N] [--agent-name NAME] [--state-dir DIR]
-environment: LIVEKIT_URL, LIVEKIT_API_KEY, LIVEKIT_API_SECRET (required), LIVEKIT_AGENT_NAME";
+              [--http ADDR] [--drain-timeout SECS] [--idle]
+environment: LIVEKIT_URL, LIVEKIT_API_KEY, LIVEKIT_API_SECRET or LIVEKIT_API_SECRET_FILE
+             (required), LIVEKIT_AGENT_NAME, RUST_LOG";
 
 /// The flags, parsed.
 struct Args {
     max_jobs: usize,
     agent_name: Option<String>,
     state_dir: Option<String>,
+    http: Option<String>,
+    drain_timeout: Duration,
+    idle: bool,
+}
+
+/// Does nothing until its job is terminated: jobs that cost only their
+/// actor, for load tests.
+struct Idle;
+
+impl JobHandler for Idle {
+    async fn on_job(&self, ctx: JobContext) -> Result<(), JobError> {
+        ctx.cancelled().await;
+        Ok(())
+    }
 }
 
 fn parse_args(mut args: impl Iterator<Item = String>) -> Result<Args, String> {
@@ -35,6 +59,9 @@ fn parse_args(mut args: impl Iterator<Item = String>) -> Result<Args, String> {
         max_jobs: 100,
         agent_name: None,
         state_dir: None,
+        http: None,
+        drain_timeout: Duration::from_secs(600),
+        idle: false,
     };
     while let Some(flag) = args.next() {
         let mut value = |name: &str| args.next().ok_or_else(|| format!("{name} needs a value"));
@@ -48,6 +75,15 @@ fn parse_args(mut args: impl Iterator<Item = String>) -> Result<Args, String> {
             }
             "--agent-name" => parsed.agent_name = Some(value("--agent-name")?),
             "--state-dir" => parsed.state_dir = Some(value("--state-dir")?),
+            "--http" => parsed.http = Some(value("--http")?),
+            "--drain-timeout" => {
+                let text = value("--drain-timeout")?;
+                let secs: u64 = text.parse().map_err(|_| {
+                    format!("--drain-timeout must be a number of seconds, not {text:?}")
+                })?;
+                parsed.drain_timeout = Duration::from_secs(secs);
+            }
+            "--idle" => parsed.idle = true,
             "-h" | "--help" => return Err(String::new()),
             other => return Err(format!("unknown argument {other:?}")),
         }
@@ -83,9 +119,15 @@ async fn main() -> ExitCode {
     if let Some(name) = args.agent_name {
         options.agent_name = name;
     }
-    let mut builder = Worker::builder(options)
-        .max_jobs(args.max_jobs)
-        .handler(DemoAgent);
+    let mut builder = Worker::builder(options).max_jobs(args.max_jobs);
+    builder = if args.idle {
+        builder.handler(Idle)
+    } else {
+        builder.handler(DemoAgent)
+    };
+    if let Some(addr) = &args.http {
+        builder = builder.http(addr.clone());
+    }
     if let Some(dir) = &args.state_dir {
         match EmbeddedStore::open(dir) {
             Ok(store) => builder = builder.checkpoint_store(store),
@@ -102,13 +144,15 @@ async fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let waited = actix_rt::signal::ctrl_c().await;
-    // terminate the running jobs, deliver their statuses, close the socket
-    worker.stop().await;
-    match waited {
+    if let Some(addr) = worker.http_addr() {
+        tracing::info!(%addr, "operator endpoints: /, /ready, /worker, /metrics");
+    }
+    // SIGTERM drains (a deploy waits for the calls), a second signal stops
+    match worker.drain_on_signals(args.drain_timeout).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
-            eprintln!("error: cannot wait for ctrl-c: {err}");
+            eprintln!("error: cannot wait for signals: {err}");
+            worker.stop().await;
             ExitCode::FAILURE
         }
     }

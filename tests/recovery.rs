@@ -7,7 +7,6 @@
 mod common;
 
 use std::io::{BufRead, BufReader};
-use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
@@ -257,19 +256,6 @@ async fn an_accepted_recovery_resumes_with_the_saved_state_and_is_claimed() {
         );
         actix_rt::time::sleep(Duration::from_millis(10)).await;
     }
-}
-
-/// The example worker, built by `cargo test` beside this test binary.
-fn example_worker() -> PathBuf {
-    let exe = std::env::current_exe().unwrap();
-    let dir = exe.parent().and_then(|deps| deps.parent()).unwrap();
-    let path = dir.join("examples").join("worker");
-    assert!(
-        path.exists(),
-        "{} is missing: run the tests with cargo test",
-        path.display()
-    );
-    path
 }
 
 /// A child worker process, its log lines arriving on a channel.

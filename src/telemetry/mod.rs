@@ -14,7 +14,7 @@
 //! **Traces**: each worker has a span (`worker`, with its agent name and
 //! instance) and each job a span under it (`job`, with the job id, room and
 //! attempt) in which its handler runs; every state change is an event. With
-//! the cargo feature `otel`, [`otel`] exports them over OTLP.
+//! the cargo feature `otel`, the `otel` module exports them over OTLP.
 
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;

@@ -340,3 +340,16 @@ pub fn room_job(id: &str, room: &str) -> lkagent::proto::Job {
         ..Default::default()
     }
 }
+
+/// The example worker binary, built by `cargo test` beside the test binary.
+pub fn example_worker() -> std::path::PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    let dir = exe.parent().and_then(|deps| deps.parent()).unwrap();
+    let path = dir.join("examples").join("worker");
+    assert!(
+        path.exists(),
+        "{} is missing: run the tests with cargo test",
+        path.display()
+    );
+    path
+}
