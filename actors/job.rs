@@ -249,7 +249,7 @@ impl Actor for JobActor {
             });
         }
         if let Some(refresh) = &self.refresh {
-            ctx.run_interval(refresh.ttl.mul_f64(0.75), |act, _ctx| act.refresh_token());
+            ctx.run_later(refresh.ttl.mul_f64(0.75), |act, ctx| act.refresh_token(ctx));
         }
         ctx.run_interval(self.rules.checkpoint_interval, |act, ctx| {
             if let Some(write) = act.context.checkpoint().write_if_dirty() {
@@ -262,22 +262,29 @@ impl Actor for JobActor {
 
 impl JobActor {
     /// Mints a fresh room token for the same room and identity and hands it
-    /// to the handler; a failure (the secret's source is down) keeps the old
-    /// one and tries again at the next tick.
-    fn refresh_token(&mut self) {
+    /// to the handler, then schedules the next at three quarters of its
+    /// life. A failure (the secret's source is down) keeps the old token and
+    /// tries again soon — a twentieth of the lifetime — while it still lives.
+    fn refresh_token(&mut self, ctx: &mut Context<Self>) {
         let Some(refresh) = &self.refresh else {
             return;
         };
-        match refresh
-            .credentials
-            .room_token(&refresh.room, &refresh.identity, refresh.ttl)
-        {
+        let next = match refresh.credentials.room_token(
+            &refresh.room,
+            &refresh.identity,
+            refresh.ttl,
+        ) {
             Ok(token) => {
                 debug!(job_id = self.context.id(), "room token refreshed");
                 self.context.set_token(token);
+                refresh.ttl.mul_f64(0.75)
             }
-            Err(err) => warn!(job_id = self.context.id(), %err, "cannot refresh the room token"),
-        }
+            Err(err) => {
+                warn!(job_id = self.context.id(), %err, "cannot refresh the room token: retrying");
+                refresh.ttl / 20
+            }
+        };
+        ctx.run_later(next, |act, ctx| act.refresh_token(ctx));
     }
 
     /// Ends the job from outside: cancels it and gives the handler the grace

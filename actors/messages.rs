@@ -170,14 +170,12 @@ pub(crate) struct Decided {
     pub thread: usize,
 }
 
-/// A shutdown hook finished (or panicked) on hook thread `thread`.
+/// A shutdown hook finished (or panicked).
 #[derive(Message, Debug)]
 #[rtype(result = "()")]
 pub(crate) struct HookDone {
     /// Which hook run.
     pub seq: u64,
-    /// The hook thread it ran on, now free again.
-    pub thread: usize,
 }
 
 // ---------------------------------------------------------------------------
@@ -568,6 +566,26 @@ impl Drain {
     /// A drain that lets jobs finish for up to `timeout`.
     pub fn with_timeout(timeout: std::time::Duration) -> Self {
         Self { timeout }
+    }
+}
+
+/// How a worker ended, as its handle learns it ([`Worker::stopped`](crate::Worker::stopped)).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct WorkerExit {
+    /// Why it stopped: drained, shut down, cut short, or why supervision gave
+    /// up.
+    pub reason: String,
+    /// Supervision gave up (a child crashed past its restart limit).
+    pub supervision_failure: Option<String>,
+    /// Jobs the stop cut (terminated, reported FAILED) rather than let finish.
+    pub jobs_cut: usize,
+}
+
+impl WorkerExit {
+    /// True for a stop that let every job finish and was not forced by a
+    /// failure: what a drained pod exits 0 for.
+    pub fn is_clean(&self) -> bool {
+        self.supervision_failure.is_none() && self.jobs_cut == 0
     }
 }
 

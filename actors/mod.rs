@@ -77,12 +77,19 @@
 //! - A worker restart: with a durable checkpoint store the new worker finds
 //!   the jobs' checkpoints and admits each one the recovery handler accepts,
 //!   like a new job: a slot if one is free, else the queue, else FAILED.
-//! - `Shutdown`: the server is told the worker drains (FULL); offers not yet
-//!   answered are declined, accepted ones failed if assigned; queued jobs are
-//!   FAILED, running jobs terminated (their hooks run) and reported FAILED;
-//!   once the server has confirmed the statuses the socket closes and
-//!   everything stops. The grace plus the flush timeout bound it: what still
-//!   runs then is reported FAILED before the close.
+//! - `Drain` and `Shutdown` (`worker/shutdown.rs`): the server is told the
+//!   worker drains (FULL); offers not yet answered are declined; the
+//!   application's BeforeDrain hooks run (on a thread each, bounded by their
+//!   timeouts; `HookDone` reports them); then a drain lets running and
+//!   queued jobs finish — children are still restarted meanwhile — while a
+//!   shutdown, a drain past its timeout, or a second signal cuts them:
+//!   queued jobs FAILED, running jobs terminated (their hooks run) and
+//!   reported FAILED, an accepted offer failed if its assignment comes. Once
+//!   no job is held the AfterJobs hooks run, the server confirms the last
+//!   statuses (bounded by the flush timeout), the socket closes, the Cleanup
+//!   hooks run and everything stops. Once jobs are cut, the grace plus the
+//!   flush timeout bound the wait: what still runs then is reported FAILED
+//!   first.
 
 mod connection;
 mod job;
@@ -96,7 +103,7 @@ mod worker;
 pub use messages::InjectFault;
 pub use messages::{
     Drain, GetLoad, GetQueueStats, GetState, JobEvent, JobOrigin, JobOutcome, Shutdown, SpawnJob,
-    SpawnOutcome, SpawnRefusal, SubscribeJobEvents, SubscribeWorkerEvents, WorkerEvent,
+    SpawnOutcome, SpawnRefusal, SubscribeJobEvents, SubscribeWorkerEvents, WorkerEvent, WorkerExit,
     WorkerState,
 };
 pub use worker::{MAX_SUBSCRIBERS, StartError, Worker, WorkerActor, WorkerBuilder};

@@ -12,8 +12,10 @@
 //! `/metrics` (off unless given); SIGTERM (or Ctrl-C) drains it — new jobs
 //! declined, running ones finish for up to `--drain-timeout SECS` (default
 //! 600) — and it exits 0 after a clean drain; a second signal stops it at
-//! once. `--idle` makes every job wait for its termination, doing nothing
-//! (for load tests). Logs follow `RUST_LOG` (default `info`).
+//! once (it exits 1 if it had to cut jobs, or its supervision gave up).
+//! `--give-up-after SECS` turns `/` to 503 after that long without reaching
+//! the server. `--idle` makes every job wait for its termination, doing
+//! nothing (for load tests). Logs follow `RUST_LOG` (default `info`).
 //!
 //! ```text
 //! cargo run -p lkagent-devserver &        # or any LiveKit server
@@ -29,7 +31,7 @@ use lkagent::recovery::EmbeddedStore;
 use lkagent::{JobContext, JobError, JobHandler, Worker, WorkerOptions};
 
 const USAGE: &str = "usage: worker [--max-jobs N] [--agent-name NAME] [--state-dir DIR]
-              [--http ADDR] [--drain-timeout SECS] [--idle]
+              [--http ADDR] [--drain-timeout SECS] [--give-up-after SECS] [--idle]
 environment: LIVEKIT_URL, LIVEKIT_API_KEY, LIVEKIT_API_SECRET or LIVEKIT_API_SECRET_FILE
              (required), LIVEKIT_AGENT_NAME, RUST_LOG";
 
@@ -40,6 +42,7 @@ struct Args {
     state_dir: Option<String>,
     http: Option<String>,
     drain_timeout: Duration,
+    give_up_after: Option<Duration>,
     idle: bool,
 }
 
@@ -61,6 +64,7 @@ fn parse_args(mut args: impl Iterator<Item = String>) -> Result<Args, String> {
         state_dir: None,
         http: None,
         drain_timeout: Duration::from_secs(600),
+        give_up_after: None,
         idle: false,
     };
     while let Some(flag) = args.next() {
@@ -82,6 +86,13 @@ fn parse_args(mut args: impl Iterator<Item = String>) -> Result<Args, String> {
                     format!("--drain-timeout must be a number of seconds, not {text:?}")
                 })?;
                 parsed.drain_timeout = Duration::from_secs(secs);
+            }
+            "--give-up-after" => {
+                let text = value("--give-up-after")?;
+                let secs: u64 = text.parse().ok().filter(|s| *s > 0).ok_or_else(|| {
+                    format!("--give-up-after must be a positive number of seconds, not {text:?}")
+                })?;
+                parsed.give_up_after = Some(Duration::from_secs(secs));
             }
             "--idle" => parsed.idle = true,
             "-h" | "--help" => return Err(String::new()),
@@ -119,6 +130,9 @@ async fn main() -> ExitCode {
     if let Some(name) = args.agent_name {
         options.agent_name = name;
     }
+    if let Some(budget) = args.give_up_after {
+        options = options.reconnect_give_up_after(budget);
+    }
     let mut builder = Worker::builder(options).max_jobs(args.max_jobs);
     builder = if args.idle {
         builder.handler(Idle)
@@ -149,7 +163,11 @@ async fn main() -> ExitCode {
     }
     // SIGTERM drains (a deploy waits for the calls), a second signal stops
     match worker.drain_on_signals(args.drain_timeout).await {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(Some(exit)) if exit.is_clean() => ExitCode::SUCCESS,
+        Ok(exit) => {
+            eprintln!("stopped: {exit:?}");
+            ExitCode::FAILURE
+        }
         Err(err) => {
             eprintln!("error: cannot wait for signals: {err}");
             worker.stop().await;

@@ -376,8 +376,11 @@ impl JobContext {
 pub struct TokenWatch(watch::Receiver<String>);
 
 impl TokenWatch {
-    /// Resolves with the next token; `None` once the job has ended and no
-    /// new token will come.
+    /// Resolves with the next token. Only tokens the worker mints itself
+    /// are replaced (local jobs, jobs resumed after a restart); for a job
+    /// the server assigned, and once a job has ended, no new token comes —
+    /// watch [`JobContext::cancelled`] beside it. `None` once the job's
+    /// actor and every clone of its context are gone.
     pub async fn changed(&mut self) -> Option<String> {
         self.0.changed().await.ok()?;
         Some(self.0.borrow_and_update().clone())

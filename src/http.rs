@@ -52,7 +52,7 @@ pub fn configure<S: StateSource>(worker: S) -> impl FnOnce(&mut web::ServiceConf
 /// What `GET /` answers: 200 and `OK`, or 503 and why.
 pub fn liveness(state: Option<&WorkerState>) -> (u16, String) {
     match state {
-        None => (503, "the worker has stopped".into()),
+        None => (503, "the worker has stopped, or does not answer".into()),
         Some(state) => {
             if let Some(failure) = &state.supervision_failure {
                 (503, format!("supervision gave up: {failure}"))

@@ -97,7 +97,8 @@ pub use actors::InjectFault;
 pub use actors::{
     Drain, GetLoad, GetQueueStats, GetState, JobEvent, JobOrigin, JobOutcome, MAX_SUBSCRIBERS,
     Shutdown, SpawnJob, SpawnOutcome, SpawnRefusal, StartError, SubscribeJobEvents,
-    SubscribeWorkerEvents, Worker, WorkerActor, WorkerBuilder, WorkerEvent, WorkerState,
+    SubscribeWorkerEvents, Worker, WorkerActor, WorkerBuilder, WorkerEvent, WorkerExit,
+    WorkerState,
 };
 pub use backoff::Backoff;
 pub use handler::{

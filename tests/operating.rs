@@ -140,6 +140,7 @@ async fn ready_follows_registration_and_drain_while_live_stays_200() {
     let (_, json) = get(&worker, "/worker").await;
     let json: serde_json::Value = serde_json::from_str(&json).unwrap();
     assert_eq!(json["draining"], true, "{json}");
+    assert_eq!(json["status"], "full", "a draining worker is FULL: {json}");
     server.terminate_job(&job.id).await.unwrap();
     drain.await.unwrap();
     assert_eq!(get(&worker, "/").await.0, 503, "the worker has stopped");
@@ -229,7 +230,9 @@ async fn worker_and_metrics_reflect_a_running_job_then_its_end() {
             assert!(
                 samples(&text, "livekit_agent_jobs_failed_total", &[("worker", me)]).is_empty()
             );
-            break;
+            if value(&text, "livekit_agent_outbox_depth", me) == 0.0 {
+                break; // the server confirmed the final status
+            }
         }
         assert!(
             start.elapsed() < DEADLINE,
@@ -465,4 +468,107 @@ async fn the_example_worker_drains_on_sigterm_and_exits_0() {
         [JobStatus::JsRunning, JobStatus::JsSuccess],
         "the running job finished before the exit"
     );
+}
+
+/// Blocks its thread once cancelled (a careless handler), for 2 s.
+struct Careless;
+
+impl JobHandler for Careless {
+    async fn on_job(&self, ctx: JobContext) -> Result<(), JobError> {
+        ctx.cancelled().await;
+        std::thread::sleep(Duration::from_secs(2));
+        Ok(())
+    }
+}
+
+#[actix_rt::test]
+async fn after_the_shutdown_deadline_the_after_jobs_and_cleanup_hooks_still_run_in_order() {
+    let server = devserver().await;
+    let ran: Arc<Mutex<Vec<&'static str>>> = Arc::default();
+    let log = |name: &'static str| {
+        let ran = ran.clone();
+        move || async move { ran.lock().unwrap().push(name) }
+    };
+    let mut options = options(&server).termination_grace(Duration::from_millis(100));
+    options.shutdown_flush_timeout = Duration::from_millis(200);
+    let worker = Worker::builder(options)
+        .on_shutdown(ShutdownPhase::AfterJobs, ShutdownHook::new("a1", log("a1")))
+        .on_shutdown(ShutdownPhase::AfterJobs, ShutdownHook::new("a2", log("a2")))
+        .on_shutdown(ShutdownPhase::Cleanup, ShutdownHook::new("c", log("c")))
+        .handler(Careless)
+        .start()
+        .unwrap();
+    registered(&worker).await;
+    let job = server.dispatch(DispatchRequest::room("r")).await.unwrap();
+    wait_worker(&worker, "running", |s| s.jobs.running == 1).await;
+    worker.stop().await;
+    assert_eq!(*ran.lock().unwrap(), ["a1", "a2", "c"]);
+    let done = wait_final(&server, &job.id).await;
+    assert!(
+        done.updates.last().unwrap().error.contains("did not stop"),
+        "{:?}",
+        done.updates
+    );
+}
+
+#[actix_rt::test]
+async fn a_drain_ends_when_an_accepted_offer_lapses_without_its_assignment() {
+    let server = devserver().await;
+    let mut options = options(&server);
+    options.assignment_timeout = Duration::from_millis(300);
+    let worker = worker(options, DemoAgent);
+    let worker_id = registered(&worker).await;
+    // an offer the worker accepts, whose assignment never comes
+    inject_offer(&server, &worker_id, room_job("AJ_never_assigned", "r")).await;
+    server
+        .wait_workers(DEADLINE, |ws| {
+            ws.iter().any(|w| {
+                w.availability_answers
+                    .contains(&("AJ_never_assigned".to_owned(), true))
+            })
+        })
+        .await
+        .expect("accepted");
+    let started = std::time::Instant::now();
+    // far longer than the test's deadline: only the lapse can end it in time
+    worker.drain(Duration::from_secs(600)).await;
+    assert!(started.elapsed() < DEADLINE, "{:?}", started.elapsed());
+    let exit = worker.stopped().await.expect("stopped in order");
+    assert!(exit.is_clean(), "{exit:?}");
+}
+
+#[actix_rt::test]
+async fn during_a_drain_a_crashed_queue_is_restarted_and_queued_jobs_still_run() {
+    let server = devserver().await;
+    let release = Arc::new(tokio::sync::Semaphore::new(0));
+    let worker = worker(options(&server).max_jobs(1), Held(release.clone()));
+    registered(&worker).await;
+    let log = EventLog::start(&worker).await;
+    for id in ["first", "queued"] {
+        worker
+            .send(lkagent::SpawnJob::new("r").id(id))
+            .await
+            .unwrap();
+    }
+    wait_worker(&worker, "one running, one queued", |s| {
+        s.jobs.running == 1 && s.queued == 1
+    })
+    .await;
+    let draining = worker.clone();
+    let drain = actix_rt::spawn(async move { draining.drain(Duration::from_secs(600)).await });
+    wait_worker(&worker, "draining", |s| s.draining).await;
+    worker.send(lkagent::InjectFault::Queue).await.unwrap();
+    release.add_permits(2);
+    let events = wait_events(&log, "both jobs to succeed", |events| {
+        ["first", "queued"].iter().all(|id| {
+            events
+                .iter()
+                .any(|e| e.job_id == *id && e.status == JobStatus::JsSuccess)
+        })
+    })
+    .await;
+    assert!(!events.is_empty());
+    drain.await.unwrap();
+    let exit = worker.stopped().await.expect("stopped in order");
+    assert!(exit.is_clean(), "nothing was cut: {exit:?}");
 }

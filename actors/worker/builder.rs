@@ -23,6 +23,8 @@ pub struct Worker {
     addr: Addr<WorkerActor>,
     /// Where its HTTP endpoints listen, if it serves them.
     http: Option<std::net::SocketAddr>,
+    /// How it ended, once it has.
+    exit: tokio::sync::watch::Receiver<Option<WorkerExit>>,
 }
 
 impl Deref for Worker {
@@ -63,7 +65,10 @@ impl Worker {
     /// drain short and stops it at once (its jobs are terminated and
     /// reported). Resolves when the worker has stopped, by a signal or
     /// otherwise.
-    pub async fn drain_on_signals(&self, timeout: std::time::Duration) -> std::io::Result<()> {
+    pub async fn drain_on_signals(
+        &self,
+        timeout: std::time::Duration,
+    ) -> std::io::Result<Option<WorkerExit>> {
         use futures_util::future::{Either, select};
         let mut signals = Signals::new()?;
         let stopped = Box::pin(self.stopped());
@@ -76,21 +81,25 @@ impl Worker {
                 });
                 stopped
             }
-            Either::Right(_) => return Ok(()),
+            Either::Right((exit, _)) => return Ok(exit),
         };
-        if let Either::Left((signal, stopped)) = select(Box::pin(signals.next()), stopped).await {
-            tracing::warn!(signal, "second signal: stopping now");
-            let _ = self.addr.send(Shutdown).await;
-            stopped.await;
+        match select(Box::pin(signals.next()), stopped).await {
+            Either::Left((signal, stopped)) => {
+                tracing::warn!(signal, "second signal: stopping now");
+                let _ = self.addr.send(Shutdown).await;
+                Ok(stopped.await)
+            }
+            Either::Right((exit, _)) => Ok(exit),
         }
-        Ok(())
     }
 
-    /// Resolves once the worker actor has stopped.
-    pub async fn stopped(&self) {
-        while self.addr.connected() {
-            actix_rt::time::sleep(std::time::Duration::from_millis(50)).await;
-        }
+    /// Resolves once the worker has stopped, with how it ended (`None` if
+    /// it died without stopping in order: a panic in its own code).
+    pub async fn stopped(&self) -> Option<WorkerExit> {
+        let mut exit = self.exit.clone();
+        // the sender lives as long as the actor: closed means gone
+        while exit.changed().await.is_ok() {}
+        exit.borrow().clone()
     }
 
     /// Where the worker's HTTP endpoints listen (`WorkerBuilder::http`):
@@ -154,6 +163,25 @@ impl WorkerBuilder {
         hook: crate::shutdown::ShutdownHook,
     ) -> Self {
         self.shutdown_hooks.add(phase, hook);
+        self
+    }
+
+    /// Reads the API secret from this file at every connection (and every
+    /// room token the worker mints): a rotated secret takes effect at the
+    /// next reconnect. See [`WorkerOptions::api_secret_file`].
+    pub fn api_secret_file(mut self, path: impl Into<std::path::PathBuf>) -> Self {
+        self.options = self.options.api_secret_file(path);
+        self
+    }
+
+    /// Asks this closure for the API secret at every connection (and every
+    /// room token the worker mints). Keep it quick: it runs on the worker's
+    /// thread. See [`WorkerOptions::api_secret_provider`].
+    pub fn api_secret_provider(
+        mut self,
+        provider: impl Fn() -> Result<crate::auth::ApiSecret, String> + Send + Sync + 'static,
+    ) -> Self {
+        self.options = self.options.api_secret_provider(provider);
         self
     }
 
@@ -286,7 +314,9 @@ impl WorkerBuilder {
             ),
             None => None,
         };
+        let (exit, exit_watch) = tokio::sync::watch::channel(None);
         let parts = WorkerParts {
+            exit,
             shutdown_hooks: self.shutdown_hooks,
             priorities: self
                 .priorities
@@ -306,6 +336,7 @@ impl WorkerBuilder {
         let mut worker = Worker {
             addr: WorkerActor::create(|_| WorkerActor::new(parts)),
             http: None,
+            exit: exit_watch,
         };
         if let Some(listener) = http_listener {
             worker.http =
@@ -363,7 +394,11 @@ impl crate::http::StateSource for Worker {
         &self,
     ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Option<crate::WorkerState>>>> {
         let addr = self.addr.clone();
-        Box::pin(async move { addr.send(GetState).await.ok() })
+        // a worker that cannot answer a probe within this is not healthy
+        let answer = addr
+            .send(GetState)
+            .timeout(std::time::Duration::from_secs(2));
+        Box::pin(async move { answer.await.ok() })
     }
 }
 

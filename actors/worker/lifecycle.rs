@@ -40,6 +40,9 @@ impl WorkerActor {
     /// A slot may have freed: grant it to the next queued jobs, as many as
     /// there are free slots.
     pub(super) fn grant(&mut self, ctx: &mut Context<Self>) {
+        // every path that frees a slot comes here: a stop waiting for the
+        // jobs to end learns of it too
+        self.shutdown_progress(ctx);
         let Some(queue) = self.queue.addr.clone() else {
             return; // granted again once the queue is back
         };

@@ -13,7 +13,14 @@ impl Handler<SpawnJob> for WorkerActor {
     type Result = MessageResult<SpawnJob>;
 
     fn handle(&mut self, msg: SpawnJob, ctx: &mut Self::Context) -> Self::Result {
-        let refuse = |reason| MessageResult(SpawnOutcome::Refused { reason });
+        let metrics = self.metrics.clone();
+        let refuse = move |reason: SpawnRefusal| {
+            metrics.declined(
+                super::availability::decline_reason(&reason),
+                std::time::Duration::ZERO,
+            );
+            MessageResult(SpawnOutcome::Refused { reason })
+        };
         if self.shutting_down() {
             return refuse(SpawnRefusal::ShuttingDown);
         }

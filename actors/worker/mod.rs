@@ -21,7 +21,8 @@
 //!   actor crashed;
 //! - `local`: `SpawnJob`;
 //! - `reporting`: statuses, registration, load, state snapshots, events;
-//! - `supervision`: child exits and restarts, reconnects, shutdown.
+//! - `supervision`: child exits and restarts, reconnects;
+//! - `shutdown`: drain and shutdown, with the application's hooks.
 
 mod availability;
 mod builder;
@@ -81,7 +82,7 @@ pub(crate) struct JobLink {
 enum Phase {
     /// Taking jobs.
     Serving,
-    /// Shutting down: see `supervision.rs`.
+    /// Draining or shutting down: see `shutdown.rs`.
     Stopping(shutdown::Stopping),
 }
 
@@ -135,10 +136,14 @@ pub struct WorkerActor {
     span: tracing::Span,
     /// The application's steps in a shutdown, by phase.
     shutdown_hooks: crate::shutdown::ShutdownHooks,
+    /// How the worker ended, for its handles (set as it stops; dropped with
+    /// the actor, which tells them it is gone).
+    exit: tokio::sync::watch::Sender<Option<WorkerExit>>,
 }
 
 /// What a worker is made of, as the builder hands it over.
 struct WorkerParts {
+    exit: tokio::sync::watch::Sender<Option<WorkerExit>>,
     shutdown_hooks: crate::shutdown::ShutdownHooks,
     options: Arc<WorkerOptions>,
     handler: Arc<dyn DynHandler>,
@@ -155,6 +160,7 @@ struct WorkerParts {
 impl WorkerActor {
     fn new(parts: WorkerParts) -> Self {
         let WorkerParts {
+            exit,
             shutdown_hooks,
             options,
             handler,
@@ -179,6 +185,7 @@ impl WorkerActor {
             worker_id = tracing::field::Empty,
         );
         Self {
+            exit,
             shutdown_hooks,
             metrics,
             span,

@@ -69,7 +69,11 @@ impl Handler<Registered> for WorkerActor {
             );
         }
         self.send(owed);
-        // a new registration starts AVAILABLE on the server: FULL at once if not
+        // a new registration starts AVAILABLE on the server: FULL at once if
+        // not, and draining if it drains
+        if self.shutting_down() {
+            self.report_load(self.load);
+        }
         self.slots_changed();
         if self.registrations > 1 {
             self.recover_after_reconnect();
@@ -89,6 +93,8 @@ impl Handler<Confirmed> for WorkerActor {
     fn handle(&mut self, msg: Confirmed, ctx: &mut Self::Context) {
         let confirmed = self.table.confirm(msg.job_ids.iter().map(String::as_str));
         debug!(confirmed, "the server confirmed final statuses");
+        self.metrics
+            .jobs(&self.table.counts(), self.table.queued_by_priority());
         self.shutdown_progress(ctx);
     }
 }
@@ -99,7 +105,10 @@ impl Handler<LoadChanged> for WorkerActor {
     fn handle(&mut self, msg: LoadChanged, _ctx: &mut Self::Context) {
         // the reporter may have computed this from slots that have changed
         // since (the worker's own flip to FULL must not be undone by it)
-        let report = LoadReport::new(self.slots(), msg.report.load, self.threshold);
+        let mut report = LoadReport::new(self.slots(), msg.report.load, self.threshold);
+        if self.shutting_down() {
+            report.status = livekit_protocol::WorkerStatus::WsFull;
+        }
         self.load = report;
         self.metrics.load(
             report.load,

@@ -27,6 +27,7 @@ use tracing::{error, info, warn};
 use super::*;
 use crate::jobs::{FinalStatus, JobState};
 use crate::shutdown::{ShutdownHook, ShutdownPhase};
+use crate::telemetry::DeclineReason;
 
 /// How long a closing connection may take to send its close frame before
 /// the worker stops anyway.
@@ -73,11 +74,15 @@ pub(super) struct Stopping {
     keep_cut_checkpoints: bool,
     /// The jobs the cut ended.
     cut: HashSet<String>,
+    /// How it was asked to stop.
+    stop: Stop,
     /// The hooks of the current phase still to run.
     hooks: VecDeque<ShutdownHook>,
     /// Numbers each hook run, so a late completion is not mistaken for the
     /// current one's.
     hook_seq: u64,
+    /// The thread the current hook runs on (stopped once it is done).
+    hook_thread: Option<Arbiter>,
 }
 
 impl WorkerActor {
@@ -120,8 +125,14 @@ impl WorkerActor {
         if let Phase::Stopping(stopping) = &mut self.phase {
             stopping.waiters.extend(waiter);
             if stop == Stop::Now && !stopping.cutting {
-                stopping.reason = reason;
-                self.cut(false, ctx);
+                // a drain cut short (a second signal): what it cuts keeps its
+                // checkpoint in a durable store, as at the drain's timeout
+                let keep = matches!(stopping.stop, Stop::Drain(_)) && self.store.is_durable();
+                stopping.reason = format!("{reason} (the drain was cut short)");
+                stopping.stop = Stop::Now;
+                if stopping.step != Step::BeforeDrain {
+                    self.cut(keep, ctx);
+                }
             }
             return;
         }
@@ -133,8 +144,10 @@ impl WorkerActor {
             cutting: false,
             keep_cut_checkpoints: false,
             cut: HashSet::new(),
+            stop,
             hooks: VecDeque::new(),
             hook_seq: 0,
+            hook_thread: None,
         });
         self.notify(WorkerEvent::ShuttingDown);
         self.metrics.draining(true);
@@ -150,24 +163,25 @@ impl WorkerActor {
             }) = self.table.state(&job_id)
             {
                 self.answer(&job_id, None);
-                self.table.withdraw(&job_id, None);
+                if let Some(row) = self.table.withdraw(&job_id, None) {
+                    self.metrics
+                        .declined(DeclineReason::Draining, row.since().elapsed());
+                }
             }
         }
-        match stop {
-            Stop::Drain(timeout) => {
-                ctx.run_later(timeout, move |act, ctx| {
-                    if act.draining() {
-                        warn!(?timeout, "the drain timed out: cutting the jobs left");
-                        if let Phase::Stopping(stopping) = &mut act.phase {
-                            stopping.reason = format!("cut by the drain timeout ({timeout:?})");
-                        }
-                        let durable = act.store.is_durable();
-                        act.cut(durable, ctx);
+        if let Stop::Drain(timeout) = stop {
+            ctx.run_later(timeout, move |act, ctx| {
+                if act.draining() {
+                    warn!(?timeout, "the drain timed out: cutting the jobs left");
+                    if let Phase::Stopping(stopping) = &mut act.phase {
+                        stopping.reason = format!("cut by the drain timeout ({timeout:?})");
                     }
-                });
-            }
-            Stop::Now => self.cut(false, ctx),
+                    let durable = act.store.is_durable();
+                    act.cut(durable, ctx);
+                }
+            });
         }
+        // an immediate stop cuts the jobs once the BeforeDrain hooks have run
         self.slots_changed();
         self.grant(ctx);
         self.run_hooks(ShutdownPhase::BeforeDrain, ctx);
@@ -198,11 +212,12 @@ impl WorkerActor {
         for job_id in held {
             self.terminate(&job_id, TerminateJob::Shutdown(reason.clone()), ctx);
         }
-        // bounded: the handlers' grace, then the statuses' delivery
+        // bounded: the handlers' grace, then the statuses' delivery; the
+        // steps after it keep their order (each hook has its own timeout)
         let deadline = self.options.termination_grace + self.options.shutdown_flush_timeout;
         ctx.run_later(deadline, |act, ctx| {
             act.fail_what_is_left(ctx);
-            act.close(ctx);
+            act.shutdown_progress(ctx);
         });
         self.shutdown_progress(ctx);
     }
@@ -284,6 +299,10 @@ impl WorkerActor {
         let Phase::Stopping(stopping) = &mut self.phase else {
             return;
         };
+        if let Some(done) = stopping.hook_thread.take() {
+            // its loop ends once the hook returns (at once, if it has)
+            done.stop();
+        }
         let Some(hook) = stopping.hooks.pop_front() else {
             return self.after_hooks(ctx);
         };
@@ -295,24 +314,22 @@ impl WorkerActor {
         info!(hook = name, "running a shutdown hook");
         let worker = ctx.address();
         let hook_name = name.clone();
-        // user code: on a hook thread, never the worker's or the socket's
-        let spawned = match self.threads.hook() {
-            Some((thread, arbiter)) => arbiter.spawn(async move {
-                let result = AssertUnwindSafe(async move { run().await })
-                    .catch_unwind()
-                    .await;
-                if result.is_err() {
-                    error!(hook = hook_name, "a shutdown hook panicked");
-                }
-                worker.do_send(HookDone { seq, thread });
-            }),
-            None => false,
-        };
+        // user code, on a thread of its own: never the worker's or the
+        // socket's, and a hook that blocks its thread past its timeout
+        // leaves the next hooks a free one
+        let arbiter = Arbiter::new();
+        let spawned = arbiter.spawn(async move {
+            let result = AssertUnwindSafe(async move { run().await })
+                .catch_unwind()
+                .await;
+            if result.is_err() {
+                error!(hook = hook_name, "a shutdown hook panicked");
+            }
+            worker.do_send(HookDone { seq });
+        });
+        stopping.hook_thread = Some(arbiter);
         if !spawned {
-            warn!(
-                hook = name,
-                "no thread to run the shutdown hook on: skipping it"
-            );
+            warn!(hook = name, "no thread for the shutdown hook: skipping it");
             return self.next_hook(ctx);
         }
         ctx.run_later(timeout, move |act, ctx| {
@@ -339,13 +356,21 @@ impl WorkerActor {
         match stopping.step {
             Step::BeforeDrain => {
                 stopping.step = Step::Jobs;
+                if stopping.stop == Stop::Now {
+                    let keep = false;
+                    self.cut(keep, ctx);
+                }
                 self.shutdown_progress(ctx);
             }
             Step::AfterJobs => {
                 stopping.step = Step::Flushing;
-                // a drain that ended by itself had no deadline yet
+                // the confirmations get their own bound
                 let flush = self.options.shutdown_flush_timeout;
-                ctx.run_later(flush, |act, ctx| act.close(ctx));
+                ctx.run_later(flush, |act, ctx| {
+                    if matches!(&act.phase, Phase::Stopping(s) if s.step == Step::Flushing) {
+                        act.close(ctx);
+                    }
+                });
                 self.shutdown_progress(ctx);
             }
             Step::Cleanup => self.finish_stop(ctx),
@@ -353,12 +378,13 @@ impl WorkerActor {
         }
     }
 
-    /// Closes the connection; the Cleanup hooks follow its end.
+    /// Closes the connection (only once the last statuses are flushed, or
+    /// their time is up); the Cleanup hooks follow its end.
     fn close(&mut self, ctx: &mut Context<Self>) {
         let Phase::Stopping(stopping) = &mut self.phase else {
             return;
         };
-        if matches!(stopping.step, Step::Closing | Step::Cleanup) {
+        if stopping.step != Step::Flushing {
             return;
         }
         stopping.step = Step::Closing;
@@ -390,7 +416,15 @@ impl WorkerActor {
         if ctx.state().stopping() {
             return;
         }
-        info!("worker stopped");
+        if let Phase::Stopping(stopping) = &self.phase {
+            let exit = WorkerExit {
+                reason: stopping.reason.clone(),
+                supervision_failure: self.supervision_failure.clone(),
+                jobs_cut: stopping.cut.len(),
+            };
+            info!(?exit, "worker stopped");
+            self.exit.send_replace(Some(exit));
+        }
         ctx.stop();
     }
 }
@@ -413,7 +447,6 @@ impl Handler<HookDone> for WorkerActor {
     type Result = ();
 
     fn handle(&mut self, msg: HookDone, ctx: &mut Self::Context) {
-        self.threads.hook_done(msg.thread);
         if self.current_hook(msg.seq) {
             self.next_hook(ctx);
         }

@@ -173,8 +173,8 @@ impl WorkerActor {
     /// A reporter or queue stopped, which they do only by crashing: restart
     /// it after the crash limit's delay, or give up.
     fn child_crashed(&mut self, child: Child, panicked: bool, ctx: &mut Context<Self>) {
-        if self.shutting_down() {
-            // no restarts while shutting down: the child is simply gone
+        if self.closing() {
+            // no restarts once the worker is closing: the child is simply gone
             match child {
                 Child::Reporter => self.reporter.addr = None,
                 Child::Queue => self.queue.addr = None,
@@ -192,7 +192,7 @@ impl WorkerActor {
             RestartDecision::Restart { after, .. } => {
                 warn!(%child, panicked, ?after, "a child actor stopped: restarting it");
                 ctx.run_later(after, move |act, ctx| {
-                    if act.shutting_down() {
+                    if act.closing() {
                         return;
                     }
                     match child {

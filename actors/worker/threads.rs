@@ -6,7 +6,8 @@
 //!   user's load calculator) and the queue;
 //! - a few for the handler's `on_request` hooks: each offer's decision runs on
 //!   the one with the fewest decisions in flight, so one hook that blocks
-//!   its thread does not hold up the answers for other jobs;
+//!   its thread does not hold up the answers for other jobs (shutdown hooks
+//!   get a thread of their own each, in `shutdown.rs`);
 //! - one per core (or as configured) for the JobActors.
 //!
 //! Dropping `Threads` stops every one of them, and every actor on them: a
