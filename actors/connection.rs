@@ -107,6 +107,7 @@ impl ConnectionActor {
         };
         debug!(url = %url, "connecting");
         let client = awc::Client::builder()
+            .connector(awc::Connector::new().connector(NoDelay::default()))
             .timeout(self.options.register_timeout)
             .finish();
         let request = client
@@ -449,4 +450,43 @@ fn unix_millis() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}
+
+/// awc's TCP connector with `TCP_NODELAY` set on every socket it opens.
+///
+/// The agent protocol is small request/answer frames: an availability answer
+/// written while the previous frame's ACK is still delayed by the server would
+/// wait for Nagle's algorithm, about 40 ms on Linux loopback, where the answer
+/// itself takes microseconds. The official workers (Python asyncio, Node) and
+/// the Go server all set `TCP_NODELAY`; awc does not, so the worker does.
+#[derive(Clone)]
+struct NoDelay(actix_tls::connect::ConnectorService);
+
+impl Default for NoDelay {
+    fn default() -> Self {
+        let resolver = actix_tls::connect::Resolver::default();
+        NoDelay(actix_tls::connect::Connector::new(resolver).service())
+    }
+}
+
+type TcpConnection = actix_tls::connect::Connection<awc::http::Uri, actix_rt::net::TcpStream>;
+
+impl actix_service::Service<actix_tls::connect::ConnectInfo<awc::http::Uri>> for NoDelay {
+    type Response = TcpConnection;
+    type Error = actix_tls::connect::ConnectError;
+    type Future = futures_util::future::LocalBoxFuture<'static, Result<TcpConnection, Self::Error>>;
+
+    actix_service::always_ready!();
+
+    fn call(&self, info: actix_tls::connect::ConnectInfo<awc::http::Uri>) -> Self::Future {
+        let connect = self.0.call(info);
+        Box::pin(async move {
+            let connection = connect.await?;
+            if let Err(err) = connection.io_ref().set_nodelay(true) {
+                // only slower, never wrong: keep the connection
+                debug!(%err, "could not set TCP_NODELAY");
+            }
+            Ok(connection)
+        })
+    }
 }

@@ -4,7 +4,8 @@
 //! calculator and marks the report for sending when the [`ReportPolicy`]
 //! says it changed enough or the keepalive (default 2.5 s) is due —
 //! batching, not flooding. The WorkerActor tells it at once when slots change
-//! ([`SlotsChanged`]); it then recomputes from the last resource reading, and
+//! ([`SlotsChanged`]); it then recomputes from the last resource reading (and
+//! the running jobs' start times as last pulled: see [`RunningSince`]), and
 //! a flip between AVAILABLE and FULL is marked for sending at once instead of
 //! at the next tick. Every computed report goes to the WorkerActor
 //! ([`LoadChanged`]), for admission, for `GetLoad`, and — when marked — for
@@ -48,7 +49,10 @@ pub struct LoadReporterActor {
     memory: UsageState,
     metrics: crate::telemetry::WorkerMetrics,
     slots: Slots,
+    /// When each running job began, as last pulled from the worker.
     running_since: Vec<Instant>,
+    /// The slots changed since the last pull: the next tick pulls again.
+    running_stale: bool,
     connected: bool,
     last_sent: Option<(LoadReport, Instant)>,
     recent: VecDeque<f32>,
@@ -90,6 +94,7 @@ impl LoadReporterActor {
             metrics: config.metrics,
             slots: config.slots,
             running_since: Vec::new(),
+            running_stale: true,
             connected: config.connected,
             last_sent: None,
             recent: VecDeque::new(),
@@ -183,11 +188,25 @@ impl Actor for LoadReporterActor {
             "load reporter started"
         );
         self.resources = self.sampler.sample();
-        ctx.run_interval(self.sample_interval, |act, _ctx| {
+        ctx.run_interval(self.sample_interval, |act, ctx| {
             act.resources = act.sampler.sample();
             act.metrics
                 .resources(act.resources.process_cpu, act.resources.memory_used);
-            act.report(Instant::now(), false);
+            if !act.running_stale {
+                return act.report(Instant::now(), false);
+            }
+            // the list is O(jobs) to build: pulled once a tick at most, and
+            // only when the slots changed, never on every slot change
+            act.running_stale = false;
+            let pull = act.link.worker().send(RunningSince);
+            ctx.spawn(
+                actix::fut::wrap_future(pull).map(|since, act: &mut Self, _ctx| {
+                    if let Ok(since) = since {
+                        act.running_since = since;
+                    }
+                    act.report(Instant::now(), false);
+                }),
+            );
         });
         ctx.run_interval(self.memory_check_interval, |act, _ctx| act.check_memory());
         if self.connected {
@@ -202,7 +221,7 @@ impl Handler<SlotsChanged> for LoadReporterActor {
 
     fn handle(&mut self, msg: SlotsChanged, _ctx: &mut Self::Context) {
         self.slots = msg.slots;
-        self.running_since = msg.running_since;
+        self.running_stale = true;
         let now = Instant::now();
         let report = self.compute(now);
         let flipped = self

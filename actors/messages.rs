@@ -329,14 +329,21 @@ pub struct GetQueueStats;
 
 /// The worker's slots changed (a reservation, a start, an end): recompute at
 /// once, so a flip to FULL or back goes out without waiting for a tick.
+/// O(1) to build, whatever the number of jobs: when the running jobs began
+/// is pulled with [`RunningSince`] at most once a tick.
 #[derive(Message, Debug)]
 #[rtype(result = "()")]
 pub(crate) struct SlotsChanged {
     /// The slots now.
     pub slots: crate::load::Slots,
-    /// When each running job started.
-    pub running_since: Vec<std::time::Instant>,
 }
+
+/// Asks the worker when each of its running jobs began (for the load
+/// calculator's `job_durations`). The reporter asks at most once per
+/// sampling tick, and only after the slots changed: this walks every job.
+#[derive(Message, Debug)]
+#[rtype(result = "Vec<std::time::Instant>")]
+pub(crate) struct RunningSince;
 
 /// The worker registered (true) or lost its connection (false).
 #[derive(Message, Debug)]

@@ -54,10 +54,12 @@
 //!   until `Confirmed`, and a new registration sends again whatever is owed
 //!   (`JobTable::registered`: `migrate_job`, then owed statuses in order).
 //! - Decisions: `on_request` runs on a hook arbiter and answers `Decided`;
-//!   the worker declines on its own clock if it is late.
+//!   the worker declines on its own clock if it is late (one timer for all
+//!   offers' timeouts: `src/deadlines.rs`).
 //! - Load: the worker sends `SlotsChanged` and `ConnectionChanged` to the
 //!   reporter, which answers `LoadChanged` (marked when worth an
-//!   `update_worker`, which the worker sends) and `MemoryChanged`.
+//!   `update_worker`, which the worker sends) and `MemoryChanged`, and asks
+//!   `RunningSince` (the running jobs' start times) at most once a tick.
 //! - Queue: `Enqueue`, `TakeNext` (when a slot frees), `Dequeue` (a queued
 //!   job ended); `QueuedJobsExpired` back.
 //! - Jobs: the worker sends `TerminateJob` (by the server, or for a

@@ -1,7 +1,9 @@
 //! The worker's hot paths, one at a time: a frame decoded and encoded, the
 //! availability answer built, the job table's transitions for one job's life
 //! (with 10,000 other jobs in the table, where a cost that grows with the
-//! jobs would show), the queue's push and pop.
+//! jobs would show), the queue's push and pop; and the floor under every
+//! message between the worker's threads: one actor round trip across two
+//! arbiters.
 //!
 //! ```text
 //! cargo bench --bench hot_paths
@@ -144,5 +146,40 @@ fn queue(c: &mut Criterion) {
     });
 }
 
-criterion_group!(benches, frames, table, queue);
+/// An actor that answers at once.
+struct Echo;
+
+impl actix::Actor for Echo {
+    type Context = actix::Context<Self>;
+}
+
+#[derive(actix::Message)]
+#[rtype(result = "()")]
+struct Ping;
+
+impl actix::Handler<Ping> for Echo {
+    type Result = ();
+
+    fn handle(&mut self, _: Ping, _: &mut Self::Context) {}
+}
+
+/// A message to an actor on another arbiter and its answer back: two
+/// wake-ups of a parked thread, what each hop between the worker's
+/// connection, worker, hook and job threads costs. The benchmark's
+/// availability answer takes four such hops inside the worker.
+fn hop(c: &mut Criterion) {
+    use actix::Actor as _;
+    let system = actix_rt::System::new();
+    let (arbiter, echo) = system.block_on(async {
+        let arbiter = actix_rt::Arbiter::new();
+        let echo = Echo::start_in_arbiter(&arbiter.handle(), |_| Echo);
+        (arbiter, echo)
+    });
+    c.bench_function("actor round trip across arbiters", |b| {
+        b.iter(|| system.block_on(echo.send(Ping)).unwrap())
+    });
+    arbiter.stop();
+}
+
+criterion_group!(benches, frames, table, queue, hop);
 criterion_main!(benches);

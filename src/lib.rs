@@ -73,6 +73,7 @@
 
 pub mod auth;
 mod backoff;
+mod deadlines;
 pub mod demo;
 mod handler;
 #[cfg(feature = "http")]

@@ -111,23 +111,93 @@ impl WorkerActor {
         }
         // the worker's own clock, not the hook's: a hook that blocks its
         // thread cannot stop this from firing
-        let timeout = self.options.request_timeout;
-        ctx.run_later(timeout, move |act, ctx| {
-            let deciding = act.table.offer_of(&job_id, ticket).is_some_and(|row| {
-                matches!(
-                    row.state(),
-                    JobState::Offered {
-                        answered: false,
-                        ..
-                    }
-                )
-            });
-            if deciding {
-                warn!(job_id, ?timeout, "on_request took too long: declining");
-                act.decline(&job_id, ticket, DeclineReason::Timeout, ctx);
-            }
-        });
+        let deadline = Instant::now() + self.options.request_timeout;
+        self.time_out_at(deadline, OfferTimeout::Decision { job_id, ticket }, ctx);
     }
+
+    /// Arms `timeout` at `deadline`: one timer stands for every offer's,
+    /// set for the earliest.
+    fn time_out_at(&mut self, deadline: Instant, timeout: OfferTimeout, ctx: &mut Context<Self>) {
+        if self.timeouts.push(deadline, timeout) {
+            if let Some(timer) = self.timeout_timer.take() {
+                ctx.cancel_future(timer);
+            }
+            self.arm_timeouts(ctx);
+        }
+    }
+
+    fn arm_timeouts(&mut self, ctx: &mut Context<Self>) {
+        let Some(next) = self.timeouts.next() else {
+            return;
+        };
+        let after = next.saturating_duration_since(Instant::now());
+        let timer = ctx.run_later(after, |act, ctx| {
+            act.timeout_timer = None;
+            let now = Instant::now();
+            while let Some(timeout) = act.timeouts.pop_due(now) {
+                act.timed_out(timeout, ctx);
+            }
+            act.arm_timeouts(ctx);
+        });
+        self.timeout_timer = Some(timer);
+    }
+
+    /// An offer's timeout is due: acts if the offer still waits for what
+    /// it guards.
+    fn timed_out(&mut self, timeout: OfferTimeout, ctx: &mut Context<Self>) {
+        match timeout {
+            OfferTimeout::Decision { job_id, ticket } => {
+                let deciding = self.table.offer_of(&job_id, ticket).is_some_and(|row| {
+                    matches!(
+                        row.state(),
+                        JobState::Offered {
+                            answered: false,
+                            ..
+                        }
+                    )
+                });
+                if deciding {
+                    let timeout = self.options.request_timeout;
+                    warn!(job_id, ?timeout, "on_request took too long: declining");
+                    self.decline(&job_id, ticket, DeclineReason::Timeout, ctx);
+                }
+            }
+            OfferTimeout::Assignment { job_id, ticket } => {
+                if self.table.offer_of(&job_id, ticket).is_some() {
+                    let timeout = self.options.assignment_timeout;
+                    warn!(
+                        job_id,
+                        ?timeout,
+                        "no assignment after accepting: releasing the slot"
+                    );
+                    if self.table.withdraw(&job_id, Some(ticket)).is_some() {
+                        self.slots_changed();
+                        self.grant(ctx);
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// What an offer waits for, past which the worker stops waiting.
+#[derive(Debug)]
+pub(super) enum OfferTimeout {
+    /// The handler's `on_request` decision (`request_timeout`): declined.
+    Decision {
+        /// The job offered.
+        job_id: String,
+        /// Which offer of it.
+        ticket: u64,
+    },
+    /// The assignment of an accepted offer (`assignment_timeout`): its
+    /// slot released.
+    Assignment {
+        /// The job accepted.
+        job_id: String,
+        /// Which offer of it.
+        ticket: u64,
+    },
 }
 
 impl Handler<AvailabilityAsked> for WorkerActor {
@@ -243,20 +313,8 @@ impl Handler<Decided> for WorkerActor {
             Instant::now(),
         );
         self.answer(&job_id, Some(&participant));
-        let timeout = self.options.assignment_timeout;
-        ctx.run_later(timeout, move |act, ctx| {
-            if act.table.offer_of(&job_id, ticket).is_some() {
-                warn!(
-                    job_id,
-                    ?timeout,
-                    "no assignment after accepting: releasing the slot"
-                );
-                if act.table.withdraw(&job_id, Some(ticket)).is_some() {
-                    act.slots_changed();
-                    act.grant(ctx);
-                }
-            }
-        });
+        let deadline = Instant::now() + self.options.assignment_timeout;
+        self.time_out_at(deadline, OfferTimeout::Assignment { job_id, ticket }, ctx);
     }
 }
 

@@ -139,6 +139,10 @@ pub struct WorkerActor {
     /// How the worker ended, for its handles (set as it stops; dropped with
     /// the actor, which tells them it is gone).
     exit: tokio::sync::watch::Sender<Option<WorkerExit>>,
+    /// The offers' timeouts, behind one timer (see `availability.rs`).
+    timeouts: crate::deadlines::Deadlines<availability::OfferTimeout>,
+    /// The one timer, armed for the earliest of `timeouts`.
+    timeout_timer: Option<SpawnHandle>,
 }
 
 /// What a worker is made of, as the builder hands it over.
@@ -198,6 +202,8 @@ impl WorkerActor {
             reporter: ChildSlot::new(child_policy.clone()),
             queue: ChildSlot::new(child_policy),
             next_generation: 0,
+            timeouts: Default::default(),
+            timeout_timer: None,
             worker_id: None,
             registrations: 0,
             connection_error: None,
@@ -274,12 +280,6 @@ impl WorkerActor {
         if let Some(reporter) = &self.reporter.addr {
             reporter.do_send(SlotsChanged {
                 slots: self.slots(),
-                running_since: self
-                    .table
-                    .iter()
-                    .filter(|(_, row)| row.state().is_running())
-                    .map(|(_, row)| row.since())
-                    .collect(),
             });
         }
     }

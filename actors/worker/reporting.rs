@@ -186,6 +186,20 @@ impl Handler<GetLoad> for WorkerActor {
     }
 }
 
+impl Handler<RunningSince> for WorkerActor {
+    type Result = MessageResult<RunningSince>;
+
+    fn handle(&mut self, _msg: RunningSince, _ctx: &mut Self::Context) -> Self::Result {
+        MessageResult(
+            self.table
+                .iter()
+                .filter(|(_, row)| row.state().is_running())
+                .map(|(_, row)| row.since())
+                .collect(),
+        )
+    }
+}
+
 impl Handler<GetQueueStats> for WorkerActor {
     type Result = ResponseFuture<crate::queue::QueueStats>;
 
