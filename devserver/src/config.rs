@@ -56,6 +56,10 @@ pub struct DevServerConfig {
     /// Attempts per job target, the first included, for dispatches whose
     /// `restart_policy` is `JRP_ON_FAILURE` (default 3).
     pub max_job_attempts: u32,
+    /// Job records kept; beyond it the oldest finished job is forgotten
+    /// (default [`MAX_JOBS`](crate::MAX_JOBS); raise it to hold more jobs
+    /// running at once, as a benchmark does).
+    pub max_jobs: usize,
 }
 
 impl Default for DevServerConfig {
@@ -72,6 +76,7 @@ impl Default for DevServerConfig {
             drop_after_register: false,
             reconnect_grace: DEFAULT_RECONNECT_GRACE,
             max_job_attempts: DEFAULT_MAX_JOB_ATTEMPTS,
+            max_jobs: crate::MAX_JOBS,
         }
     }
 }
@@ -92,6 +97,7 @@ impl fmt::Debug for DevServerConfig {
             .field("drop_after_register", &self.drop_after_register)
             .field("reconnect_grace", &self.reconnect_grace)
             .field("max_job_attempts", &self.max_job_attempts)
+            .field("max_jobs", &self.max_jobs)
             .finish()
     }
 }

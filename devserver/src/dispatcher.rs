@@ -12,6 +12,7 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use actix::dev::SendError;
 use actix::{Actor, ActorContext, Addr, AsyncContext, Context, Handler, SpawnHandle};
 use livekit_protocol::{
     AvailabilityRequest, AvailabilityResponse, Job, JobAssignment, JobRestartPolicy, JobState,
@@ -24,16 +25,18 @@ use crate::auth::{self, RoomTokenSpec};
 use crate::balance;
 use crate::ids;
 use crate::messages::{
-    AvailabilityAnswer, Deliver, Dispatch, DropConnections, GetJob, Inject, InjectFrame,
-    JobStatusUpdate, Kill, ListJobs, ListWorkers, MigrateJobs, Shutdown, SimulateJob, TerminateJob,
-    WorkerGone, WorkerPinged, WorkerRegistered, WorkerStatusUpdate,
+    AvailabilityAnswer, BenchTimings, Deliver, Dispatch, DropConnections, GetJob, Inject,
+    InjectFrame, JobProgress, JobStatusUpdate, Kill, ListJobs, ListWorkers, MigrateJobs, Progress,
+    Shutdown, SimulateJob, TerminateAll, TerminateJob, WorkerGone, WorkerPinged, WorkerRegistered,
+    WorkerStatusUpdate,
 };
 use crate::model::{DevServerError, DispatchError, JobInfo, StatusUpdate, WorkerInfo};
 use crate::session::Session;
 
 mod rooms;
 
-/// Job records kept; above this the oldest finished job is evicted first.
+/// Job records kept by default; above this the oldest finished job is
+/// evicted first.
 pub const MAX_JOBS: usize = 10_000;
 /// Status updates kept per job (the oldest are dropped).
 pub const MAX_JOB_UPDATES: usize = 256;
@@ -55,6 +58,8 @@ pub struct DispatcherConfig {
     pub reconnect_grace: Duration,
     /// Attempts per target for restart-on-failure dispatches.
     pub max_job_attempts: u32,
+    /// Job records kept (the oldest finished are evicted first).
+    pub max_jobs: usize,
 }
 
 struct WorkerEntry {
@@ -131,6 +136,34 @@ pub struct Dispatcher {
     pending: HashMap<String, Pending>,
     rooms: rooms::Rooms,
     version: watch::Sender<u64>,
+    /// Round trips measured from the server's side, for benchmarks.
+    timings: Timings,
+}
+
+/// Latencies measured from the server's side (microseconds), kept for a
+/// benchmark to read (`BenchTimings`); bounded.
+#[derive(Debug, Default)]
+pub(crate) struct Timings {
+    /// Availability request sent → answer received.
+    pub availability: Samples,
+    /// Assignment sent → first RUNNING received.
+    pub job_start: Samples,
+}
+
+/// Latency samples in microseconds, at most [`MAX_SAMPLES`].
+#[derive(Debug, Default, Clone)]
+pub(crate) struct Samples(pub Vec<u32>);
+
+/// The most samples of one kind kept (8 MB).
+const MAX_SAMPLES: usize = 2_000_000;
+
+impl Samples {
+    fn record(&mut self, elapsed: Duration) {
+        if self.0.len() < MAX_SAMPLES {
+            self.0
+                .push(u32::try_from(elapsed.as_micros()).unwrap_or(u32::MAX));
+        }
+    }
 }
 
 impl Dispatcher {
@@ -146,6 +179,7 @@ impl Dispatcher {
             pending: HashMap::new(),
             rooms: rooms::Rooms::default(),
             version,
+            timings: Timings::default(),
         }
     }
 
@@ -157,7 +191,7 @@ impl Dispatcher {
         let id = record.info.id.clone();
         self.jobs.insert(id.clone(), record);
         self.job_order.push_back(id);
-        while self.jobs.len() > MAX_JOBS {
+        while self.jobs.len() > self.config.max_jobs {
             let victim = self
                 .job_order
                 .iter()
@@ -345,12 +379,21 @@ impl Dispatcher {
         pending.asking = Some((chosen, timer));
     }
 
-    /// Writes to a connected worker; false if it is gone.
+    /// Writes to a connected worker; false if it is gone, or so far behind
+    /// that its bounded send queue is full (said in the log: to the dispatch
+    /// it is a worker that cannot take the message).
     fn deliver(&self, worker_id: &str, msg: ServerMessage) -> bool {
-        self.workers
-            .get(worker_id)
-            .and_then(|w| w.session.as_ref())
-            .is_some_and(|s| s.try_send(Deliver(msg)).is_ok())
+        let Some(session) = self.workers.get(worker_id).and_then(|w| w.session.as_ref()) else {
+            return false;
+        };
+        match session.try_send(Deliver(msg)) {
+            Ok(()) => true,
+            Err(SendError::Full(_)) => {
+                tracing::warn!(worker_id, "dispatch: the worker's send queue is full");
+                false
+            }
+            Err(SendError::Closed(_)) => false,
+        }
     }
 
     fn availability_timed_out(&mut self, job_id: &str, worker_id: &str) {
@@ -717,7 +760,11 @@ impl Handler<AvailabilityAnswer> for Dispatcher {
     type Result = ();
 
     fn handle(&mut self, msg: AvailabilityAnswer, ctx: &mut Context<Self>) {
-        let AvailabilityAnswer { worker_id, answer } = msg;
+        let AvailabilityAnswer {
+            worker_id,
+            answer,
+            rtt,
+        } = msg;
         if let Some(w) = self.workers.get_mut(&worker_id) {
             push_bounded(
                 &mut w.info.availability_answers,
@@ -727,6 +774,9 @@ impl Handler<AvailabilityAnswer> for Dispatcher {
         let job_id = answer.job_id.clone();
         let asked = self.pending.get_mut(&job_id).and_then(|p| {
             if p.asking.as_ref().is_some_and(|(w, _)| *w == worker_id) {
+                if let Some(rtt) = rtt {
+                    self.timings.availability.record(rtt);
+                }
                 p.asking.take()
             } else {
                 None
@@ -919,6 +969,9 @@ impl Handler<JobStatusUpdate> for Dispatcher {
             return;
         };
         let status = JobStatus::try_from(u.status).unwrap_or(JobStatus::JsPending);
+        if let Some(start) = msg.start {
+            self.timings.job_start.record(start);
+        }
         if record.info.updates.len() >= MAX_JOB_UPDATES {
             record.info.updates.remove(0);
         }
@@ -1084,6 +1137,66 @@ impl Handler<Shutdown> for Dispatcher {
             self.finish(&job_id, Err(DispatchError::Stopped));
         }
         ctx.stop();
+    }
+}
+
+impl Handler<BenchTimings> for Dispatcher {
+    type Result = actix::MessageResult<BenchTimings>;
+
+    fn handle(&mut self, msg: BenchTimings, _: &mut Context<Self>) -> Self::Result {
+        let taken = (
+            self.timings.availability.0.clone(),
+            self.timings.job_start.0.clone(),
+        );
+        if msg.reset {
+            self.timings = Timings::default();
+        }
+        actix::MessageResult(taken)
+    }
+}
+
+impl Handler<JobProgress> for Dispatcher {
+    type Result = actix::MessageResult<JobProgress>;
+
+    fn handle(&mut self, msg: JobProgress, _: &mut Context<Self>) -> Self::Result {
+        let mut progress = Progress::default();
+        for id in msg.0.iter() {
+            match self.jobs.get(id) {
+                Some(job) if !job.ended => {
+                    // the worker said RUNNING (the record itself is RUNNING
+                    // from the assignment on, as on the real server)
+                    if job
+                        .info
+                        .updates
+                        .iter()
+                        .any(|u| u.status == JobStatus::JsRunning)
+                    {
+                        progress.started += 1;
+                    }
+                }
+                _ => {
+                    progress.started += 1;
+                    progress.ended += 1;
+                }
+            }
+        }
+        actix::MessageResult(progress)
+    }
+}
+
+impl Handler<TerminateAll> for Dispatcher {
+    type Result = Vec<String>;
+
+    fn handle(&mut self, msg: TerminateAll, _: &mut Context<Self>) -> Vec<String> {
+        let ids: Vec<String> = self
+            .jobs
+            .iter()
+            .filter(|(_, j)| !j.ended && j.assigned && j.info.agent_name == msg.agent_name)
+            .map(|(id, _)| id.clone())
+            .collect();
+        ids.into_iter()
+            .filter(|id| self.terminate(id, "terminated by the benchmark").is_ok())
+            .collect()
     }
 }
 

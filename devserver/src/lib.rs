@@ -39,6 +39,7 @@
 
 mod auth;
 mod balance;
+mod bench;
 mod config;
 mod dispatcher;
 mod ids;

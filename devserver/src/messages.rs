@@ -110,6 +110,9 @@ pub struct AvailabilityAnswer {
     pub worker_id: String,
     /// The answer.
     pub answer: AvailabilityResponse,
+    /// From the request's write to this answer's read, at the worker's
+    /// socket, if the session timed it.
+    pub rtt: Option<std::time::Duration>,
 }
 
 /// A registered worker sent a protocol ping (answered by its session).
@@ -138,6 +141,9 @@ pub struct JobStatusUpdate {
     pub worker_id: String,
     /// What it sent.
     pub update: UpdateJobStatus,
+    /// For a RUNNING update: from the assignment's write to this update's
+    /// read, at the worker's socket, if the session timed it.
+    pub start: Option<std::time::Duration>,
 }
 
 /// A worker sent `migrate_job`.
@@ -237,4 +243,37 @@ pub struct PublishTrack {
     pub room: String,
     /// The participant's identity.
     pub identity: String,
+}
+
+/// The latencies measured so far (availability round trips, job starts, in
+/// microseconds); with `reset`, they start afresh.
+#[derive(Message)]
+#[rtype(result = "(Vec<u32>, Vec<u32>)")]
+pub struct BenchTimings {
+    /// Clear them after reading.
+    pub reset: bool,
+}
+
+/// How far these jobs have got: how many have started (a RUNNING arrived,
+/// or they ended) and how many have ended (or are no longer known).
+#[derive(Message)]
+#[rtype(result = "Progress")]
+pub struct JobProgress(pub std::sync::Arc<[String]>);
+
+/// The answer to [`JobProgress`].
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Progress {
+    /// Jobs that reported RUNNING, or ended.
+    pub started: usize,
+    /// Jobs with a final status, or no longer known.
+    pub ended: usize,
+}
+
+/// Terminates every assigned, unfinished job of this agent; answers the ids
+/// whose termination reached the worker's send queue.
+#[derive(Message)]
+#[rtype(result = "Vec<String>")]
+pub struct TerminateAll {
+    /// The agent name whose jobs end.
+    pub agent_name: String,
 }

@@ -106,6 +106,7 @@ impl DevServer {
                 room_token_ttl: config.room_token_ttl,
                 reconnect_grace: config.reconnect_grace,
                 max_job_attempts: config.max_job_attempts.max(1),
+                max_jobs: config.max_jobs.max(1),
             }),
             version_tx,
         )
@@ -139,8 +140,13 @@ impl DevServer {
                 .route("/", web::get().to(health))
                 .route("/agent", web::get().to(agent_socket))
                 .configure(crate::twirp::configure)
+                .configure(crate::bench::configure)
         })
         .workers(HTTP_WORKERS)
+        // small frames answered at once: without it a frame written while the
+        // peer's delayed ACK is pending waits ~40 ms (Nagle). The Go server
+        // sets TCP_NODELAY on every connection; the stand-in must too
+        .tcp_nodelay(true)
         .disable_signals()
         .shutdown_timeout(SHUTDOWN_TIMEOUT_SECS)
         .client_disconnect_timeout(CLIENT_DISCONNECT_TIMEOUT)

@@ -8,8 +8,9 @@
 //! first `register` gets an `AW_` id and the `ServerInfo`; `stopped` reports
 //! [`WorkerGone`] if the connection had registered.
 
+use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use actix::{Actor, ActorContext, Addr, AsyncContext, Handler, StreamHandler};
 use actix_web::web::Bytes;
@@ -52,8 +53,22 @@ enum Format {
 }
 
 /// Messages a session may have queued before the dispatcher's writes to it
-/// fail: bounded, and far above any burst a test or a person dispatches.
-const SESSION_MAILBOX: usize = 1024;
+/// fail: bounded, and above any burst a test, a person or the benchmark
+/// dispatches (terminating 10,000 running jobs at once writes 10,000 frames
+/// in one dispatcher turn). Each is one small protocol message.
+const SESSION_MAILBOX: usize = 65_536;
+
+/// Requests a session times at once (see [`Session::timed`]); past this a
+/// request goes untimed rather than growing the map.
+const MAX_TIMED: usize = 65_536;
+
+/// Which round trip a session times: offer → answer, or assignment →
+/// RUNNING.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+enum Timed {
+    Offer,
+    Start,
+}
 
 /// One connected worker's socket.
 pub struct Session {
@@ -65,6 +80,11 @@ pub struct Session {
     format: Format,
     /// The connection's socket (a duplicate handle), to cut it abruptly.
     socket: Option<std::net::TcpStream>,
+    /// When each availability request and assignment went into the socket's
+    /// write buffer, until its answer (or RUNNING) comes back: the bench
+    /// endpoint's latencies are timed here, at the socket, so they hold the
+    /// worker's time and the wire's, not the dispatcher's own mailbox hops.
+    timed: HashMap<(Timed, String), Instant>,
 }
 
 impl Session {
@@ -84,7 +104,22 @@ impl Session {
             worker_id: None,
             format: Format::Binary,
             socket,
+            timed: HashMap::new(),
         }
+    }
+
+    /// Starts timing `kind` for `job_id`, unless the map is full.
+    fn time(&mut self, kind: Timed, job_id: &str) {
+        if self.timed.len() < MAX_TIMED {
+            self.timed.insert((kind, job_id.to_owned()), Instant::now());
+        }
+    }
+
+    /// Ends timing `kind` for `job_id`: how long since it was written.
+    fn timed(&mut self, kind: Timed, job_id: &str) -> Option<Duration> {
+        self.timed
+            .remove(&(kind, job_id.to_owned()))
+            .map(|at| at.elapsed())
     }
 
     fn send(&self, msg: ServerMessage, ctx: &mut ws::WebsocketContext<Self>) {
@@ -138,12 +173,28 @@ impl Session {
                 _ => self.close(CloseCode::Policy, "message before register", ctx),
             };
         };
-        let dispatcher = &self.dispatcher;
+        let dispatcher = self.dispatcher.clone();
         match message {
             M::Register(_) => self.close(CloseCode::Policy, "already registered", ctx),
-            M::Availability(answer) => dispatcher.do_send(AvailabilityAnswer { worker_id, answer }),
+            M::Availability(answer) => {
+                let rtt = self.timed(Timed::Offer, &answer.job_id);
+                dispatcher.do_send(AvailabilityAnswer {
+                    worker_id,
+                    answer,
+                    rtt,
+                })
+            }
             M::UpdateWorker(update) => dispatcher.do_send(WorkerStatusUpdate { worker_id, update }),
-            M::UpdateJob(update) => dispatcher.do_send(JobStatusUpdate { worker_id, update }),
+            M::UpdateJob(update) => {
+                // any status ends the timing; only RUNNING is a start
+                let took = self.timed(Timed::Start, &update.job_id);
+                let running = update.status == livekit_protocol::JobStatus::JsRunning as i32;
+                dispatcher.do_send(JobStatusUpdate {
+                    worker_id,
+                    update,
+                    start: took.filter(|_| running),
+                })
+            }
             M::MigrateJob(request) => dispatcher.do_send(MigrateJobs { worker_id, request }),
             M::SimulateJob(request) => dispatcher.do_send(SimulateJob { worker_id, request }),
             M::Ping(_) => unreachable!("answered above"),
@@ -271,6 +322,20 @@ impl Handler<Deliver> for Session {
     type Result = ();
 
     fn handle(&mut self, msg: Deliver, ctx: &mut Self::Context) {
+        use server_message::Message as M;
+        match &msg.0.message {
+            Some(M::Availability(request)) => {
+                if let Some(job) = &request.job {
+                    self.time(Timed::Offer, &job.id);
+                }
+            }
+            Some(M::Assignment(assignment)) => {
+                if let Some(job) = &assignment.job {
+                    self.time(Timed::Start, &job.id);
+                }
+            }
+            _ => {}
+        }
         self.send(msg.0, ctx);
     }
 }

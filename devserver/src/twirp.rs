@@ -87,7 +87,7 @@ impl Format {
     }
 }
 
-fn error_response(err: &ApiError) -> HttpResponse {
+pub(crate) fn error_response(err: &ApiError) -> HttpResponse {
     let body = serde_json::json!({ "code": err.code, "msg": err.msg });
     HttpResponse::build(StatusCode::from_u16(err.http_status()).unwrap_or(StatusCode::OK))
         .content_type(JSON)
@@ -123,7 +123,7 @@ fn encode<T: prost::Message + Serialize>(format: Format, msg: &T) -> HttpRespons
 }
 
 /// The verified claims of the request's bearer token.
-fn claims(req: &HttpRequest, state: &AppState) -> Result<Claims, ApiError> {
+pub(crate) fn claims(req: &HttpRequest, state: &AppState) -> Result<Claims, ApiError> {
     let authorization = req
         .headers()
         .get(header::AUTHORIZATION)
