@@ -108,8 +108,8 @@ pub use handler::{
 };
 pub use limits::ResourceRequest;
 pub use options::{
-    DEFAULT_HOOK_THREADS, DEFAULT_QUEUE_MAX_WAIT, ENV_AGENT_NAME, ENV_API_KEY, ENV_API_SECRET,
-    ENV_API_SECRET_FILE, ENV_URL, OptionsError, WorkerOptions,
+    DEFAULT_HOOK_THREADS, DEFAULT_LIVENESS_TTL, DEFAULT_QUEUE_MAX_WAIT, ENV_AGENT_NAME,
+    ENV_API_KEY, ENV_API_SECRET, ENV_API_SECRET_FILE, ENV_URL, OptionsError, WorkerOptions,
 };
 pub use queue::JobPriority;
 pub use reconnect::ReconnectPolicy;

@@ -68,6 +68,10 @@ pub enum OptionsError {
     },
 }
 
+/// The default [`WorkerOptions::liveness_ttl`]: a dead worker's jobs are
+/// orphaned within 6 s, so a fleet takes them over within 10 s.
+pub const DEFAULT_LIVENESS_TTL: Duration = Duration::from_secs(6);
+
 /// The configuration of one worker.
 ///
 /// `Debug` is safe to log: the secret prints as `[redacted]`.
@@ -140,6 +144,11 @@ pub struct WorkerOptions {
     pub admission: Option<AdmissionPolicy>,
     /// How often memory is checked against the limits.
     pub memory_check_interval: Duration,
+    /// How long the worker's heartbeat in the checkpoint store lasts; it is
+    /// renewed every third of it. The jobs of a worker whose heartbeat has
+    /// lapsed are orphans another worker of the fleet may claim (the owner
+    /// is `instance_id`: set it to keep one identity across restarts).
+    pub liveness_ttl: Duration,
     /// How many arbiters (threads) run jobs; 0 means one per core.
     pub job_threads: usize,
     /// How many threads run the handler's `on_request` (at least 1; default
@@ -204,6 +213,7 @@ impl WorkerOptions {
             rate_limits: None,
             admission: None,
             memory_check_interval: Duration::from_secs(1),
+            liveness_ttl: DEFAULT_LIVENESS_TTL,
             job_threads: 0,
             hook_threads: DEFAULT_HOOK_THREADS,
             child_restart_policy: RestartPolicy::new(
@@ -410,6 +420,7 @@ impl WorkerOptions {
         for (name, value) in [
             ("checkpoint_interval", self.checkpoint_interval),
             ("memory_check_interval", self.memory_check_interval),
+            ("liveness_ttl", self.liveness_ttl),
             ("load_sample_interval", self.load_sample_interval),
             ("load_report_interval", self.load_report_interval),
             ("register_timeout", self.register_timeout),

@@ -124,7 +124,8 @@ impl WorkerActor {
                 context.job(),
                 context.participant_identity(),
                 SystemTime::now(),
-            );
+            )
+            .with_owner(&self.options.instance_id);
             if origin.is_servers() {
                 // the server can re-dispatch its jobs: keep them where a
                 // restarted worker finds them
@@ -134,6 +135,10 @@ impl WorkerActor {
                 Checkpoint::in_memory(record)
             }
         });
+        let claim = checkpoint.snapshot().claim().clone();
+        if let Some(row) = self.table.get_mut(job_id) {
+            row.attachment.claim = Some(claim);
+        }
         let context = context.with_checkpoint(checkpoint, is_recovered);
         let span = self.job_span(job_id).unwrap_or_else(tracing::Span::none);
         span.record("attempt", context.attempt());
@@ -203,7 +208,8 @@ impl WorkerActor {
         self.metrics.ended(success, done.ran);
         self.job_event(job_id, if success { "succeeded" } else { "failed" });
         if done.report.origin.is_servers() && !self.keeps_checkpoint(job_id) {
-            self.forget(job_id, ctx);
+            let claim = self.claim_of(job_id);
+            self.forget(job_id, claim, ctx);
         }
         self.deliver(done.report);
         self.slots_changed();

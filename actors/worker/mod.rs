@@ -76,6 +76,9 @@ pub(crate) struct JobLink {
     /// Limits restarts of the job's actor after it crashed (created at the
     /// first crash).
     crashes: Option<RestartPolicy>,
+    /// The claim its checkpoint record is held by, once it started: what
+    /// removing the record at its end must present.
+    claim: Option<crate::recovery::Claim>,
 }
 
 /// Where the worker is in its life.
@@ -143,6 +146,8 @@ pub struct WorkerActor {
     timeouts: crate::deadlines::Deadlines<availability::OfferTimeout>,
     /// The one timer, armed for the earliest of `timeouts`.
     timeout_timer: Option<SpawnHandle>,
+    /// A heartbeat to the checkpoint store is in flight (one at a time).
+    heartbeat_pending: bool,
 }
 
 /// What a worker is made of, as the builder hands it over.
@@ -204,6 +209,7 @@ impl WorkerActor {
             next_generation: 0,
             timeouts: Default::default(),
             timeout_timer: None,
+            heartbeat_pending: false,
             worker_id: None,
             registrations: 0,
             connection_error: None,
@@ -377,6 +383,8 @@ impl Actor for WorkerActor {
                 prometheus.run_upkeep();
             }
         });
+        self.heartbeat(ctx);
+        ctx.run_interval(self.options.liveness_ttl / 3, |act, ctx| act.heartbeat(ctx));
         self.recover_at_start(ctx);
     }
 
@@ -384,6 +392,15 @@ impl Actor for WorkerActor {
         // kept trivial: dropping the threads (with the actor) stops every
         // child still running on them
         warn_if_jobs_left(&self.table);
+        // whatever it still holds (checkpoints a drain kept) is an orphan
+        // for the fleet at once, not when the heartbeat lapses; the store
+        // takes the call now, the reply is not waited for
+        let retire = self.store.retire(&self.options.instance_id);
+        actix_rt::spawn(async move {
+            if let Err(err) = retire.await {
+                warn!(%err, "could not withdraw the worker's heartbeat");
+            }
+        });
     }
 }
 

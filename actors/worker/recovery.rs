@@ -15,16 +15,93 @@ use crate::limits::ResourceRequest;
 use crate::recovery::{Checkpoint, JobCheckpoint, RecoveryError, RestartDecision};
 
 impl WorkerActor {
-    /// Reads the checkpoint store and resumes what the previous run of the
-    /// worker left there.
+    /// Reads the checkpoint store and resumes what a previous run of this
+    /// worker (the same `instance_id`) left there, and the orphans of
+    /// workers that are gone: each claimed first, so that a job is resumed
+    /// by exactly one worker.
     pub(super) fn recover_at_start(&mut self, ctx: &mut Context<Self>) {
+        let store = self.store.clone();
+        let me = self.options.instance_id.clone();
+        let scan = async move {
+            let orphaned = store.list_orphaned().await?;
+            let own = store.list().await?;
+            let mut ids: Vec<String> = orphaned
+                .iter()
+                .chain(own.iter().filter(|cp| cp.claim().owner == me))
+                .map(|cp| cp.job_id().to_owned())
+                .collect();
+            ids.sort();
+            ids.dedup();
+            Ok::<_, crate::recovery::StoreError>(ids)
+        };
         ctx.spawn(
-            wrap_future(self.store.list()).map(|result, act: &mut Self, ctx| match result {
-                Ok(checkpoints) if !checkpoints.is_empty() => act.recover(checkpoints, ctx),
-                Ok(_) => {}
+            wrap_future(scan).map(|result, act: &mut Self, ctx| match result {
+                Ok(ids) => act.claim_for_recovery(ids, ctx),
                 Err(err) => error!(%err, "cannot read the checkpoint store: no job is resumed"),
             }),
         );
+    }
+
+    /// Claims the scanned records of jobs this worker does not already run
+    /// (a job that started since the worker did writes its record under
+    /// this worker's identity; claiming it would fence its own running
+    /// copy), then resumes what it won.
+    fn claim_for_recovery(&mut self, ids: Vec<String>, ctx: &mut Context<Self>) {
+        let ids: Vec<String> = ids
+            .into_iter()
+            .filter(|id| self.table.get(id).is_none())
+            .collect();
+        if ids.is_empty() {
+            return;
+        }
+        let store = self.store.clone();
+        let me = self.options.instance_id.clone();
+        let claim_all = async move {
+            let mut claimed = Vec::new();
+            for id in ids {
+                // another worker may win it between the scan and the claim
+                if let Some(record) = store.claim(&id, &me).await? {
+                    claimed.push(record);
+                }
+            }
+            Ok::<_, crate::recovery::StoreError>(claimed)
+        };
+        ctx.spawn(
+            wrap_future(claim_all).map(|result, act: &mut Self, ctx| match result {
+                Ok(checkpoints) if !checkpoints.is_empty() => act.recover(checkpoints, ctx),
+                Ok(_) => {}
+                Err(err) => {
+                    error!(%err, "cannot claim from the checkpoint store: no job is resumed")
+                }
+            }),
+        );
+    }
+
+    /// Renews this worker's heartbeat in the checkpoint store (one call for
+    /// all its jobs; one in flight at a time).
+    pub(super) fn heartbeat(&mut self, ctx: &mut Context<Self>) {
+        if self.heartbeat_pending {
+            return;
+        }
+        self.heartbeat_pending = true;
+        let beat = self
+            .store
+            .heartbeat(&self.options.instance_id, self.options.liveness_ttl);
+        ctx.spawn(wrap_future(beat).map(|result, act: &mut Self, _ctx| {
+            act.heartbeat_pending = false;
+            if let Err(err) = result {
+                warn!(%err, "could not renew the worker's heartbeat in the checkpoint store");
+            }
+        }));
+    }
+
+    /// The claim a job's checkpoint record is held by: the one its run
+    /// started with, else this worker's first.
+    pub(super) fn claim_of(&self, job_id: &str) -> crate::recovery::Claim {
+        self.table
+            .get(job_id)
+            .and_then(|row| row.attachment.claim.clone())
+            .unwrap_or_else(|| crate::recovery::Claim::new(&self.options.instance_id, 0))
     }
 
     /// Resumes the jobs a previous run of the worker left in the store, as
@@ -44,6 +121,7 @@ impl WorkerActor {
                 continue;
             }
             let room = record.room_name().to_owned();
+            let claim = record.claim().clone();
             match self.resume(record) {
                 Ok(placement) => {
                     resumed.push(job_id.clone());
@@ -55,7 +133,7 @@ impl WorkerActor {
                     guard("on_recovery_failed", &job_id, || {
                         recovery.on_recovery_failed(&job_id, &error)
                     });
-                    self.forget(&job_id, ctx);
+                    self.forget(&job_id, claim, ctx);
                     let status = FinalStatus::failed(format!(
                         "not recovered after a worker restart: {error}"
                     ));
@@ -239,10 +317,15 @@ impl WorkerActor {
         });
     }
 
-    /// Removes a job's checkpoint from the store.
-    pub(super) fn forget(&self, job_id: &str, ctx: &mut Context<Self>) {
+    /// Removes a job's checkpoint from the store, as the holder of `claim`.
+    pub(super) fn forget(
+        &self,
+        job_id: &str,
+        claim: crate::recovery::Claim,
+        ctx: &mut Context<Self>,
+    ) {
         let id = job_id.to_owned();
-        ctx.spawn(wrap_future(self.store.remove(job_id)).map(
+        ctx.spawn(wrap_future(self.store.remove(job_id, &claim)).map(
             move |result, _act: &mut Self, _ctx| {
                 if let Err(err) = result {
                     warn!(job_id = id, %err, "could not remove the checkpoint");

@@ -25,8 +25,36 @@ use serde::{Deserialize, Serialize};
 
 /// The version of the record [`JobCheckpoint::encode`] writes. Bump it when
 /// the record changes shape, and teach [`JobCheckpoint::decode`] to read the
-/// older ones.
-pub const CHECKPOINT_FORMAT: u32 = 1;
+/// older ones. Format 2 added the holder ([`JobCheckpoint::claim`]); a
+/// format 1 record reads as held by no one.
+pub const CHECKPOINT_FORMAT: u32 = 2;
+
+/// Who holds a job: the worker identity that runs it, and the fencing token
+/// of its claim.
+///
+/// A store takes a write or a delete only from the claim it holds for the
+/// job; [`CheckpointStore::claim`](super::CheckpointStore::claim) moves a job
+/// to a new holder and raises the fence, so a holder that lost the job (a
+/// partition, a long pause) is refused from then on.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct Claim {
+    /// The holder's worker identity (`WorkerOptions::worker_identity`); empty
+    /// for a record no worker holds.
+    pub owner: String,
+    /// Raised by one at every claim; 0 for a record written by the worker
+    /// that first ran the job.
+    pub fence: u64,
+}
+
+impl Claim {
+    /// `owner`'s claim at `fence`.
+    pub fn new(owner: impl Into<String>, fence: u64) -> Self {
+        Self {
+            owner: owner.into(),
+            fence,
+        }
+    }
+}
 
 /// The most a checkpoint's state (keys plus JSON values) may hold: 1 MiB.
 /// Every flush rewrites the whole record, and a worker holds one per running
@@ -105,6 +133,8 @@ pub struct JobCheckpoint {
     state: BTreeMap<String, String>,
     /// The sum of key and value lengths in `state`.
     state_bytes: usize,
+    /// Who holds the job.
+    claim: Claim,
 }
 
 impl JobCheckpoint {
@@ -123,7 +153,24 @@ impl JobCheckpoint {
             job: job.encode_to_vec(),
             state: BTreeMap::new(),
             state_bytes: 0,
+            claim: Claim::default(),
         }
+    }
+
+    /// This checkpoint, held by worker `owner` (at fence 0: the first run).
+    pub fn with_owner(mut self, owner: impl Into<String>) -> Self {
+        self.claim = Claim::new(owner, 0);
+        self
+    }
+
+    /// Who holds the job, and the fence of that claim.
+    pub fn claim(&self) -> &Claim {
+        &self.claim
+    }
+
+    /// Sets the holder: for stores, when a claim moves the job.
+    pub fn set_claim(&mut self, claim: Claim) {
+        self.claim = claim;
     }
 
     /// The job id (`AJ_…`), the key stores file it under.
@@ -262,6 +309,8 @@ impl JobCheckpoint {
             updated_at_ms: self.updated_at_ms,
             job: BASE64.encode(&self.job),
             state: Cow::Borrowed(&self.state),
+            owner: Cow::Borrowed(&self.claim.owner),
+            fence: self.claim.fence,
         };
         // Strings, integers and a string map cannot fail to serialize.
         serde_json::to_vec(&record).expect("a checkpoint record always serializes")
@@ -271,7 +320,8 @@ impl JobCheckpoint {
     /// version.
     pub fn decode(bytes: &[u8]) -> Result<Self, CheckpointError> {
         let header: Header = serde_json::from_slice(bytes).map_err(CheckpointError::Malformed)?;
-        if header.format != CHECKPOINT_FORMAT {
+        // format 1 lacks only the holder, which reads as no one
+        if !(1..=CHECKPOINT_FORMAT).contains(&header.format) {
             return Err(CheckpointError::UnsupportedFormat {
                 found: header.format,
                 supported: CHECKPOINT_FORMAT,
@@ -295,6 +345,7 @@ impl JobCheckpoint {
             job,
             state,
             state_bytes,
+            claim: Claim::new(record.owner.into_owned(), record.fence),
         })
     }
 }
@@ -314,6 +365,7 @@ impl fmt::Debug for JobCheckpoint {
             .field("job_bytes", &self.job.len())
             .field("state_keys", &self.state.len())
             .field("state_bytes", &self.state_bytes)
+            .field("claim", &self.claim)
             .finish()
     }
 }
@@ -325,7 +377,7 @@ struct Header {
     format: u32,
 }
 
-/// The stored record, format 1.
+/// The stored record, format 2 (format 1 without `owner` and `fence`).
 #[derive(Serialize, Deserialize)]
 struct Record<'a> {
     format: u32,
@@ -340,6 +392,10 @@ struct Record<'a> {
     /// three to four times larger).
     job: String,
     state: Cow<'a, BTreeMap<String, String>>,
+    #[serde(default)]
+    owner: Cow<'a, str>,
+    #[serde(default)]
+    fence: u64,
 }
 
 /// `time` as milliseconds since the unix epoch (0 before it, `u64::MAX` far
@@ -467,9 +523,10 @@ pub(crate) mod tests {
 
     #[test]
     fn the_record_round_trips_with_its_format_version() {
-        let mut cp = JobCheckpoint::new(&job("AJ_1"), "agent-AJ_1", at(1_000));
+        let mut cp = JobCheckpoint::new(&job("AJ_1"), "agent-AJ_1", at(1_000)).with_owner("w1");
         cp.save("turns", &7u32).unwrap();
         cp.next_attempt(at(2_000));
+        cp.set_claim(Claim::new("w2", 3));
         let bytes = cp.encode();
         let json: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
         assert_eq!(json["format"], CHECKPOINT_FORMAT);
@@ -478,20 +535,34 @@ pub(crate) mod tests {
         assert_eq!(back, cp);
         assert_eq!(back.state_bytes(), cp.state_bytes());
         assert_eq!(back.load::<u32>("turns").unwrap(), Some(7));
+        assert_eq!(back.claim(), &Claim::new("w2", 3));
+    }
+
+    #[test]
+    fn a_format_1_record_reads_as_held_by_no_one() {
+        let cp = JobCheckpoint::new(&job("AJ_1"), "a", at(0)).with_owner("w1");
+        let mut json: serde_json::Value = serde_json::from_slice(&cp.encode()).unwrap();
+        json["format"] = 1.into();
+        let fields = json.as_object_mut().unwrap();
+        fields.remove("owner");
+        fields.remove("fence");
+        let back = JobCheckpoint::decode(&serde_json::to_vec(&json).unwrap()).unwrap();
+        assert_eq!(back.claim(), &Claim::default());
+        assert_eq!(back.job_id(), "AJ_1");
     }
 
     #[test]
     fn unknown_formats_and_garbage_are_refused_clearly() {
         let cp = JobCheckpoint::new(&job("AJ_1"), "a", at(0));
         let mut json: serde_json::Value = serde_json::from_slice(&cp.encode()).unwrap();
-        json["format"] = 2.into();
+        json["format"] = (CHECKPOINT_FORMAT + 1).into();
         let err = JobCheckpoint::decode(&serde_json::to_vec(&json).unwrap()).unwrap_err();
         assert!(matches!(
             err,
             CheckpointError::UnsupportedFormat {
-                found: 2,
+                found,
                 supported: CHECKPOINT_FORMAT
-            }
+            } if found == CHECKPOINT_FORMAT + 1
         ));
         assert!(matches!(
             JobCheckpoint::decode(b"{\"format\":1"),

@@ -26,16 +26,16 @@ use redb::{Database, ReadableDatabase as _, ReadableTable as _, TableDefinition}
 use tokio::sync::oneshot;
 use tracing::warn;
 
-use super::checkpoint::JobCheckpoint;
-use super::store::{self, CheckpointStore, Lease, StoreError, StoreFuture};
+use super::checkpoint::{Claim, JobCheckpoint};
+use super::store::{self, CheckpointStore, Clock, StoreError, StoreFuture};
 
 /// The database file inside the state directory.
 pub const DATABASE_FILE: &str = "checkpoints.redb";
 
 /// Job id → the checkpoint as [`JobCheckpoint::encode`] writes it.
 const CHECKPOINTS: TableDefinition<&str, &[u8]> = TableDefinition::new("checkpoints");
-/// Job id → (owner, expiry in unix milliseconds).
-const LEASES: TableDefinition<&str, (&str, u64)> = TableDefinition::new("leases");
+/// Worker identity → when its heartbeat lapses, in unix milliseconds.
+const HEARTBEATS: TableDefinition<&str, u64> = TableDefinition::new("heartbeats");
 
 /// One operation for the store's thread.
 type Op = Box<dyn FnOnce(&Database) + Send>;
@@ -53,6 +53,7 @@ pub struct EmbeddedStore {
 
 struct Inner {
     path: PathBuf,
+    clock: Clock,
     ops: Option<mpsc::Sender<Op>>,
     thread: Option<JoinHandle<()>>,
 }
@@ -84,10 +85,15 @@ impl EmbeddedStore {
         std::fs::create_dir_all(dir).map_err(|err| open_error(Box::new(err)))?;
         let db = Database::create(&path).map_err(|err| open_error(Box::new(err)))?;
         // Create both tables now, so that readers never meet a missing one.
+        // The file lock proves no other process has the store open, so every
+        // heartbeat in it is a dead process's: cleared, its jobs are orphans
+        // at once (a restarted worker resumes them without waiting for the
+        // heartbeats to lapse).
         let create = || -> Result<(), redb::Error> {
             let txn = db.begin_write()?;
             txn.open_table(CHECKPOINTS)?;
-            txn.open_table(LEASES)?;
+            txn.delete_table(HEARTBEATS)?;
+            txn.open_table(HEARTBEATS)?;
             txn.commit()?;
             Ok(())
         };
@@ -107,6 +113,7 @@ impl EmbeddedStore {
         Ok(Self {
             inner: Arc::new(Inner {
                 path,
+                clock: store::system_clock(),
                 ops: Some(ops),
                 thread: Some(thread),
             }),
@@ -116,6 +123,15 @@ impl EmbeddedStore {
     /// The database file.
     pub fn path(&self) -> &Path {
         &self.inner.path
+    }
+
+    /// This store, reading heartbeat expiry by `clock` (for tests). Call it
+    /// before cloning the store.
+    pub fn with_clock(mut self, clock: Clock) -> Self {
+        if let Some(inner) = Arc::get_mut(&mut self.inner) {
+            inner.clock = clock;
+        }
+        self
     }
 
     /// Queues `op` for the store's thread now; the future waits for its
@@ -139,78 +155,52 @@ impl EmbeddedStore {
         })
     }
 
-    /// Applies a lease rule in one transaction; true when it granted a new
-    /// lease.
-    fn set_lease(
+    /// Runs `change` in one write transaction, with the time of the call.
+    fn write<T: Send + 'static>(
         &self,
-        job_id: &str,
-        rule: store::LeaseRule,
-        owner: &str,
-        ttl: Duration,
-        now: SystemTime,
-    ) -> StoreFuture<bool> {
-        let (job_id, owner) = (job_id.to_owned(), owner.to_owned());
-        self.with_leases(move |leases| {
-            let current = leases.get(job_id.as_str())?.map(|v| lease_of(v.value()));
-            Ok(match rule(current.as_ref(), &owner, ttl, now) {
-                Some(lease) => {
-                    leases.insert(job_id.as_str(), (lease.owner.as_str(), lease.expires_at_ms))?;
-                    true
-                }
-                None => false,
-            })
-        })
-    }
-
-    /// Runs `change` on the lease table in one write transaction.
-    fn with_leases<T: Send + 'static>(
-        &self,
-        change: impl FnOnce(
-            &mut redb::Table<'_, &'static str, (&'static str, u64)>,
-        ) -> Result<T, redb::Error>
+        change: impl FnOnce(&redb::WriteTransaction, SystemTime) -> Result<T, StoreError>
         + Send
         + 'static,
     ) -> StoreFuture<T> {
+        let now = (self.inner.clock)();
         self.run(move |db| {
-            let write = || -> Result<T, redb::Error> {
-                let txn = db.begin_write()?;
-                let out = {
-                    let mut leases = txn.open_table(LEASES)?;
-                    change(&mut leases)?
-                };
-                txn.commit()?;
-                Ok(out)
-            };
-            write().map_err(StoreError::backend)
+            let txn = db.begin_write().map_err(StoreError::backend)?;
+            let out = change(&txn, now)?;
+            txn.commit().map_err(StoreError::backend)?;
+            Ok(out)
         })
     }
 
     /// Every readable checkpoint from one read snapshot; with `orphaned_at`,
-    /// only those without a lease live at that time.
+    /// only those whose holder has no heartbeat live at that time.
     fn scan(
         db: &Database,
         orphaned_at: Option<SystemTime>,
     ) -> Result<Vec<JobCheckpoint>, StoreError> {
         let read = || -> Result<_, redb::Error> {
             let txn = db.begin_read()?;
-            let leases = txn.open_table(LEASES)?;
+            let heartbeats = txn.open_table(HEARTBEATS)?;
             let mut checkpoints = Vec::new();
             for entry in txn.open_table(CHECKPOINTS)?.iter()? {
                 let (key, value) = entry?;
+                let checkpoint = match JobCheckpoint::decode(value.value()) {
+                    Ok(cp) => cp,
+                    Err(err) => {
+                        warn!(
+                            job_id = key.value(),
+                            error = %err,
+                            "skipping an unreadable checkpoint"
+                        );
+                        continue;
+                    }
+                };
                 if let Some(now) = orphaned_at {
-                    let lease = leases.get(key.value())?.map(|v| lease_of(v.value()));
-                    if lease.is_some_and(|lease| lease.is_live(now)) {
+                    let beat = heartbeats.get(checkpoint.claim().owner.as_str())?;
+                    if store::is_live(beat.map(|b| b.value()), now) {
                         continue;
                     }
                 }
-                match JobCheckpoint::decode(value.value()) {
-                    Ok(cp) => checkpoints.push(cp),
-                    Err(err) => warn!(
-                        job_id = key.value(),
-                        error = %err,
-                        "skipping an unreadable checkpoint"
-                    ),
-                }
+                checkpoints.push(checkpoint);
             }
             Ok(checkpoints)
         };
@@ -218,11 +208,21 @@ impl EmbeddedStore {
     }
 }
 
-fn lease_of((owner, expires_at_ms): (&str, u64)) -> Lease {
-    Lease {
-        owner: owner.to_owned(),
-        expires_at_ms,
-    }
+/// The stored record of `job_id` in `txn`, decoded.
+fn stored(txn: &redb::WriteTransaction, job_id: &str) -> Result<Option<JobCheckpoint>, StoreError> {
+    let table = txn.open_table(CHECKPOINTS).map_err(StoreError::backend)?;
+    let bytes = table
+        .get(job_id)
+        .map_err(StoreError::backend)?
+        .map(|value| value.value().to_vec());
+    bytes
+        .map(|bytes| {
+            JobCheckpoint::decode(&bytes).map_err(|source| StoreError::Corrupt {
+                job_id: job_id.to_owned(),
+                source,
+            })
+        })
+        .transpose()
 }
 
 impl std::fmt::Debug for EmbeddedStore {
@@ -240,16 +240,20 @@ impl CheckpointStore for EmbeddedStore {
 
     fn put(&self, checkpoint: &JobCheckpoint) -> StoreFuture<()> {
         let job_id = checkpoint.job_id().to_owned();
+        let claim = checkpoint.claim().clone();
         let record = checkpoint.encode();
-        self.run(move |db| {
-            let write = || -> Result<(), redb::Error> {
-                let txn = db.begin_write()?;
-                txn.open_table(CHECKPOINTS)?
-                    .insert(job_id.as_str(), record.as_slice())?;
-                txn.commit()?;
-                Ok(())
-            };
-            write().map_err(StoreError::backend)
+        self.write(move |txn, _| {
+            if let Some(current) = stored(txn, &job_id)?
+                && !store::admits(current.claim(), &claim)
+            {
+                return Err(store::fenced(&job_id, current.claim()));
+            }
+            txn.open_table(CHECKPOINTS)
+                .and_then(|mut table| {
+                    table.insert(job_id.as_str(), record.as_slice())?;
+                    Ok(())
+                })
+                .map_err(StoreError::backend)
         })
     }
 
@@ -273,20 +277,17 @@ impl CheckpointStore for EmbeddedStore {
         })
     }
 
-    fn remove(&self, job_id: &str) -> StoreFuture<bool> {
-        let job_id = job_id.to_owned();
-        self.run(move |db| {
-            let write = || -> Result<bool, redb::Error> {
-                let txn = db.begin_write()?;
-                let existed = txn
-                    .open_table(CHECKPOINTS)?
-                    .remove(job_id.as_str())?
-                    .is_some();
-                txn.open_table(LEASES)?.remove(job_id.as_str())?;
-                txn.commit()?;
-                Ok(existed)
-            };
-            write().map_err(StoreError::backend)
+    fn remove(&self, job_id: &str, claim: &Claim) -> StoreFuture<bool> {
+        let (job_id, claim) = (job_id.to_owned(), claim.clone());
+        self.write(move |txn, _| match stored(txn, &job_id)? {
+            None => Ok(false),
+            Some(current) if !store::admits(current.claim(), &claim) => {
+                Err(store::fenced(&job_id, current.claim()))
+            }
+            Some(_) => txn
+                .open_table(CHECKPOINTS)
+                .and_then(|mut table| Ok(table.remove(job_id.as_str())?.is_some()))
+                .map_err(StoreError::backend),
         })
     }
 
@@ -294,40 +295,61 @@ impl CheckpointStore for EmbeddedStore {
         self.run(|db| Self::scan(db, None))
     }
 
-    fn acquire_lease(
-        &self,
-        job_id: &str,
-        owner: &str,
-        ttl: Duration,
-        now: SystemTime,
-    ) -> StoreFuture<bool> {
-        self.set_lease(job_id, store::acquire, owner, ttl, now)
-    }
-
-    fn renew_lease(
-        &self,
-        job_id: &str,
-        owner: &str,
-        ttl: Duration,
-        now: SystemTime,
-    ) -> StoreFuture<bool> {
-        self.set_lease(job_id, store::renew, owner, ttl, now)
-    }
-
-    fn release_lease(&self, job_id: &str, owner: &str) -> StoreFuture<bool> {
-        let (job_id, owner) = (job_id.to_owned(), owner.to_owned());
-        self.with_leases(move |leases| {
-            let current = leases.get(job_id.as_str())?.map(|v| lease_of(v.value()));
-            let release = store::releases(current.as_ref(), &owner);
-            if release {
-                leases.remove(job_id.as_str())?;
-            }
-            Ok(release)
+    fn heartbeat(&self, worker: &str, ttl: Duration) -> StoreFuture<()> {
+        let worker = worker.to_owned();
+        self.write(move |txn, now| {
+            txn.open_table(HEARTBEATS)
+                .and_then(|mut table| {
+                    table.insert(worker.as_str(), store::expiry(now, ttl))?;
+                    Ok(())
+                })
+                .map_err(StoreError::backend)
         })
     }
 
-    fn list_orphaned(&self, now: SystemTime) -> StoreFuture<Vec<JobCheckpoint>> {
+    fn retire(&self, worker: &str) -> StoreFuture<()> {
+        let worker = worker.to_owned();
+        self.write(move |txn, _| {
+            txn.open_table(HEARTBEATS)
+                .and_then(|mut table| {
+                    table.remove(worker.as_str())?;
+                    Ok(())
+                })
+                .map_err(StoreError::backend)
+        })
+    }
+
+    fn list_orphaned(&self) -> StoreFuture<Vec<JobCheckpoint>> {
+        let now = (self.inner.clock)();
         self.run(move |db| Self::scan(db, Some(now)))
+    }
+
+    fn claim(&self, job_id: &str, worker: &str) -> StoreFuture<Option<JobCheckpoint>> {
+        let (job_id, worker) = (job_id.to_owned(), worker.to_owned());
+        self.write(move |txn, now| {
+            let Some(current) = stored(txn, &job_id)? else {
+                return Ok(None);
+            };
+            let live = {
+                let table = txn.open_table(HEARTBEATS).map_err(StoreError::backend)?;
+                let beat = table
+                    .get(current.claim().owner.as_str())
+                    .map_err(StoreError::backend)?
+                    .map(|b| b.value());
+                store::is_live(beat, now)
+            };
+            let granted = store::claimed(current, &worker, live);
+            if let Some(record) = &granted {
+                let bytes = record.encode();
+                txn.open_table(CHECKPOINTS)
+                    .and_then(|mut table| {
+                        table.insert(job_id.as_str(), bytes.as_slice())?;
+                        Ok(())
+                    })
+                    .map_err(StoreError::backend)?;
+            }
+            Ok(granted)
+        })
     }
 }
 
@@ -347,7 +369,8 @@ mod tests {
     const CHILD_DEADLINE: Duration = Duration::from_secs(60);
 
     fn progress(id: &str, done_ms: u64) -> JobCheckpoint {
-        let mut cp = JobCheckpoint::new(&job(id), format!("agent-{id}"), at(1_000));
+        let mut cp =
+            JobCheckpoint::new(&job(id), format!("agent-{id}"), at(1_000)).with_owner("w1");
         cp.save("done_ms", &done_ms).unwrap();
         cp
     }
@@ -359,34 +382,51 @@ mod tests {
     }
 
     #[actix_rt::test]
-    async fn embedded_store_follows_the_lease_rules() {
+    async fn embedded_store_follows_the_ownership_rules() {
         let dir = tempfile::tempdir().unwrap();
-        contract::leases(Arc::new(EmbeddedStore::open(dir.path()).unwrap())).await;
+        let (clock, ms) = contract::manual_clock();
+        let store = EmbeddedStore::open(dir.path()).unwrap().with_clock(clock);
+        contract::ownership(Arc::new(store), ms).await;
     }
 
     #[actix_rt::test]
-    async fn records_and_leases_survive_closing_and_reopening() {
+    async fn embedded_store_lets_one_claimer_win() {
+        let dir = tempfile::tempdir().unwrap();
+        contract::one_claimer_wins(Arc::new(EmbeddedStore::open(dir.path()).unwrap())).await;
+    }
+
+    #[actix_rt::test]
+    async fn records_survive_reopening_and_a_dead_processs_heartbeats_do_not() {
         let dir = tempfile::tempdir().unwrap();
         let state_dir = dir.path().join("state");
+        let (clock, ms) = contract::manual_clock();
         {
-            let store = EmbeddedStore::open(&state_dir).unwrap();
+            let store = EmbeddedStore::open(&state_dir)
+                .unwrap()
+                .with_clock(clock.clone());
             store.put(&progress("AJ_1", 2_500)).await.unwrap();
             store.put(&progress("AJ_2", 100)).await.unwrap();
-            assert!(store.remove("AJ_2").await.unwrap());
-            assert!(
-                store
-                    .acquire_lease("AJ_1", "w1", Duration::from_secs(10), at(0))
-                    .await
-                    .unwrap()
-            );
+            assert!(store.remove("AJ_2", &Claim::new("w1", 0)).await.unwrap());
+            store
+                .heartbeat("w1", Duration::from_secs(10))
+                .await
+                .unwrap();
         }
-        let store = EmbeddedStore::open(&state_dir).unwrap();
+        let store = EmbeddedStore::open(&state_dir).unwrap().with_clock(clock);
         let back = store.get("AJ_1").await.unwrap().expect("durable");
         assert_eq!(back, progress("AJ_1", 2_500));
         assert_eq!(back.load::<u64>("done_ms").unwrap(), Some(2_500));
         assert_eq!(store.list().await.unwrap().len(), 1);
-        assert!(store.list_orphaned(at(5_000)).await.unwrap().is_empty());
-        assert_eq!(store.list_orphaned(at(10_000)).await.unwrap().len(), 1);
+        // the file lock proves w1's process is gone: its job is an orphan at
+        // once, not after its heartbeat's 10 s
+        ms.store(5_000, std::sync::atomic::Ordering::SeqCst);
+        assert_eq!(store.list_orphaned().await.unwrap().len(), 1);
+        // a heartbeat taken now lasts as any other
+        store
+            .heartbeat("w1", Duration::from_secs(10))
+            .await
+            .unwrap();
+        assert!(store.list_orphaned().await.unwrap().is_empty());
     }
 
     #[test]

@@ -30,6 +30,9 @@ struct Inner {
     record: Mutex<JobCheckpoint>,
     store: Arc<dyn CheckpointStore>,
     dirty: AtomicBool,
+    /// The store refused a write: another worker holds the job now. No
+    /// further write is attempted.
+    fenced: AtomicBool,
 }
 
 impl Checkpoint {
@@ -40,6 +43,7 @@ impl Checkpoint {
                 record: Mutex::new(record),
                 store,
                 dirty: AtomicBool::new(false),
+                fenced: AtomicBool::new(false),
             }),
         }
     }
@@ -97,19 +101,25 @@ impl Checkpoint {
         let put = inner.store.put(&snapshot);
         Box::pin(async move {
             let result = put.await;
-            if result.is_err() {
-                inner.dirty.store(true, Ordering::Release);
+            match &result {
+                Ok(()) => {}
+                Err(StoreError::Fenced { .. }) => inner.fenced.store(true, Ordering::Release),
+                Err(_) => inner.dirty.store(true, Ordering::Release),
             }
             result
         })
     }
 
-    /// Writes the record if anything was saved since the last write.
+    /// Writes the record if anything was saved since the last write (and
+    /// the store has not refused this holder).
     pub(crate) fn write_if_dirty(&self) -> Option<StoreFuture<()>> {
-        self.inner
-            .dirty
-            .load(Ordering::Acquire)
-            .then(|| self.write())
+        (self.inner.dirty.load(Ordering::Acquire) && !self.is_fenced()).then(|| self.write())
+    }
+
+    /// True once the store refused a write of this record: another worker
+    /// claimed the job.
+    pub(crate) fn is_fenced(&self) -> bool {
+        self.inner.fenced.load(Ordering::Acquire)
     }
 
     /// Counts a new run of the job and returns its number.

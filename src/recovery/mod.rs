@@ -6,10 +6,12 @@
 //! - [`JobCheckpoint`] (`checkpoint`): a job's identity, the job as first
 //!   assigned, and the handler's typed state, with a bound on its size and a
 //!   versioned record for the stores.
-//! - [`CheckpointStore`] (`store`): the async, object-safe store trait with
-//!   leases for jobs that move between workers; [`MemoryStore`] (the
-//!   default) beside it, and [`EmbeddedStore`] (`embedded`) on local disk
-//!   with redb, whose blocking calls run on a thread of its own.
+//! - [`CheckpointStore`] (`store`): the async, object-safe store trait, with
+//!   one ownership design for every store — a heartbeat per worker, a
+//!   holder and a fencing token per record ([`Claim`]), atomic claims of
+//!   orphans; [`MemoryStore`] (the default) beside it, and [`EmbeddedStore`]
+//!   (`embedded`) on local disk with redb, whose blocking calls run on a
+//!   thread of its own.
 //! - [`Checkpoint`] (`handle`): the handler's handle on its job's record:
 //!   cheap saves, written behind, durable after `flush().await`.
 //! - [`RestartPolicy`] (`restart`): at most N restarts within a period, with
@@ -24,7 +26,7 @@ mod handler;
 mod restart;
 mod store;
 
-pub use checkpoint::{CHECKPOINT_FORMAT, CheckpointError, JobCheckpoint, MAX_STATE_BYTES};
+pub use checkpoint::{CHECKPOINT_FORMAT, CheckpointError, Claim, JobCheckpoint, MAX_STATE_BYTES};
 pub use embedded::{DATABASE_FILE, EmbeddedStore};
 pub use handle::Checkpoint;
 pub use handler::{DefaultRecovery, RecoveryError, RecoveryHandler};

@@ -7,15 +7,32 @@
 //! checkpoint is encoded) when the method is called, not when the future is
 //! first polled: the record written is the one passed in.
 //!
-//! Leases say which worker runs a job. A worker acquires one before it
-//! starts (or resumes) a job and renews it well within its TTL; a worker that
-//! dies stops renewing, its leases expire, and [`list_orphaned`] shows the
-//! jobs another worker may take over by acquiring their lease. Times are
-//! passed in as wall-clock `SystemTime`s, because leases are compared across
-//! processes and hosts; an [`Instant`](std::time::Instant) means nothing
-//! outside the process that took it.
+//! Ownership is one design for every store, sized for thousands of jobs per
+//! worker:
+//! - **Liveness** is one heartbeat per worker identity, with a TTL, renewed
+//!   by the worker ([`heartbeat`]) — not a lease per job, so what it costs
+//!   grows with workers, not jobs. A worker that stops in order retires its
+//!   heartbeat ([`retire`]).
+//! - **Ownership** is in each record: its [`Claim`] names the holder and a
+//!   fencing token. A record whose holder has no live heartbeat is
+//!   orphaned ([`list_orphaned`]); [`claim`] moves it to a new holder
+//!   atomically, raising the fence, so that exactly one claimer wins.
+//! - **Fencing**: [`put`] and [`remove`] succeed only for the claim the
+//!   record holds; a holder that lost the job is refused with
+//!   [`StoreError::Fenced`] and must stop its copy without touching the
+//!   record.
 //!
+//! Whose clock counts: the store's. Heartbeat expiry is decided where the
+//! heartbeats are kept (a shared store's server; the process's clock for
+//! the local stores, replaceable in tests with `with_clock`), never by
+//! comparing two workers' clocks.
+//!
+//! [`heartbeat`]: CheckpointStore::heartbeat
+//! [`retire`]: CheckpointStore::retire
 //! [`list_orphaned`]: CheckpointStore::list_orphaned
+//! [`claim`]: CheckpointStore::claim
+//! [`put`]: CheckpointStore::put
+//! [`remove`]: CheckpointStore::remove
 
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -23,9 +40,7 @@ use std::pin::Pin;
 use std::sync::{Mutex, PoisonError};
 use std::time::{Duration, SystemTime};
 
-use serde::{Deserialize, Serialize};
-
-use super::checkpoint::{CheckpointError, JobCheckpoint, unix_millis};
+use super::checkpoint::{CheckpointError, Claim, JobCheckpoint, unix_millis};
 
 /// What every [`CheckpointStore`] method returns: a boxed future that owns
 /// its arguments.
@@ -63,6 +78,18 @@ pub enum StoreError {
     /// The store no longer accepts operations (its thread stopped).
     #[error("the checkpoint store is closed")]
     Closed,
+    /// The write or delete came from a claim the job's record no longer
+    /// holds: another worker has claimed the job. The caller lost it and
+    /// must stop its copy without reporting a status.
+    #[error("job {job_id} is held by {holder:?} (fence {fence}): the write was refused")]
+    Fenced {
+        /// The job.
+        job_id: String,
+        /// Its holder now.
+        holder: String,
+        /// The holder's fence.
+        fence: u64,
+    },
 }
 
 impl StoreError {
@@ -72,62 +99,53 @@ impl StoreError {
     }
 }
 
-/// Where checkpoints are kept, and which worker holds each job's lease.
+/// Where checkpoints are kept, and which worker holds each job (see the
+/// module docs for the ownership design every store follows).
 ///
 /// Implementations: [`MemoryStore`] (the default; survives a handler panic
 /// and a reconnect, not a restart) and
 /// [`EmbeddedStore`](super::EmbeddedStore) (on local disk; survives a
-/// restart and `kill -9`). A redis store will add leases that other workers
-/// see.
+/// restart and `kill -9`).
 pub trait CheckpointStore: Send + Sync + 'static {
-    /// Writes `checkpoint`, replacing the job's previous one. Once the future
-    /// resolves `Ok`, the record is as durable as the store makes it.
+    /// Writes `checkpoint`, replacing the job's previous one, if the record
+    /// is absent or holds the checkpoint's own [`claim`](JobCheckpoint::claim);
+    /// else [`StoreError::Fenced`]. Once the future resolves `Ok`, the record
+    /// is as durable as the store makes it.
     fn put(&self, checkpoint: &JobCheckpoint) -> StoreFuture<()>;
 
     /// The job's checkpoint, if it has one.
     fn get(&self, job_id: &str) -> StoreFuture<Option<JobCheckpoint>>;
 
-    /// Deletes the job's checkpoint and lease (the job is over); true if
-    /// there was a checkpoint.
-    fn remove(&self, job_id: &str) -> StoreFuture<bool>;
+    /// Deletes the job's checkpoint (the job is over) if the record holds
+    /// `claim`; true if there was one, [`StoreError::Fenced`] if another
+    /// claim holds it.
+    fn remove(&self, job_id: &str, claim: &Claim) -> StoreFuture<bool>;
 
-    /// Every checkpoint, ordered by job id: what a restarted worker scans.
-    /// A record that cannot be read is logged and left out (and left in the
-    /// store), so that one damaged record does not block every other
-    /// recovery.
+    /// Every checkpoint, ordered by job id. A record that cannot be read is
+    /// logged and left out (and left in the store), so that one damaged
+    /// record does not block every other recovery.
     fn list(&self) -> StoreFuture<Vec<JobCheckpoint>>;
 
-    /// Takes the job's lease for `owner` until `now + ttl`. Granted (true)
-    /// if no one holds it, if its holder let it expire, or if `owner` holds it
-    /// already (then it is extended); false if another owner holds a live one.
-    fn acquire_lease(
-        &self,
-        job_id: &str,
-        owner: &str,
-        ttl: Duration,
-        now: SystemTime,
-    ) -> StoreFuture<bool>;
+    /// Says worker `worker` is alive for `ttl` from now (by the store's
+    /// clock). A worker renews well within the TTL; one call covers all of
+    /// its jobs.
+    fn heartbeat(&self, worker: &str, ttl: Duration) -> StoreFuture<()>;
 
-    /// Extends `owner`'s live lease to `now + ttl`. False if the lease has
-    /// expired or belongs to someone else: the job may have been taken over,
-    /// and the caller should stop it (or try `acquire_lease` again).
-    fn renew_lease(
-        &self,
-        job_id: &str,
-        owner: &str,
-        ttl: Duration,
-        now: SystemTime,
-    ) -> StoreFuture<bool>;
+    /// Withdraws `worker`'s heartbeat (it stopped in order): whatever it
+    /// still holds is orphaned at once.
+    fn retire(&self, worker: &str) -> StoreFuture<()>;
 
-    /// Gives up `owner`'s lease on the job; true if `owner` held it (live or
-    /// expired). Someone else's lease is left alone.
-    fn release_lease(&self, job_id: &str, owner: &str) -> StoreFuture<bool>;
+    /// The checkpoints whose holder has no live heartbeat (it died, retired,
+    /// or the record is held by no one), ordered by job id: jobs another
+    /// worker may take over with [`claim`](Self::claim).
+    fn list_orphaned(&self) -> StoreFuture<Vec<JobCheckpoint>>;
 
-    /// The checkpoints no one holds a live lease on as of `now` (the lease
-    /// expired, or there never was one): jobs whose worker is gone. A worker
-    /// that writes a checkpoint takes the lease first, so that its own
-    /// running jobs never show up here.
-    fn list_orphaned(&self, now: SystemTime) -> StoreFuture<Vec<JobCheckpoint>>;
+    /// Moves the job to `worker`, atomically: granted if the record is
+    /// orphaned or already `worker`'s (a restart under the same identity).
+    /// The granted record is held by `worker` at the next fence, and is
+    /// returned; `None` if there is no record or another live worker holds
+    /// it. Of many workers claiming one orphan at once, exactly one wins.
+    fn claim(&self, job_id: &str, worker: &str) -> StoreFuture<Option<JobCheckpoint>>;
 
     /// True when what the store holds outlives the process (on disk, or in
     /// a server): a checkpoint left there is found by the next start. A
@@ -146,114 +164,111 @@ impl<S: CheckpointStore> CheckpointStore for std::sync::Arc<S> {
     fn get(&self, job_id: &str) -> StoreFuture<Option<JobCheckpoint>> {
         (**self).get(job_id)
     }
-    fn remove(&self, job_id: &str) -> StoreFuture<bool> {
-        (**self).remove(job_id)
+    fn remove(&self, job_id: &str, claim: &Claim) -> StoreFuture<bool> {
+        (**self).remove(job_id, claim)
     }
     fn list(&self) -> StoreFuture<Vec<JobCheckpoint>> {
         (**self).list()
     }
-    fn acquire_lease(
-        &self,
-        job_id: &str,
-        owner: &str,
-        ttl: Duration,
-        now: SystemTime,
-    ) -> StoreFuture<bool> {
-        (**self).acquire_lease(job_id, owner, ttl, now)
+    fn heartbeat(&self, worker: &str, ttl: Duration) -> StoreFuture<()> {
+        (**self).heartbeat(worker, ttl)
     }
-    fn renew_lease(
-        &self,
-        job_id: &str,
-        owner: &str,
-        ttl: Duration,
-        now: SystemTime,
-    ) -> StoreFuture<bool> {
-        (**self).renew_lease(job_id, owner, ttl, now)
+    fn retire(&self, worker: &str) -> StoreFuture<()> {
+        (**self).retire(worker)
     }
-    fn release_lease(&self, job_id: &str, owner: &str) -> StoreFuture<bool> {
-        (**self).release_lease(job_id, owner)
+    fn list_orphaned(&self) -> StoreFuture<Vec<JobCheckpoint>> {
+        (**self).list_orphaned()
     }
-    fn list_orphaned(&self, now: SystemTime) -> StoreFuture<Vec<JobCheckpoint>> {
-        (**self).list_orphaned(now)
+    fn claim(&self, job_id: &str, worker: &str) -> StoreFuture<Option<JobCheckpoint>> {
+        (**self).claim(job_id, worker)
     }
     fn is_durable(&self) -> bool {
         (**self).is_durable()
     }
 }
 
-/// A job's lease: who holds it, and until when.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub(crate) struct Lease {
-    /// The holder (a worker id).
-    pub owner: String,
-    /// Unix milliseconds at which it lapses.
-    pub expires_at_ms: u64,
+/// The clock a local store reads heartbeat expiry by.
+pub type Clock = std::sync::Arc<dyn Fn() -> SystemTime + Send + Sync>;
+
+/// The process's wall clock.
+pub(crate) fn system_clock() -> Clock {
+    std::sync::Arc::new(SystemTime::now)
 }
 
-impl Lease {
-    fn until(owner: &str, ttl: Duration, now: SystemTime) -> Self {
-        let ttl_ms = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX);
-        Self {
-            owner: owner.to_owned(),
-            expires_at_ms: unix_millis(now).saturating_add(ttl_ms),
-        }
-    }
+// The ownership rules, shared by the local stores so they cannot drift
+// apart (a server-side store states the same rules in its own language and
+// passes the same contract tests).
 
-    /// Live leases are those that have not reached their expiry.
-    pub fn is_live(&self, now: SystemTime) -> bool {
-        unix_millis(now) < self.expires_at_ms
-    }
+/// Whether a write or delete by `writer` may touch a record held by
+/// `stored`: only the very claim the record holds may.
+pub(crate) fn admits(stored: &Claim, writer: &Claim) -> bool {
+    stored == writer
 }
 
-/// The lease rules, shared by every store so they cannot drift apart: the
-/// new lease if `acquire_lease` is granted.
-pub(crate) fn acquire(
-    current: Option<&Lease>,
-    owner: &str,
-    ttl: Duration,
-    now: SystemTime,
-) -> Option<Lease> {
-    match current {
-        Some(lease) if lease.owner != owner && lease.is_live(now) => None,
-        _ => Some(Lease::until(owner, ttl, now)),
-    }
+/// Unix milliseconds at which a heartbeat for `ttl` from `now` lapses.
+pub(crate) fn expiry(now: SystemTime, ttl: Duration) -> u64 {
+    let ttl_ms = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX);
+    unix_millis(now).saturating_add(ttl_ms)
 }
 
-/// The new lease if `renew_lease` is granted.
-pub(crate) fn renew(
-    current: Option<&Lease>,
-    owner: &str,
-    ttl: Duration,
-    now: SystemTime,
-) -> Option<Lease> {
-    match current {
-        Some(lease) if lease.owner == owner && lease.is_live(now) => {
-            Some(Lease::until(owner, ttl, now))
-        }
-        _ => None,
-    }
+/// Whether a heartbeat that lapses at `expires_at_ms` is live at `now`.
+pub(crate) fn is_live(expires_at_ms: Option<u64>, now: SystemTime) -> bool {
+    expires_at_ms.is_some_and(|at| unix_millis(now) < at)
 }
 
-/// A lease rule: [`acquire`] or [`renew`].
-pub(crate) type LeaseRule = fn(Option<&Lease>, &str, Duration, SystemTime) -> Option<Lease>;
+/// The record `worker`'s claim makes of `record`, if granted: orphaned
+/// (`holder_live` false) or already `worker`'s.
+pub(crate) fn claimed(
+    mut record: JobCheckpoint,
+    worker: &str,
+    holder_live: bool,
+) -> Option<JobCheckpoint> {
+    let holder = &record.claim().owner;
+    if holder_live && holder != worker {
+        return None;
+    }
+    let fence = record.claim().fence.saturating_add(1);
+    record.set_claim(Claim::new(worker, fence));
+    Some(record)
+}
 
-/// True if `release_lease` should delete `current`.
-pub(crate) fn releases(current: Option<&Lease>, owner: &str) -> bool {
-    current.is_some_and(|lease| lease.owner == owner)
+/// The refusal of a fenced write.
+pub(crate) fn fenced(job_id: &str, stored: &Claim) -> StoreError {
+    StoreError::Fenced {
+        job_id: job_id.to_owned(),
+        holder: stored.owner.clone(),
+        fence: stored.fence,
+    }
 }
 
 /// Checkpoints in memory: the default store. It keeps a job's checkpoint
 /// through a handler panic and a reconnect, and loses everything when the
 /// process ends. Operations complete at once.
-#[derive(Debug, Default)]
 pub struct MemoryStore {
     inner: Mutex<Memory>,
+    clock: Clock,
 }
 
 #[derive(Debug, Default)]
 struct Memory {
     checkpoints: BTreeMap<String, JobCheckpoint>,
-    leases: BTreeMap<String, Lease>,
+    /// Worker identity → when its heartbeat lapses (unix milliseconds).
+    heartbeats: BTreeMap<String, u64>,
+}
+
+impl Default for MemoryStore {
+    fn default() -> Self {
+        Self {
+            inner: Mutex::default(),
+            clock: system_clock(),
+        }
+    }
+}
+
+impl std::fmt::Debug for MemoryStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MemoryStore").finish_non_exhaustive()
+    }
 }
 
 impl MemoryStore {
@@ -262,94 +277,97 @@ impl MemoryStore {
         Self::default()
     }
 
-    fn with<T: Send + 'static>(&self, op: impl FnOnce(&mut Memory) -> T) -> StoreFuture<T> {
-        // A panic while holding the lock cannot leave the maps half-changed:
-        // each operation is a single insert or remove.
-        let mut memory = self.inner.lock().unwrap_or_else(PoisonError::into_inner);
-        let out = op(&mut memory);
-        Box::pin(std::future::ready(Ok(out)))
+    /// This store, reading heartbeat expiry by `clock` (for tests).
+    pub fn with_clock(mut self, clock: Clock) -> Self {
+        self.clock = clock;
+        self
     }
 
-    /// Applies a lease rule; true when it granted a new lease.
-    fn set_lease(
+    fn with<T: Send + 'static>(
         &self,
-        job_id: &str,
-        rule: LeaseRule,
-        owner: &str,
-        ttl: Duration,
-        now: SystemTime,
-    ) -> StoreFuture<bool> {
-        self.with(|m| match rule(m.leases.get(job_id), owner, ttl, now) {
-            Some(lease) => {
-                m.leases.insert(job_id.to_owned(), lease);
-                true
-            }
-            None => false,
-        })
+        op: impl FnOnce(&mut Memory, SystemTime) -> Result<T, StoreError>,
+    ) -> StoreFuture<T> {
+        // A panic while holding the lock cannot leave the maps half-changed:
+        // each operation is a single insert or remove.
+        let now = (self.clock)();
+        let mut memory = self.inner.lock().unwrap_or_else(PoisonError::into_inner);
+        let out = op(&mut memory, now);
+        Box::pin(std::future::ready(out))
+    }
+}
+
+impl Memory {
+    fn holder_live(&self, record: &JobCheckpoint, now: SystemTime) -> bool {
+        is_live(self.heartbeats.get(&record.claim().owner).copied(), now)
     }
 }
 
 impl CheckpointStore for MemoryStore {
     fn put(&self, checkpoint: &JobCheckpoint) -> StoreFuture<()> {
         let checkpoint = checkpoint.clone();
-        self.with(move |m| {
+        self.with(move |m, _| {
+            if let Some(stored) = m.checkpoints.get(checkpoint.job_id())
+                && !admits(stored.claim(), checkpoint.claim())
+            {
+                return Err(fenced(checkpoint.job_id(), stored.claim()));
+            }
             m.checkpoints
                 .insert(checkpoint.job_id().to_owned(), checkpoint);
+            Ok(())
         })
     }
 
     fn get(&self, job_id: &str) -> StoreFuture<Option<JobCheckpoint>> {
-        self.with(|m| m.checkpoints.get(job_id).cloned())
+        self.with(|m, _| Ok(m.checkpoints.get(job_id).cloned()))
     }
 
-    fn remove(&self, job_id: &str) -> StoreFuture<bool> {
-        self.with(|m| {
-            m.leases.remove(job_id);
-            m.checkpoints.remove(job_id).is_some()
+    fn remove(&self, job_id: &str, claim: &Claim) -> StoreFuture<bool> {
+        self.with(|m, _| match m.checkpoints.get(job_id) {
+            None => Ok(false),
+            Some(stored) if !admits(stored.claim(), claim) => Err(fenced(job_id, stored.claim())),
+            Some(_) => Ok(m.checkpoints.remove(job_id).is_some()),
         })
     }
 
     fn list(&self) -> StoreFuture<Vec<JobCheckpoint>> {
-        self.with(|m| m.checkpoints.values().cloned().collect())
+        self.with(|m, _| Ok(m.checkpoints.values().cloned().collect()))
     }
 
-    fn acquire_lease(
-        &self,
-        job_id: &str,
-        owner: &str,
-        ttl: Duration,
-        now: SystemTime,
-    ) -> StoreFuture<bool> {
-        self.set_lease(job_id, acquire, owner, ttl, now)
-    }
-
-    fn renew_lease(
-        &self,
-        job_id: &str,
-        owner: &str,
-        ttl: Duration,
-        now: SystemTime,
-    ) -> StoreFuture<bool> {
-        self.set_lease(job_id, renew, owner, ttl, now)
-    }
-
-    fn release_lease(&self, job_id: &str, owner: &str) -> StoreFuture<bool> {
-        self.with(|m| {
-            let release = releases(m.leases.get(job_id), owner);
-            if release {
-                m.leases.remove(job_id);
-            }
-            release
+    fn heartbeat(&self, worker: &str, ttl: Duration) -> StoreFuture<()> {
+        self.with(|m, now| {
+            m.heartbeats.insert(worker.to_owned(), expiry(now, ttl));
+            Ok(())
         })
     }
 
-    fn list_orphaned(&self, now: SystemTime) -> StoreFuture<Vec<JobCheckpoint>> {
-        self.with(|m| {
-            m.checkpoints
+    fn retire(&self, worker: &str) -> StoreFuture<()> {
+        self.with(|m, _| {
+            m.heartbeats.remove(worker);
+            Ok(())
+        })
+    }
+
+    fn list_orphaned(&self) -> StoreFuture<Vec<JobCheckpoint>> {
+        self.with(|m, now| {
+            Ok(m.checkpoints
                 .values()
-                .filter(|cp| !m.leases.get(cp.job_id()).is_some_and(|l| l.is_live(now)))
+                .filter(|cp| !m.holder_live(cp, now))
                 .cloned()
-                .collect()
+                .collect())
+        })
+    }
+
+    fn claim(&self, job_id: &str, worker: &str) -> StoreFuture<Option<JobCheckpoint>> {
+        self.with(|m, now| {
+            let Some(record) = m.checkpoints.get(job_id) else {
+                return Ok(None);
+            };
+            let live = m.holder_live(record, now);
+            let granted = claimed(record.clone(), worker, live);
+            if let Some(record) = &granted {
+                m.checkpoints.insert(job_id.to_owned(), record.clone());
+            }
+            Ok(granted)
         })
     }
 }
@@ -358,6 +376,7 @@ impl CheckpointStore for MemoryStore {
 #[cfg(test)]
 pub(crate) mod contract {
     use std::sync::Arc;
+    use std::sync::atomic::{AtomicU64, Ordering};
 
     use super::*;
     use crate::recovery::checkpoint::tests::{at, job};
@@ -365,12 +384,20 @@ pub(crate) mod contract {
     const TTL: Duration = Duration::from_secs(10);
 
     fn checkpoint(id: &str, turns: u32) -> JobCheckpoint {
-        let mut cp = JobCheckpoint::new(&job(id), format!("agent-{id}"), at(1_000));
+        let mut cp =
+            JobCheckpoint::new(&job(id), format!("agent-{id}"), at(1_000)).with_owner("w1");
         cp.save("turns", &turns).unwrap();
         cp
     }
 
-    /// put / get / list / remove.
+    /// A clock the test moves by hand: unix milliseconds.
+    pub(crate) fn manual_clock() -> (Clock, Arc<AtomicU64>) {
+        let ms = Arc::new(AtomicU64::new(0));
+        let read = ms.clone();
+        (Arc::new(move || at(read.load(Ordering::SeqCst))), ms)
+    }
+
+    /// put / get / list / remove by the holder.
     pub(crate) async fn records(store: Arc<dyn CheckpointStore>) {
         assert_eq!(store.get("AJ_1").await.unwrap(), None);
         store.put(&checkpoint("AJ_2", 1)).await.unwrap();
@@ -386,95 +413,117 @@ pub(crate) mod contract {
             .map(|cp| cp.job_id().to_owned())
             .collect();
         assert_eq!(ids, ["AJ_1", "AJ_2"]);
-        assert!(store.remove("AJ_1").await.unwrap());
-        assert!(!store.remove("AJ_1").await.unwrap());
+        let w1 = Claim::new("w1", 0);
+        assert!(store.remove("AJ_1", &w1).await.unwrap());
+        assert!(!store.remove("AJ_1", &w1).await.unwrap());
         assert_eq!(store.get("AJ_1").await.unwrap(), None);
         assert_eq!(store.list().await.unwrap().len(), 1);
     }
 
-    /// acquire / renew / release / list_orphaned on simulated time.
-    pub(crate) async fn leases(store: Arc<dyn CheckpointStore>) {
+    /// Heartbeats, orphans, claims and fences, on the store's clock at
+    /// `ms` (unix milliseconds, moved by the test).
+    pub(crate) async fn ownership(store: Arc<dyn CheckpointStore>, ms: Arc<AtomicU64>) {
+        let set = |t: u64| ms.store(t, Ordering::SeqCst);
+        set(0);
         store.put(&checkpoint("AJ_1", 1)).await.unwrap();
-        store.put(&checkpoint("AJ_2", 1)).await.unwrap();
-        // Never leased: orphaned.
-        assert_eq!(store.list_orphaned(at(0)).await.unwrap().len(), 2);
+        let mut unheld = checkpoint("AJ_2", 1);
+        unheld.set_claim(Claim::default());
+        store.put(&unheld).await.unwrap();
+        // w1 has never beaten: both are orphans
+        assert_eq!(store.list_orphaned().await.unwrap().len(), 2);
 
-        assert!(store.acquire_lease("AJ_1", "w1", TTL, at(0)).await.unwrap());
-        assert!(
-            !store
-                .acquire_lease("AJ_1", "w2", TTL, at(5_000))
-                .await
-                .unwrap()
-        );
-        let orphaned = store.list_orphaned(at(5_000)).await.unwrap();
-        assert_eq!(orphaned.len(), 1);
+        store.heartbeat("w1", TTL).await.unwrap();
+        let orphaned = store.list_orphaned().await.unwrap();
+        assert_eq!(orphaned.len(), 1, "held by no one");
         assert_eq!(orphaned[0].job_id(), "AJ_2");
+        assert_eq!(
+            store.claim("AJ_1", "w2").await.unwrap(),
+            None,
+            "w1 is alive"
+        );
+        assert_eq!(store.claim("AJ_9", "w2").await.unwrap(), None, "no record");
 
-        // Renewed in time: still w1's at 14 s.
-        assert!(
-            store
-                .renew_lease("AJ_1", "w1", TTL, at(9_000))
-                .await
-                .unwrap()
-        );
-        assert!(
-            !store
-                .renew_lease("AJ_1", "w2", TTL, at(9_000))
-                .await
-                .unwrap()
-        );
-        assert!(
-            !store
-                .acquire_lease("AJ_1", "w2", TTL, at(14_000))
-                .await
-                .unwrap()
-        );
+        // renewed in time: still alive at 14 s; lapses at 19 s
+        set(9_000);
+        store.heartbeat("w1", TTL).await.unwrap();
+        set(14_000);
+        assert_eq!(store.claim("AJ_1", "w2").await.unwrap(), None);
+        set(19_000);
+        assert_eq!(store.list_orphaned().await.unwrap().len(), 2);
 
-        // Not renewed: lapses at 19 s, shows as orphaned, and w2 takes it over.
-        assert_eq!(store.list_orphaned(at(19_000)).await.unwrap().len(), 2);
-        assert!(
-            !store
-                .renew_lease("AJ_1", "w1", TTL, at(19_000))
-                .await
-                .unwrap()
+        // w2 claims: the fence rises, and w1's writes are refused from now on
+        let taken = store.claim("AJ_1", "w2").await.unwrap().expect("orphaned");
+        assert_eq!(taken.claim(), &Claim::new("w2", 1));
+        assert_eq!(taken.load::<u32>("turns").unwrap(), Some(1), "state kept");
+        assert_eq!(
+            store.get("AJ_1").await.unwrap().unwrap().claim(),
+            taken.claim()
         );
-        assert!(
-            store
-                .acquire_lease("AJ_1", "w2", TTL, at(19_000))
-                .await
-                .unwrap()
-        );
-        assert!(!store.release_lease("AJ_1", "w1").await.unwrap());
-        assert!(
-            store
-                .renew_lease("AJ_1", "w2", TTL, at(20_000))
-                .await
-                .unwrap()
+        let stale = checkpoint("AJ_1", 5);
+        assert!(matches!(
+            store.put(&stale).await,
+            Err(StoreError::Fenced { ref holder, fence: 1, .. }) if holder == "w2"
+        ));
+        assert!(matches!(
+            store.remove("AJ_1", &Claim::new("w1", 0)).await,
+            Err(StoreError::Fenced { .. })
+        ));
+        assert_eq!(
+            store.get("AJ_1").await.unwrap().unwrap(),
+            taken,
+            "untouched"
         );
 
-        // Re-acquiring one's own lease extends it; releasing frees it at once.
-        assert!(
-            store
-                .acquire_lease("AJ_1", "w2", TTL, at(25_000))
-                .await
-                .unwrap()
+        // the new holder writes; a worker claiming its own job again (a
+        // restart under the same identity) is granted while alive
+        store.heartbeat("w2", TTL).await.unwrap();
+        let mut progress = taken.clone();
+        progress.save("turns", &6u32).unwrap();
+        store.put(&progress).await.unwrap();
+        assert_eq!(
+            store.claim("AJ_1", "w3").await.unwrap(),
+            None,
+            "w2 is alive"
         );
-        assert!(store.release_lease("AJ_1", "w2").await.unwrap());
-        assert!(
-            store
-                .acquire_lease("AJ_1", "w3", TTL, at(26_000))
-                .await
-                .unwrap()
-        );
+        let again = store.claim("AJ_1", "w2").await.unwrap().expect("its own");
+        assert_eq!(again.claim(), &Claim::new("w2", 2));
+        assert!(matches!(
+            store.put(&progress).await,
+            Err(StoreError::Fenced { .. })
+        ));
 
-        // Removing the job drops its lease too.
-        assert!(store.remove("AJ_1").await.unwrap());
-        assert!(
-            store
-                .acquire_lease("AJ_1", "w4", TTL, at(27_000))
+        // retiring orphans at once
+        store.retire("w2").await.unwrap();
+        let orphaned: Vec<String> = store
+            .list_orphaned()
+            .await
+            .unwrap()
+            .iter()
+            .map(|cp| cp.job_id().to_owned())
+            .collect();
+        assert_eq!(orphaned, ["AJ_1", "AJ_2"]);
+        assert!(store.remove("AJ_1", again.claim()).await.unwrap());
+    }
+
+    /// Many live claimers of one orphan at once: exactly one wins.
+    pub(crate) async fn one_claimer_wins(store: Arc<dyn CheckpointStore>) {
+        for w in 0..8 {
+            store.heartbeat(&format!("racer{w}"), TTL).await.unwrap();
+        }
+        for round in 0..20 {
+            let id = format!("AJ_race{round}");
+            store.put(&checkpoint(&id, 1)).await.unwrap();
+            let claims: Vec<_> = (0..8)
+                .map(|w| store.claim(&id, &format!("racer{w}")))
+                .collect();
+            let won: Vec<JobCheckpoint> = futures_util::future::join_all(claims)
                 .await
-                .unwrap()
-        );
+                .into_iter()
+                .filter_map(|r| r.unwrap())
+                .collect();
+            assert_eq!(won.len(), 1, "round {round}: {won:?}");
+            assert_eq!(won[0].claim().fence, 1);
+        }
     }
 }
 
@@ -483,7 +532,6 @@ mod tests {
     use std::sync::Arc;
 
     use super::*;
-    use crate::recovery::checkpoint::tests::at;
 
     #[actix_rt::test]
     async fn memory_store_keeps_records() {
@@ -491,16 +539,22 @@ mod tests {
     }
 
     #[actix_rt::test]
-    async fn memory_store_follows_the_lease_rules() {
-        contract::leases(Arc::new(MemoryStore::new())).await;
+    async fn memory_store_follows_the_ownership_rules() {
+        let (clock, ms) = contract::manual_clock();
+        contract::ownership(Arc::new(MemoryStore::new().with_clock(clock)), ms).await;
+    }
+
+    #[actix_rt::test]
+    async fn memory_store_lets_one_claimer_win() {
+        contract::one_claimer_wins(Arc::new(MemoryStore::new())).await;
     }
 
     #[test]
-    fn a_lease_lapses_exactly_at_its_expiry() {
-        let lease = acquire(None, "w1", Duration::from_secs(1), at(0)).unwrap();
-        assert!(lease.is_live(at(999)));
-        assert!(!lease.is_live(at(1_000)));
-        assert!(renew(Some(&lease), "w1", Duration::from_secs(1), at(1_000)).is_none());
-        assert!(acquire(Some(&lease), "w2", Duration::from_secs(1), at(1_000)).is_some());
+    fn a_heartbeat_lapses_exactly_at_its_expiry() {
+        use crate::recovery::checkpoint::tests::at;
+        let until = expiry(at(0), Duration::from_secs(1));
+        assert!(is_live(Some(until), at(999)));
+        assert!(!is_live(Some(until), at(1_000)));
+        assert!(!is_live(None, at(0)));
     }
 }
