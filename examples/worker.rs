@@ -6,7 +6,12 @@
 //! `{"duration_ms": 1000, "outcome": "success" | "fail" | "panic"}`, and
 //! checkpoints the time it has run. With `--state-dir DIR` the checkpoints
 //! are kept on disk: a worker killed mid-job and started again with the same
-//! directory resumes the job where it was.
+//! directory resumes the job where it was. With `--redis URL` (or
+//! `REDIS_URL`; built with the feature `redis`) instead, they are kept in
+//! Redis and the worker is one of a fleet: when a worker dies, another
+//! takes its jobs over once its heartbeat lapses (`--redis-prefix` names
+//! the fleet; `--worker-id ID` keeps one identity across restarts;
+//! `--liveness-ms MS` sets how long a heartbeat lasts, default 6 s).
 //!
 //! Operating it: `--http ADDR` serves `/`, `/ready`, `/worker` and
 //! `/metrics` (off unless given); SIGTERM (or Ctrl-C) drains it — new jobs
@@ -30,16 +35,21 @@ use lkagent::demo::DemoAgent;
 use lkagent::recovery::EmbeddedStore;
 use lkagent::{JobContext, JobError, JobHandler, Worker, WorkerOptions};
 
-const USAGE: &str = "usage: worker [--max-jobs N] [--agent-name NAME] [--state-dir DIR]
+const USAGE: &str = "usage: worker [--max-jobs N] [--agent-name NAME] [--worker-id ID]
+              [--state-dir DIR | --redis URL [--redis-prefix PREFIX]] [--liveness-ms MS]
               [--http ADDR] [--drain-timeout SECS] [--give-up-after SECS] [--idle]
 environment: LIVEKIT_URL, LIVEKIT_API_KEY, LIVEKIT_API_SECRET or LIVEKIT_API_SECRET_FILE
-             (required), LIVEKIT_AGENT_NAME, RUST_LOG";
+             (required), LIVEKIT_AGENT_NAME, REDIS_URL, RUST_LOG";
 
 /// The flags, parsed.
 struct Args {
     max_jobs: usize,
     agent_name: Option<String>,
     state_dir: Option<String>,
+    redis: Option<String>,
+    redis_prefix: String,
+    worker_id: Option<String>,
+    liveness: Option<Duration>,
     http: Option<String>,
     drain_timeout: Duration,
     give_up_after: Option<Duration>,
@@ -62,6 +72,12 @@ fn parse_args(mut args: impl Iterator<Item = String>) -> Result<Args, String> {
         max_jobs: 100,
         agent_name: None,
         state_dir: None,
+        redis: std::env::var("REDIS_URL")
+            .ok()
+            .filter(|url| !url.is_empty()),
+        redis_prefix: String::new(),
+        worker_id: None,
+        liveness: None,
         http: None,
         drain_timeout: Duration::from_secs(600),
         give_up_after: None,
@@ -79,6 +95,16 @@ fn parse_args(mut args: impl Iterator<Item = String>) -> Result<Args, String> {
             }
             "--agent-name" => parsed.agent_name = Some(value("--agent-name")?),
             "--state-dir" => parsed.state_dir = Some(value("--state-dir")?),
+            "--redis" => parsed.redis = Some(value("--redis")?),
+            "--redis-prefix" => parsed.redis_prefix = value("--redis-prefix")?,
+            "--worker-id" => parsed.worker_id = Some(value("--worker-id")?),
+            "--liveness-ms" => {
+                let text = value("--liveness-ms")?;
+                let ms: u64 = text.parse().ok().filter(|ms| *ms >= 30).ok_or_else(|| {
+                    format!("--liveness-ms must be a number of milliseconds from 30, not {text:?}")
+                })?;
+                parsed.liveness = Some(Duration::from_millis(ms));
+            }
             "--http" => parsed.http = Some(value("--http")?),
             "--drain-timeout" => {
                 let text = value("--drain-timeout")?;
@@ -98,6 +124,9 @@ fn parse_args(mut args: impl Iterator<Item = String>) -> Result<Args, String> {
             "-h" | "--help" => return Err(String::new()),
             other => return Err(format!("unknown argument {other:?}")),
         }
+    }
+    if parsed.state_dir.is_some() && parsed.redis.is_some() {
+        return Err("--state-dir and --redis (or REDIS_URL) are exclusive: pick one store".into());
     }
     Ok(parsed)
 }
@@ -130,6 +159,12 @@ async fn main() -> ExitCode {
     if let Some(name) = args.agent_name {
         options.agent_name = name;
     }
+    if let Some(id) = &args.worker_id {
+        options.instance_id = id.clone();
+    }
+    if let Some(ttl) = args.liveness {
+        options.liveness_ttl = ttl;
+    }
     if let Some(budget) = args.give_up_after {
         options = options.reconnect_give_up_after(budget);
     }
@@ -150,6 +185,15 @@ async fn main() -> ExitCode {
                 return ExitCode::from(2);
             }
         }
+    }
+    if let Some(url) = &args.redis {
+        builder = match redis_store(url, &args.redis_prefix).await {
+            Ok(store) => builder.checkpoint_store(store),
+            Err(err) => {
+                eprintln!("error: --redis: {err}");
+                return ExitCode::from(2);
+            }
+        };
     }
     let worker = match builder.start() {
         Ok(worker) => worker,
@@ -174,4 +218,19 @@ async fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+#[cfg(feature = "redis")]
+async fn redis_store(
+    url: &str,
+    prefix: &str,
+) -> Result<lkagent::recovery::RedisCheckpointStore, String> {
+    lkagent::recovery::RedisCheckpointStore::connect(url, prefix)
+        .await
+        .map_err(|err| err.to_string())
+}
+
+#[cfg(not(feature = "redis"))]
+async fn redis_store(_url: &str, _prefix: &str) -> Result<EmbeddedStore, String> {
+    Err("this build has no Redis support: build with `--features redis`".into())
 }

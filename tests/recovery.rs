@@ -6,9 +6,6 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -258,73 +255,9 @@ async fn an_accepted_recovery_resumes_with_the_saved_state_and_is_claimed() {
     }
 }
 
-/// A child worker process, its log lines arriving on a channel.
-struct ChildWorker {
-    child: Child,
-    lines: mpsc::Receiver<String>,
-}
-
-impl ChildWorker {
-    fn spawn(server: &DevServer, state_dir: &std::path::Path) -> Self {
-        let mut child = Command::new(example_worker())
-            .args(["--max-jobs", "5", "--state-dir"])
-            .arg(state_dir)
-            .env("LIVEKIT_URL", server.ws_url())
-            .env("LIVEKIT_API_KEY", KEY)
-            .env("LIVEKIT_API_SECRET", SECRET)
-            .env("RUST_LOG", "info,lkagent::demo=debug")
-            .env("NO_COLOR", "1")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("the example worker starts");
-        let stdout = child.stdout.take().unwrap();
-        let (tx, lines) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
-        Self { child, lines }
-    }
-
-    /// Waits for a log line containing `needle` whose `progress_ms` is at
-    /// least `min`, and returns that value.
-    fn wait_progress(&self, needle: &str, min: u64) -> u64 {
-        let deadline = Instant::now() + DEADLINE;
-        let mut seen = Vec::new();
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            let Ok(line) = self.lines.recv_timeout(left) else {
-                let tail = seen[seen.len().saturating_sub(20)..].join("\n");
-                panic!("no {needle:?} line with progress_ms >= {min}; the child said:\n{tail}");
-            };
-            seen.push(line.clone());
-            if line.contains(needle)
-                && let Some(progress) = progress_ms(&line)
-                && progress >= min
-            {
-                return progress;
-            }
-        }
-    }
-}
-
-impl Drop for ChildWorker {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn progress_ms(line: &str) -> Option<u64> {
-    let rest = &line[line.find("progress_ms=")? + "progress_ms=".len()..];
-    rest.split(|c: char| !c.is_ascii_digit())
-        .next()?
-        .parse()
-        .ok()
+/// The example worker's flags for a checkpoint store in `dir`.
+fn state_args(dir: &std::path::Path) -> Vec<String> {
+    vec!["--state-dir".into(), dir.display().to_string()]
 }
 
 #[actix_rt::test]
@@ -332,7 +265,7 @@ async fn a_worker_killed_mid_job_resumes_it_from_its_checkpoint_after_a_restart(
     let server = devserver().await;
     let state_dir = tempfile::tempdir().unwrap();
 
-    let first = ChildWorker::spawn(&server, state_dir.path());
+    let first = ChildWorker::spawn(&server, &state_args(state_dir.path()));
     let workers = server
         .wait_workers(DEADLINE, |ws| ws.iter().any(|w| w.connected))
         .await
@@ -350,7 +283,7 @@ async fn a_worker_killed_mid_job_resumes_it_from_its_checkpoint_after_a_restart(
         .await
         .expect("the killed worker's connection ends");
 
-    let second = ChildWorker::spawn(&server, state_dir.path());
+    let second = ChildWorker::spawn(&server, &state_args(state_dir.path()));
     let resumed_at = second.wait_progress("resuming from checkpoint", before_kill);
     assert!(resumed_at < 4000, "resumed at {resumed_at} ms");
     let workers = server

@@ -148,6 +148,8 @@ pub struct WorkerActor {
     timeout_timer: Option<SpawnHandle>,
     /// A heartbeat to the checkpoint store is in flight (one at a time).
     heartbeat_pending: bool,
+    /// A scan for orphaned jobs is in flight (one at a time).
+    orphan_scan_pending: bool,
 }
 
 /// What a worker is made of, as the builder hands it over.
@@ -210,6 +212,7 @@ impl WorkerActor {
             timeouts: Default::default(),
             timeout_timer: None,
             heartbeat_pending: false,
+            orphan_scan_pending: false,
             worker_id: None,
             registrations: 0,
             connection_error: None,
@@ -386,6 +389,11 @@ impl Actor for WorkerActor {
         self.heartbeat(ctx);
         ctx.run_interval(self.options.liveness_ttl / 3, |act, ctx| act.heartbeat(ctx));
         self.recover_at_start(ctx);
+        // takeover: the orphans of workers that died since, as often as a
+        // heartbeat can lapse
+        ctx.run_interval(self.options.liveness_ttl, |act, ctx| {
+            act.take_over_orphans(ctx)
+        });
     }
 
     fn stopped(&mut self, _ctx: &mut Self::Context) {

@@ -42,6 +42,38 @@ impl WorkerActor {
         );
     }
 
+    /// Looks for jobs whose worker is gone (its heartbeat lapsed) and claims
+    /// as many as this worker has free slots for; one scan at a time, none
+    /// while stopping.
+    pub(super) fn take_over_orphans(&mut self, ctx: &mut Context<Self>) {
+        if self.shutting_down() || self.orphan_scan_pending {
+            return;
+        }
+        let slots = self.slots();
+        let free = slots.max.saturating_sub(slots.active + slots.reserved);
+        if free == 0 {
+            return;
+        }
+        self.orphan_scan_pending = true;
+        let scan = self.store.list_orphaned();
+        ctx.spawn(wrap_future(scan).map(move |result, act: &mut Self, ctx| {
+            act.orphan_scan_pending = false;
+            match result {
+                Ok(orphans) if !orphans.is_empty() => {
+                    let ids = orphans
+                        .iter()
+                        .map(|cp| cp.job_id().to_owned())
+                        .take(free)
+                        .collect();
+                    info!(orphans = orphans.len(), free, "taking over orphaned jobs");
+                    act.claim_for_recovery(ids, ctx);
+                }
+                Ok(_) => {}
+                Err(err) => warn!(%err, "cannot scan the checkpoint store for orphaned jobs"),
+            }
+        }));
+    }
+
     /// Claims the scanned records of jobs this worker does not already run
     /// (a job that started since the worker did writes its record under
     /// this worker's identity; claiming it would fence its own running

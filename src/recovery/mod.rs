@@ -11,7 +11,8 @@
 //!   holder and a fencing token per record ([`Claim`]), atomic claims of
 //!   orphans; [`MemoryStore`] (the default) beside it, and [`EmbeddedStore`]
 //!   (`embedded`) on local disk with redb, whose blocking calls run on a
-//!   thread of its own.
+//!   thread of its own; with the feature `redis`, `RedisCheckpointStore`
+//!   (`redis`), which a fleet shares.
 //! - [`Checkpoint`] (`handle`): the handler's handle on its job's record:
 //!   cheap saves, written behind, durable after `flush().await`.
 //! - [`RestartPolicy`] (`restart`): at most N restarts within a period, with
@@ -23,6 +24,8 @@ mod checkpoint;
 mod embedded;
 mod handle;
 mod handler;
+#[cfg(feature = "redis")]
+mod redis;
 mod restart;
 mod store;
 
@@ -30,5 +33,7 @@ pub use checkpoint::{CHECKPOINT_FORMAT, CheckpointError, Claim, JobCheckpoint, M
 pub use embedded::{DATABASE_FILE, EmbeddedStore};
 pub use handle::Checkpoint;
 pub use handler::{DefaultRecovery, RecoveryError, RecoveryHandler};
+#[cfg(feature = "redis")]
+pub use redis::{DEFAULT_PREFIX as DEFAULT_REDIS_PREFIX, RedisCheckpointStore};
 pub use restart::{RestartDecision, RestartPolicy};
 pub use store::{CheckpointStore, MemoryStore, StoreError, StoreFuture};

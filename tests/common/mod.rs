@@ -2,6 +2,9 @@
 //! loopback port, a worker pointed at it, and waiting with deadlines.
 #![allow(dead_code)] // each test file uses its own subset
 
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use actix::Addr;
@@ -352,4 +355,131 @@ pub fn example_worker() -> std::path::PathBuf {
         path.display()
     );
     path
+}
+
+/// A child worker process, its log lines arriving on a channel.
+pub struct ChildWorker {
+    child: Child,
+    lines: mpsc::Receiver<String>,
+}
+
+impl ChildWorker {
+    /// Starts `examples/worker.rs` for `server` with `args` besides
+    /// `--max-jobs 5`; it is killed (SIGKILL) when dropped.
+    pub fn spawn(server: &DevServer, args: &[String]) -> Self {
+        let mut child = Command::new(example_worker())
+            .args(["--max-jobs", "5"])
+            .args(args)
+            .env("LIVEKIT_URL", server.ws_url())
+            .env("LIVEKIT_API_KEY", KEY)
+            .env("LIVEKIT_API_SECRET", SECRET)
+            .env("RUST_LOG", "info,lkagent::demo=debug")
+            .env("NO_COLOR", "1")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("the example worker starts");
+        let stdout = child.stdout.take().unwrap();
+        let (tx, lines) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        Self { child, lines }
+    }
+
+    /// Waits for a log line containing `needle` whose `progress_ms` is at
+    /// least `min`, and returns that value.
+    pub fn wait_progress(&self, needle: &str, min: u64) -> u64 {
+        let deadline = Instant::now() + DEADLINE;
+        let mut seen = Vec::new();
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let Ok(line) = self.lines.recv_timeout(left) else {
+                let tail = seen[seen.len().saturating_sub(20)..].join("\n");
+                panic!("no {needle:?} line with progress_ms >= {min}; the child said:\n{tail}");
+            };
+            seen.push(line.clone());
+            if line.contains(needle)
+                && let Some(progress) = progress_ms(&line)
+                && progress >= min
+            {
+                return progress;
+            }
+        }
+    }
+}
+
+impl Drop for ChildWorker {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+pub fn progress_ms(line: &str) -> Option<u64> {
+    let rest = &line[line.find("progress_ms=")? + "progress_ms=".len()..];
+    rest.split(|c: char| !c.is_ascii_digit())
+        .next()?
+        .parse()
+        .ok()
+}
+
+/// A `redis-server` of its own for a test, on a free loopback port, without
+/// persistence; killed when dropped. Needs the `redis-server` binary
+/// (`apt-get install redis-server`).
+pub struct TestRedis {
+    child: Child,
+    /// `redis://127.0.0.1:<port>`.
+    pub url: String,
+}
+
+impl TestRedis {
+    /// Starts it and waits until it answers `PING`, or panics at the
+    /// deadline.
+    pub fn start() -> Self {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("a free port")
+            .port();
+        let child = Command::new("redis-server")
+            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--save", "", "--appendonly", "no"])
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("redis-server runs (apt-get install redis-server)");
+        let redis = Self {
+            child,
+            url: format!("redis://127.0.0.1:{port}"),
+        };
+        let start = Instant::now();
+        while !pong(port) {
+            assert!(start.elapsed() < DEADLINE, "redis-server did not answer");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        redis
+    }
+}
+
+/// True if Redis on `port` answers `PING` with `+PONG`.
+fn pong(port: u16) -> bool {
+    use std::io::{Read, Write};
+    let Ok(mut socket) = std::net::TcpStream::connect(("127.0.0.1", port)) else {
+        return false;
+    };
+    let _ = socket.set_read_timeout(Some(Duration::from_secs(1)));
+    let mut answer = [0u8; 5];
+    socket.write_all(b"PING\r\n").is_ok()
+        && socket.read_exact(&mut answer).is_ok()
+        && &answer == b"+PONG"
+}
+
+impl Drop for TestRedis {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }

@@ -1,0 +1,177 @@
+//! A fleet on Redis (feature `redis`): workers in their own processes share
+//! one Redis; one is killed with SIGKILL mid-job, and another takes the job
+//! over once the dead worker's heartbeat lapses, resumes it from its
+//! checkpoint, and finishes it — one final status in all.
+//!
+//! `cargo test --workspace --features lkagent/redis`; needs `redis-server`.
+#![cfg(feature = "redis")]
+
+mod common;
+
+use common::*;
+use lkagent::proto::JobStatus;
+use lkagent_devserver::DispatchRequest;
+
+fn fleet_args(redis: &TestRedis, id: &str) -> Vec<String> {
+    [
+        "--redis",
+        &redis.url,
+        "--redis-prefix",
+        "fleet-test",
+        "--worker-id",
+        id,
+        "--liveness-ms",
+        "600",
+    ]
+    .map(String::from)
+    .to_vec()
+}
+
+#[actix_rt::test]
+async fn a_killed_workers_job_is_taken_over_and_finished_from_its_checkpoint() {
+    let redis = TestRedis::start();
+    let server = devserver().await;
+
+    let first = ChildWorker::spawn(&server, &fleet_args(&redis, "worker-a"));
+    let workers = server
+        .wait_workers(DEADLINE, |ws| ws.iter().any(|w| w.connected))
+        .await
+        .expect("a registers");
+    let first_id = workers.iter().find(|w| w.connected).unwrap().id.clone();
+    let job = server
+        .dispatch(DispatchRequest::room("r").metadata(r#"{"duration_ms": 4000}"#))
+        .await
+        .unwrap();
+    let before_kill = first.wait_progress("progress checkpointed", 1000);
+
+    // b joins the fleet while a is alive: it leaves a's job alone
+    let second = ChildWorker::spawn(&server, &fleet_args(&redis, "worker-b"));
+    server
+        .wait_workers(DEADLINE, |ws| {
+            ws.iter().filter(|w| w.connected).count() == 2
+        })
+        .await
+        .expect("b registers");
+    drop(first); // SIGKILL
+
+    // a's heartbeat lapses (600 ms); b's next scan claims the job
+    let resumed_at = second.wait_progress("resuming from checkpoint", before_kill);
+    assert!(resumed_at < 4000, "resumed at {resumed_at} ms");
+    let workers = server
+        .wait_workers(DEADLINE, |ws| {
+            ws.iter()
+                .any(|w| w.connected && w.migrated_jobs.contains(&job.id))
+        })
+        .await
+        .expect("b claims the job with migrate_job");
+    let second_id = workers
+        .iter()
+        .find(|w| w.connected && w.migrated_jobs.contains(&job.id))
+        .unwrap()
+        .id
+        .clone();
+    assert_ne!(first_id, second_id);
+
+    let done = wait_job(&server, &job.id, "SUCCESS from b", |j| {
+        j.updates.iter().any(|u| is_final(u.status))
+    })
+    .await;
+    let last = done.updates.last().unwrap();
+    assert_eq!(
+        (last.status, &last.worker_id),
+        (JobStatus::JsSuccess, &second_id)
+    );
+    assert_eq!(
+        done.updates.iter().filter(|u| is_final(u.status)).count(),
+        1,
+        "{:?}",
+        done.updates
+    );
+}
+
+/// Awaits its termination, saving nothing.
+struct Quiet;
+
+impl lkagent::JobHandler for Quiet {
+    async fn on_job(&self, ctx: lkagent::JobContext) -> Result<(), lkagent::JobError> {
+        ctx.cancelled().await;
+        Ok(())
+    }
+}
+
+/// Every command Redis has served so far, from `INFO commandstats`.
+fn commands_served(url: &str) -> u64 {
+    let mut connection = redis::Client::open(url)
+        .and_then(|c| c.get_connection())
+        .expect("connects");
+    let info: String = redis::cmd("INFO")
+        .arg("commandstats")
+        .query(&mut connection)
+        .expect("INFO");
+    info.lines()
+        .filter_map(|line| line.split("calls=").nth(1))
+        .filter_map(|rest| rest.split(',').next()?.parse::<u64>().ok())
+        .sum()
+}
+
+#[actix_rt::test]
+async fn a_worker_with_a_thousand_jobs_stays_alive_with_a_few_commands_per_interval() {
+    let redis = TestRedis::start();
+    let server = devserver().await;
+    let store = lkagent::recovery::RedisCheckpointStore::connect(&redis.url, "thousand")
+        .await
+        .unwrap();
+    let mut options = options(&server).max_jobs(1000);
+    options.liveness_ttl = std::time::Duration::from_millis(300);
+    let worker = lkagent::Worker::builder(options)
+        .checkpoint_store(store)
+        .handler(Quiet)
+        .start()
+        .unwrap();
+    registered(&worker).await;
+    // a hundred offers at a time: the worker's decision threads bound how
+    // many it weighs at once
+    for batch in 0..10 {
+        let placed = futures_util::future::join_all(
+            (0..100).map(|n| server.dispatch(DispatchRequest::room(format!("room-{batch}-{n}")))),
+        )
+        .await;
+        let refused: Vec<_> = placed.iter().filter_map(|p| p.as_ref().err()).collect();
+        assert!(refused.is_empty(), "{refused:?}");
+    }
+    wait_worker(&worker, "1,000 jobs running", |s| s.jobs.running == 1000).await;
+    // each job writes its first checkpoint once as it starts; then only the
+    // worker's own upkeep is left
+    let mut connection = redis::Client::open(redis.url.as_str())
+        .and_then(|c| c.get_connection())
+        .unwrap();
+    let start = std::time::Instant::now();
+    loop {
+        let landed: u64 = redis::cmd("HLEN")
+            .arg("{thousand}:claims")
+            .query(&mut connection)
+            .unwrap();
+        if landed == 1000 {
+            break;
+        }
+        assert!(
+            start.elapsed() < DEADLINE,
+            "{landed} of the first checkpoints landed"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+
+    // over a second: ten heartbeats (every 100 ms) and three orphan scans
+    // (every 300 ms, three commands each) — whatever the number of jobs
+    let before = commands_served(&redis.url);
+    let window = std::time::Instant::now();
+    actix_rt::time::sleep(std::time::Duration::from_secs(1)).await;
+    let served = commands_served(&redis.url) - before - 1; // less this INFO
+    let seconds = window.elapsed().as_secs_f64();
+    assert!(
+        served as f64 <= 40.0 * seconds,
+        "{served} commands in {seconds:.2} s with 1,000 jobs"
+    );
+    assert!(served >= 5, "the heartbeat is renewed: {served} commands");
+    worker.stop().await;
+}
