@@ -139,13 +139,37 @@ impl JobActor {
     fn write_checkpoint(&self, write: StoreFuture<()>, ctx: &mut Context<Self>) {
         let job_id = self.context.id().to_owned();
         ctx.spawn(
-            actix::fut::wrap_future(write).map(move |result, act: &mut Self, _ctx| {
+            actix::fut::wrap_future(write).map(move |result, act: &mut Self, ctx| {
                 act.rules.metrics.checkpoint_written(result.is_ok());
-                if let Err(err) = result {
-                    warn!(job_id, %err, "could not write the checkpoint");
+                match result {
+                    Ok(()) => {}
+                    Err(crate::recovery::StoreError::Fenced { holder, fence, .. }) => {
+                        act.lost(holder, fence, ctx)
+                    }
+                    Err(err) => warn!(job_id, %err, "could not write the checkpoint"),
                 }
             }),
         );
+    }
+
+    /// Another worker claimed the job: this copy stops at once, reports no
+    /// status and leaves the record alone (a partition or a long pause
+    /// outlasted this worker's heartbeat).
+    fn lost(&mut self, holder: String, fence: u64, ctx: &mut Context<Self>) {
+        if self.exited {
+            return;
+        }
+        self.exited = true;
+        warn!(
+            job_id = self.context.id(),
+            holder, fence, "another worker holds the job now: stopping this copy"
+        );
+        self.link.worker().do_send(JobLost {
+            job_id: self.context.id().to_owned(),
+            generation: self.link.generation(),
+            holder,
+        });
+        ctx.stop();
     }
 
     /// Runs the handler once, under `catch_unwind`.

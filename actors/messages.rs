@@ -181,6 +181,21 @@ pub(crate) struct HookDone {
 // ---------------------------------------------------------------------------
 // JobActor → WorkerActor
 
+/// The checkpoint store refused a job's write: another worker has claimed
+/// the job (its fence moved on). The JobActor has stopped its copy; the
+/// worker lets the job go without reporting a status — the new holder
+/// reports it.
+#[derive(Message, Debug)]
+#[rtype(result = "()")]
+pub(crate) struct JobLost {
+    /// The job.
+    pub job_id: String,
+    /// The actor's incarnation.
+    pub generation: u64,
+    /// Who holds it now.
+    pub holder: String,
+}
+
 /// A job's handler has started.
 #[derive(Message, Debug)]
 #[rtype(result = "()")]

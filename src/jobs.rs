@@ -615,6 +615,17 @@ impl<A: Default> JobTable<A> {
         }
     }
 
+    /// Lets go of a job another worker has claimed (the store fenced this
+    /// worker's copy): the row leaves the table with no final status — the
+    /// new holder reports the job — and its slot and reservation are freed.
+    /// `None` unless `id` is starting or running.
+    pub fn relinquish(&mut self, id: &str) -> Option<JobRow<A>> {
+        match self.rows.get(id)?.state {
+            JobState::Starting | JobState::Running => self.take(id),
+            _ => None,
+        }
+    }
+
     /// The server assigned `id`. An offered job starts in its slot, or — if
     /// it was taken over capacity and no slot has freed since — is queued. A
     /// job never offered starts if a slot is free and is failed otherwise. A

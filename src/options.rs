@@ -69,8 +69,10 @@ pub enum OptionsError {
 }
 
 /// The default [`WorkerOptions::liveness_ttl`]: a dead worker's jobs are
-/// orphaned within 6 s, so a fleet takes them over within 10 s.
-pub const DEFAULT_LIVENESS_TTL: Duration = Duration::from_secs(6);
+/// orphaned within 4 s and, with a scan every 4 s, taken over within 8 s —
+/// inside the dev server's 10 s restart grace, so a takeover wins over a
+/// re-dispatch.
+pub const DEFAULT_LIVENESS_TTL: Duration = Duration::from_secs(4);
 
 /// The configuration of one worker.
 ///

@@ -108,3 +108,68 @@ async fn only_a_gone_workers_job_is_claimed_and_by_one_worker() {
     b.stop().await;
     c.stop().await;
 }
+
+/// Saves a growing counter every 20 ms until cancelled; records whether
+/// its run was cancelled.
+#[derive(Clone, Default)]
+struct Counting {
+    cancelled: Arc<Mutex<bool>>,
+}
+
+impl JobHandler for Counting {
+    async fn on_job(&self, ctx: JobContext) -> Result<(), JobError> {
+        let mut n = 0u32;
+        loop {
+            n += 1;
+            ctx.checkpoint().save("n", &n).unwrap();
+            tokio::select! {
+                () = ctx.cancelled() => {
+                    *self.cancelled.lock().unwrap() = true;
+                    return Ok(());
+                }
+                () = actix_rt::time::sleep(Duration::from_millis(20)) => {}
+            }
+        }
+    }
+}
+
+#[actix_rt::test]
+async fn a_worker_whose_job_was_claimed_away_stops_its_copy_without_a_status() {
+    let server = devserver().await;
+    let store = Arc::new(lkagent::recovery::MemoryStore::new());
+    let mut options = named(&server, "worker-a");
+    options.checkpoint_interval = Duration::from_millis(50);
+    let worker = Worker::builder(options)
+        .checkpoint_store(store.clone())
+        .handler(Counting::default())
+        .start()
+        .unwrap();
+    registered(&worker).await;
+    let job = server.dispatch(DispatchRequest::room("r")).await.unwrap();
+    wait_worker(&worker, "running", |s| s.jobs.running == 1).await;
+
+    // a partition: a's heartbeat lapses as far as the store knows, and b
+    // claims the job
+    store.retire("worker-a").await.unwrap();
+    let taken = store
+        .claim(&job.id, "worker-b")
+        .await
+        .unwrap()
+        .expect("orphaned");
+    assert_eq!(taken.claim(), &Claim::new("worker-b", 1));
+
+    // a's next write is refused: it lets the job go, with no status
+    wait_worker(&worker, "the job let go", |s| {
+        s.jobs.running == 0 && s.running_jobs.is_empty()
+    })
+    .await;
+    let record = store.get(&job.id).await.unwrap().expect("left alone");
+    assert_eq!(record, taken, "a wrote nothing after the claim");
+    let seen = server.job(&job.id).await.unwrap();
+    assert!(
+        !seen.updates.iter().any(|u| is_final(u.status)),
+        "no final status from a: {:?}",
+        seen.updates
+    );
+    worker.stop().await;
+}

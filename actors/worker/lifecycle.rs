@@ -336,6 +336,27 @@ impl Handler<JobStarted> for WorkerActor {
     }
 }
 
+impl Handler<JobLost> for WorkerActor {
+    type Result = ();
+
+    fn handle(&mut self, msg: JobLost, ctx: &mut Self::Context) {
+        if !self.is_current_job(&msg.job_id, msg.generation) {
+            return;
+        }
+        if self.table.relinquish(&msg.job_id).is_some() {
+            warn!(
+                job_id = msg.job_id,
+                holder = msg.holder,
+                "the job was taken over by another worker: let go without a status"
+            );
+            self.job_event(&msg.job_id, "taken over");
+            self.slots_changed();
+            self.grant(ctx);
+            self.shutdown_progress(ctx);
+        }
+    }
+}
+
 impl Handler<JobRestarted> for WorkerActor {
     type Result = ();
 
