@@ -94,9 +94,13 @@ pub struct WorkerOptions {
     /// The version string sent at registration.
     pub version: String,
     /// This worker's name for the people who run it: the `worker` label of
-    /// its metrics, and in its logs. Default: `lkw-` and eight random
-    /// letters or digits, new at every start (set it to the pod's name to
-    /// follow one pod across restarts).
+    /// its metrics, and in its logs; and its identity in the checkpoint
+    /// store, which holds its jobs in its name (see `liveness_ttl`).
+    /// Default: `lkw-` and eight random letters or digits, new at every
+    /// start (set it to the pod's name to follow one pod across restarts:
+    /// a worker restarted under the same identity resumes its own jobs at
+    /// once). It must be unique among the workers sharing a store: two live
+    /// processes under one identity would take each other's jobs.
     pub instance_id: String,
     /// The most jobs this worker runs at once; at this many it reports FULL
     /// and declines further requests.
