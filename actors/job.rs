@@ -123,14 +123,48 @@ impl JobActor {
     }
 
     fn exit(&mut self, outcome: JobOutcome, ctx: &mut Context<Self>) {
-        if !self.exited {
-            self.exited = true;
-            self.link.worker().do_send(JobExited {
-                job_id: self.context.id().to_owned(),
-                outcome,
-                generation: self.link.generation(),
-            });
+        if self.exited {
+            return ctx.stop();
         }
+        self.exited = true;
+        if matches!(outcome, JobOutcome::Stopped(_)) {
+            // stopped by its worker (a shutdown, a drain's cut): it may be
+            // resumed, so no final status goes into its record
+            return self.exited_with(outcome, ctx);
+        }
+        // the final status goes into the record before the worker hears of
+        // it, so that it is durable before it can be reported
+        let status = outcome.final_status();
+        let record = crate::recovery::FinalRecord {
+            status: status.status as i32,
+            error: status.error,
+        };
+        let write = self.context.checkpoint().record_final(record);
+        ctx.wait(actix::fut::wrap_future(write).map(
+            move |result, act: &mut Self, ctx| match result {
+                Ok(()) => act.exited_with(outcome, ctx),
+                Err(crate::recovery::StoreError::Fenced { holder, fence, .. }) => {
+                    // another worker holds the job: it reports, not this one
+                    act.exited = false;
+                    act.lost(holder, fence, ctx);
+                }
+                Err(err) => {
+                    // the status still goes to the server; only a restart
+                    // before its confirmation would miss it
+                    warn!(job_id = act.context.id(), %err, "could not record the final status");
+                    act.exited_with(outcome, ctx);
+                }
+            },
+        ));
+    }
+
+    /// Tells the worker how the job ended, and stops.
+    fn exited_with(&mut self, outcome: JobOutcome, ctx: &mut Context<Self>) {
+        self.link.worker().do_send(JobExited {
+            job_id: self.context.id().to_owned(),
+            outcome,
+            generation: self.link.generation(),
+        });
         ctx.stop();
     }
 

@@ -367,3 +367,58 @@ async fn after_a_reconnect_the_recovery_handler_keeps_or_ends_running_jobs() {
         }
     }
 }
+
+#[actix_rt::test]
+async fn a_final_status_the_server_never_confirmed_survives_sigkill_and_is_reported_again() {
+    // a server that reads everything but never answers a ping: no final
+    // status is ever confirmed, so it stays in the job's record
+    let server = devserver_with(lkagent_devserver::DevServerConfig {
+        answer_pings: false,
+        ..Default::default()
+    })
+    .await;
+    let state_dir = tempfile::tempdir().unwrap();
+    let first = ChildWorker::spawn(&server, &state_args(state_dir.path()));
+    let workers = server
+        .wait_workers(DEADLINE, |ws| ws.iter().any(|w| w.connected))
+        .await
+        .expect("the child registers");
+    let first_id = workers.iter().find(|w| w.connected).unwrap().id.clone();
+    let job = server
+        .dispatch(DispatchRequest::room("r").metadata(r#"{"duration_ms": 200}"#))
+        .await
+        .unwrap();
+    wait_job(&server, &job.id, "SUCCESS from the first worker", |j| {
+        j.updates
+            .iter()
+            .any(|u| u.worker_id == first_id && u.status == JobStatus::JsSuccess)
+    })
+    .await;
+    drop(first); // SIGKILL, before any confirmation
+
+    let second = ChildWorker::spawn(&server, &state_args(state_dir.path()));
+    let done = wait_job(
+        &server,
+        &job.id,
+        "SUCCESS again from the next worker",
+        |j| {
+            j.updates
+                .iter()
+                .any(|u| u.worker_id != first_id && u.status == JobStatus::JsSuccess)
+        },
+    )
+    .await;
+    let again: Vec<JobStatus> = done
+        .updates
+        .iter()
+        .filter(|u| u.worker_id != first_id)
+        .map(|u| u.status)
+        .collect();
+    assert_eq!(
+        again,
+        [JobStatus::JsSuccess],
+        "reported again, not run again: {:?}",
+        done.updates
+    );
+    drop(second);
+}

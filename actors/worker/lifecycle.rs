@@ -207,10 +207,8 @@ impl WorkerActor {
         let success = done.report.update.status == livekit_protocol::JobStatus::JsSuccess as i32;
         self.metrics.ended(success, done.ran);
         self.job_event(job_id, if success { "succeeded" } else { "failed" });
-        if done.report.origin.is_servers() && !self.keeps_checkpoint(job_id) {
-            let claim = self.claim_of(job_id);
-            self.forget(job_id, claim, ctx);
-        }
+        // a server job's record (its final status in it) stays until the
+        // server confirms the status: see `Confirmed`
         self.deliver(done.report);
         self.slots_changed();
         self.grant(ctx);

@@ -154,6 +154,32 @@ impl WorkerActor {
             }
             let room = record.room_name().to_owned();
             let claim = record.claim().clone();
+            if let Some(done) = record.final_status().cloned() {
+                // it ended before the server confirmed its status: report
+                // the status again, never run the job again
+                let status = FinalStatus {
+                    status: livekit_protocol::JobStatus::try_from(done.status)
+                        .unwrap_or(livekit_protocol::JobStatus::JsFailed),
+                    error: done.error,
+                };
+                match self
+                    .table
+                    .fail_unstarted(&job_id, &room, status, Instant::now())
+                {
+                    Ok(report) => {
+                        info!(
+                            job_id,
+                            "re-reporting the final status of a job that had ended"
+                        );
+                        if let Some(row) = self.table.get_mut(&job_id) {
+                            row.attachment.claim = Some(claim);
+                        }
+                        self.deliver(report);
+                    }
+                    Err(err) => warn!(job_id, %err, "cannot re-report the final status"),
+                }
+                continue;
+            }
             match self.resume(record) {
                 Ok(placement) => {
                     resumed.push(job_id.clone());
@@ -165,7 +191,6 @@ impl WorkerActor {
                     guard("on_recovery_failed", &job_id, || {
                         recovery.on_recovery_failed(&job_id, &error)
                     });
-                    self.forget(&job_id, claim, ctx);
                     let status = FinalStatus::failed(format!(
                         "not recovered after a worker restart: {error}"
                     ));
@@ -174,6 +199,10 @@ impl WorkerActor {
                         .fail_unstarted(&job_id, &room, status, Instant::now())
                     {
                         Ok(report) => {
+                            // its record goes once the server confirms
+                            if let Some(row) = self.table.get_mut(&job_id) {
+                                row.attachment.claim = Some(claim);
+                            }
                             self.metrics.ended(false, None);
                             self.deliver(report);
                         }

@@ -91,7 +91,25 @@ impl Handler<Confirmed> for WorkerActor {
     type Result = ();
 
     fn handle(&mut self, msg: Confirmed, ctx: &mut Self::Context) {
+        // the records of server jobs whose final status the server has now
+        // read are dropped (a drain's cut keeps them for the next start)
+        let records: Vec<(String, crate::recovery::Claim)> = msg
+            .job_ids
+            .iter()
+            .filter(|id| {
+                self.table.get(id).is_some_and(|row| {
+                    row.state() == crate::jobs::JobState::Finishing && row.origin().is_servers()
+                })
+            })
+            .filter(|id| !self.keeps_checkpoint(id))
+            .map(|id| (id.clone(), self.claim_of(id)))
+            .collect();
         let confirmed = self.table.confirm(msg.job_ids.iter().map(String::as_str));
+        for (id, claim) in records {
+            if self.table.get(&id).is_none() {
+                self.forget(&id, claim, ctx);
+            }
+        }
         debug!(confirmed, "the server confirmed final statuses");
         self.metrics
             .jobs(&self.table.counts(), self.table.queued_by_priority());

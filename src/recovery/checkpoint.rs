@@ -135,6 +135,20 @@ pub struct JobCheckpoint {
     state_bytes: usize,
     /// Who holds the job.
     claim: Claim,
+    /// The job's final status, once it ended and until the server confirmed
+    /// it: a worker that restarts (or takes the job over) re-reports it
+    /// instead of running the job again.
+    final_status: Option<FinalRecord>,
+}
+
+/// A final status kept in a checkpoint record (see
+/// [`JobCheckpoint::final_status`]).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FinalRecord {
+    /// The protocol's `JobStatus` (SUCCESS or FAILED), as its number.
+    pub status: i32,
+    /// The error text (empty for SUCCESS).
+    pub error: String,
 }
 
 impl JobCheckpoint {
@@ -154,7 +168,19 @@ impl JobCheckpoint {
             state: BTreeMap::new(),
             state_bytes: 0,
             claim: Claim::default(),
+            final_status: None,
         }
+    }
+
+    /// The job's final status, if it ended and the server has not yet
+    /// confirmed it.
+    pub fn final_status(&self) -> Option<&FinalRecord> {
+        self.final_status.as_ref()
+    }
+
+    /// Records the job's final status (the runtime does, as the job ends).
+    pub fn set_final_status(&mut self, status: FinalRecord) {
+        self.final_status = Some(status);
     }
 
     /// This checkpoint, held by worker `owner` (at fence 0: the first run).
@@ -311,6 +337,7 @@ impl JobCheckpoint {
             state: Cow::Borrowed(&self.state),
             owner: Cow::Borrowed(&self.claim.owner),
             fence: self.claim.fence,
+            final_status: self.final_status.clone(),
         };
         // Strings, integers and a string map cannot fail to serialize.
         serde_json::to_vec(&record).expect("a checkpoint record always serializes")
@@ -346,6 +373,7 @@ impl JobCheckpoint {
             state,
             state_bytes,
             claim: Claim::new(record.owner.into_owned(), record.fence),
+            final_status: record.final_status,
         })
     }
 }
@@ -366,6 +394,10 @@ impl fmt::Debug for JobCheckpoint {
             .field("state_keys", &self.state.len())
             .field("state_bytes", &self.state_bytes)
             .field("claim", &self.claim)
+            .field(
+                "final_status",
+                &self.final_status.as_ref().map(|f| f.status),
+            )
             .finish()
     }
 }
@@ -396,6 +428,8 @@ struct Record<'a> {
     owner: Cow<'a, str>,
     #[serde(default)]
     fence: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    final_status: Option<FinalRecord>,
 }
 
 /// `time` as milliseconds since the unix epoch (0 before it, `u64::MAX` far

@@ -122,6 +122,14 @@ impl Checkpoint {
         self.inner.fenced.load(Ordering::Acquire)
     }
 
+    /// Records the job's final status in its record and writes it: a
+    /// worker that restarts before the server confirmed the status finds
+    /// it there and reports it again rather than running the job.
+    pub(crate) fn record_final(&self, status: super::FinalRecord) -> StoreFuture<()> {
+        self.record().set_final_status(status);
+        self.write()
+    }
+
     /// Counts a new run of the job and returns its number.
     pub(crate) fn next_attempt(&self) -> u32 {
         let attempt = self.record().next_attempt(SystemTime::now());

@@ -29,7 +29,9 @@ mod redis;
 mod restart;
 mod store;
 
-pub use checkpoint::{CHECKPOINT_FORMAT, CheckpointError, Claim, JobCheckpoint, MAX_STATE_BYTES};
+pub use checkpoint::{
+    CHECKPOINT_FORMAT, CheckpointError, Claim, FinalRecord, JobCheckpoint, MAX_STATE_BYTES,
+};
 pub use embedded::{DATABASE_FILE, EmbeddedStore};
 pub use handle::Checkpoint;
 pub use handler::{DefaultRecovery, RecoveryError, RecoveryHandler};
