@@ -44,10 +44,8 @@ async fn a_jobs_span_is_exported_with_its_attributes_under_its_workers_span() {
     let done = wait_final(&server, &job.id).await;
     assert_eq!(done.updates.last().unwrap().status, JobStatus::JsSuccess);
     // the spans end when the job leaves the worker and the worker stops
+    // `stop` resolves once the actor, and with it its span, is dropped
     worker.stop().await;
-    // `stop` answers as the worker stops; its span ends when the actor is
-    // dropped, which `stopped` waits for
-    worker.stopped().await;
     provider.force_flush().expect("flushed");
 
     let spans = exporter.get_finished_spans().expect("spans");

@@ -52,12 +52,15 @@ impl Worker {
     pub async fn stop(&self) {
         // an error only means the worker is gone already
         let _ = self.addr.send(Shutdown).await;
+        // the answer comes as it stops; gone is when the actor is dropped
+        self.stopped().await;
     }
 
     /// Drains the worker (see [`Drain`]): its jobs finish, for up to
     /// `timeout`, then it stops. Resolves when it has stopped.
     pub async fn drain(&self, timeout: std::time::Duration) {
         let _ = self.addr.send(Drain::with_timeout(timeout)).await;
+        self.stopped().await;
     }
 
     /// What a deployment wants on SIGTERM (or SIGINT, Ctrl-C): the first

@@ -79,6 +79,21 @@ return {fence, record}
 /// worker retries its writes and heartbeats at their next interval).
 #[derive(Clone)]
 pub struct RedisCheckpointStore {
+    keys: Keys,
+    ops: tokio::sync::mpsc::Sender<Op>,
+}
+
+/// The most operations queued for the store's thread; past it an operation
+/// fails at once (and is retried by its caller at its next interval).
+pub const MAX_QUEUED_OPERATIONS: usize = 100_000;
+
+/// One operation for the store's thread.
+type Op =
+    Box<dyn FnOnce(Conn) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>> + Send>;
+
+/// The connection and the scripts, living on the store's thread.
+#[derive(Clone)]
+struct Conn {
     connection: ConnectionManager,
     keys: Keys,
     put: std::sync::Arc<Script>,
@@ -122,7 +137,92 @@ impl RedisCheckpointStore {
     /// Connects to Redis at `url` (`redis://host:port/db`, or `rediss://`
     /// for TLS when the redis crate is built with it) and keeps the fleet's
     /// keys under `prefix` ([`DEFAULT_PREFIX`] if empty).
+    ///
+    /// The connection lives on a thread of the store's own, with its own
+    /// runtime, which every operation is handed to: whichever thread (and
+    /// actix arbiter) calls the store, the connection is driven by one that
+    /// is never blocked by a caller. The thread ends when the last clone of
+    /// the store is dropped.
     pub async fn connect(url: &str, prefix: &str) -> Result<Self, StoreError> {
+        let (url, prefix) = (url.to_owned(), prefix.to_owned());
+        let (ops, mut queue) = tokio::sync::mpsc::channel::<Op>(MAX_QUEUED_OPERATIONS);
+        let (ready, opened) = tokio::sync::oneshot::channel();
+        let spawned = std::thread::Builder::new()
+            .name("lkagent-redis".into())
+            .spawn(move || {
+                let runtime = match tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                {
+                    Ok(runtime) => runtime,
+                    Err(err) => {
+                        let _ = ready.send(Err(StoreError::backend(err)));
+                        return;
+                    }
+                };
+                runtime.block_on(async move {
+                    let conn = match Conn::open(&url, &prefix).await {
+                        Ok(conn) => conn,
+                        Err(err) => {
+                            let _ = ready.send(Err(err));
+                            return;
+                        }
+                    };
+                    let _ = ready.send(Ok(conn.keys.clone()));
+                    let mut running = tokio::task::JoinSet::new();
+                    loop {
+                        tokio::select! {
+                            op = queue.recv() => match op {
+                                Some(op) => {
+                                    running.spawn(op(conn.clone()));
+                                }
+                                None => break,
+                            },
+                            Some(_) = running.join_next(), if !running.is_empty() => {}
+                        }
+                    }
+                    // the last clone is gone: what it asked for still
+                    // completes (a stopping worker's retire), within the
+                    // operations' own deadline
+                    let drain = async { while running.join_next().await.is_some() {} };
+                    let _ = tokio::time::timeout(OPERATION_DEADLINE, drain).await;
+                });
+            })
+            .map_err(StoreError::backend)?;
+        drop(spawned); // detached: it ends with the channel
+        let keys = opened.await.map_err(|_| StoreError::Closed)??;
+        Ok(Self { keys, ops })
+    }
+
+    /// Hands `op` to the store's thread; its answer comes back bounded by
+    /// [`OPERATION_DEADLINE`].
+    fn run<T, F, Fut>(&self, op: F) -> StoreFuture<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(Conn) -> Fut + Send + 'static,
+        Fut: std::future::Future<Output = Result<T, StoreError>> + Send + 'static,
+    {
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        let job: Op = Box::new(move |conn| {
+            Box::pin(async move {
+                let _ = reply.send(op(conn).await);
+            })
+        });
+        let queued = self.ops.try_send(job);
+        bounded(async move {
+            queued.map_err(|err| match err {
+                tokio::sync::mpsc::error::TrySendError::Full(_) => {
+                    StoreError::backend(std::io::Error::other("too many Redis operations queued"))
+                }
+                tokio::sync::mpsc::error::TrySendError::Closed(_) => StoreError::Closed,
+            })?;
+            answer.await.map_err(|_| StoreError::Closed)?
+        })
+    }
+}
+
+impl Conn {
+    async fn open(url: &str, prefix: &str) -> Result<Self, StoreError> {
         let prefix = if prefix.is_empty() {
             DEFAULT_PREFIX
         } else {
@@ -135,8 +235,15 @@ impl RedisCheckpointStore {
             )));
         }
         let client = redis::Client::open(url).map_err(StoreError::backend)?;
+        // no per-request response timeout in the client: under load a burst
+        // of writes outlasting it failed again and again (a thousand jobs'
+        // first checkpoints on a busy 2-core machine); the whole operation
+        // is bounded by OPERATION_DEADLINE instead
+        let config = redis::aio::ConnectionManagerConfig::new()
+            .set_response_timeout(None)
+            .set_connection_timeout(Some(Duration::from_secs(5)));
         let mut connection = client
-            .get_connection_manager()
+            .get_connection_manager_with_config(config)
             .await
             .map_err(StoreError::backend)?;
         let (put, remove, claim) = (Script::new(PUT), Script::new(REMOVE), Script::new(CLAIM));
@@ -260,6 +367,30 @@ impl RedisCheckpointStore {
     }
 }
 
+/// The longest any one store operation may take: past it the caller gets
+/// an error (and retries at its next interval) instead of waiting on a
+/// request that may never be answered (Redis hung, a connection being
+/// re-established). The client's own response timeout covers a request it
+/// sent; this covers the whole operation.
+pub const OPERATION_DEADLINE: Duration = Duration::from_secs(5);
+
+/// `operation`, failed with [`StoreError::Backend`] past
+/// [`OPERATION_DEADLINE`].
+fn bounded<T: Send + 'static>(
+    operation: impl std::future::Future<Output = Result<T, StoreError>> + Send + 'static,
+) -> StoreFuture<T> {
+    Box::pin(async move {
+        tokio::time::timeout(OPERATION_DEADLINE, operation)
+            .await
+            .unwrap_or_else(|_| {
+                Err(StoreError::backend(std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    format!("no answer from Redis within {OPERATION_DEADLINE:?}"),
+                )))
+            })
+    })
+}
+
 /// A job id and its stored record.
 type Entry = (String, Vec<u8>);
 
@@ -288,11 +419,10 @@ impl CheckpointStore for RedisCheckpointStore {
     }
 
     fn put(&self, checkpoint: &JobCheckpoint) -> StoreFuture<()> {
-        let mut this = self.clone();
         let job_id = checkpoint.job_id().to_owned();
         let claim = claim_text(checkpoint.claim());
         let record = checkpoint.encode();
-        Box::pin(async move {
+        self.run(move |mut this| async move {
             let answer: Vec<redis::Value> = this
                 .put
                 .key(&this.keys.claims)
@@ -312,9 +442,8 @@ impl CheckpointStore for RedisCheckpointStore {
     }
 
     fn get(&self, job_id: &str) -> StoreFuture<Option<JobCheckpoint>> {
-        let mut this = self.clone();
         let job_id = job_id.to_owned();
-        Box::pin(async move {
+        self.run(move |mut this| async move {
             let (held, bytes): (Option<String>, Option<Vec<u8>>) = redis::pipe()
                 .hget(&this.keys.claims, &job_id)
                 .hget(&this.keys.checkpoints, &job_id)
@@ -332,10 +461,9 @@ impl CheckpointStore for RedisCheckpointStore {
     }
 
     fn remove(&self, job_id: &str, claim: &Claim) -> StoreFuture<bool> {
-        let mut this = self.clone();
         let job_id = job_id.to_owned();
         let claim = claim_text(claim);
-        Box::pin(async move {
+        self.run(move |mut this| async move {
             let answer: Vec<redis::Value> = this
                 .remove
                 .key(&this.keys.claims)
@@ -355,14 +483,13 @@ impl CheckpointStore for RedisCheckpointStore {
     }
 
     fn list(&self) -> StoreFuture<Vec<JobCheckpoint>> {
-        Box::pin(self.clone().scan())
+        self.run(|this| this.scan())
     }
 
     fn heartbeat(&self, worker: &str, ttl: Duration) -> StoreFuture<()> {
-        let mut this = self.clone();
         let key = self.keys.heartbeat(worker);
         let ttl_ms = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).max(1);
-        Box::pin(async move {
+        self.run(move |mut this| async move {
             this.connection
                 .pset_ex::<_, _, ()>(key, 1, ttl_ms)
                 .await
@@ -371,9 +498,8 @@ impl CheckpointStore for RedisCheckpointStore {
     }
 
     fn retire(&self, worker: &str) -> StoreFuture<()> {
-        let mut this = self.clone();
         let key = self.keys.heartbeat(worker);
-        Box::pin(async move {
+        self.run(move |mut this| async move {
             this.connection
                 .del::<_, ()>(key)
                 .await
@@ -382,13 +508,12 @@ impl CheckpointStore for RedisCheckpointStore {
     }
 
     fn list_orphaned(&self) -> StoreFuture<Vec<JobCheckpoint>> {
-        Box::pin(self.clone().orphans())
+        self.run(|this| this.orphans())
     }
 
     fn claim(&self, job_id: &str, worker: &str) -> StoreFuture<Option<JobCheckpoint>> {
-        let mut this = self.clone();
         let (job_id, worker) = (job_id.to_owned(), worker.to_owned());
-        Box::pin(async move {
+        self.run(move |mut this| async move {
             let answer: Vec<redis::Value> = this
                 .claim
                 .key(&this.keys.claims)
