@@ -145,8 +145,7 @@ impl JobActor {
                 Ok(()) => act.exited_with(outcome, ctx),
                 Err(crate::recovery::StoreError::Fenced { holder, fence, .. }) => {
                     // another worker holds the job: it reports, not this one
-                    act.exited = false;
-                    act.lost(holder, fence, ctx);
+                    act.let_go(holder, fence, ctx);
                 }
                 Err(err) => {
                     // the status still goes to the server; only a restart
@@ -177,9 +176,15 @@ impl JobActor {
                 act.rules.metrics.checkpoint_written(result.is_ok());
                 match result {
                     Ok(()) => {}
-                    Err(crate::recovery::StoreError::Fenced { holder, fence, .. }) => {
-                        act.lost(holder, fence, ctx)
+                    // a write-behind refused after the job began to exit is
+                    // answered by its final write, also refused
+                    Err(crate::recovery::StoreError::Fenced { holder, fence, .. })
+                        if !act.exited =>
+                    {
+                        act.exited = true;
+                        act.let_go(holder, fence, ctx);
                     }
+                    Err(crate::recovery::StoreError::Fenced { .. }) => {}
                     Err(err) => warn!(job_id, %err, "could not write the checkpoint"),
                 }
             }),
@@ -189,11 +194,7 @@ impl JobActor {
     /// Another worker claimed the job: this copy stops at once, reports no
     /// status and leaves the record alone (a partition or a long pause
     /// outlasted this worker's heartbeat).
-    fn lost(&mut self, holder: String, fence: u64, ctx: &mut Context<Self>) {
-        if self.exited {
-            return;
-        }
-        self.exited = true;
+    fn let_go(&mut self, holder: String, fence: u64, ctx: &mut Context<Self>) {
         warn!(
             job_id = self.context.id(),
             holder, fence, "another worker holds the job now: stopping this copy"

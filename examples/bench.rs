@@ -641,7 +641,9 @@ async fn measure(
     let max_jobs = args.jobs + 200;
     let worker = start_worker(args, worker_command, ws_url, max_jobs)?;
     let results = phases(args, api, ws_url, &worker).await;
-    drop(worker);
+    // stopping it waits (up to seconds) for the process: off the runtime's
+    // thread, which the bench's own HTTP client needs meanwhile
+    let _ = actix_rt::task::spawn_blocking(move || drop(worker)).await;
     let started = Instant::now();
     while api.connected_workers().await? > 0 {
         if started.elapsed() > Duration::from_secs(30) {
@@ -850,8 +852,40 @@ fn print_comparison(lk: &Results, other: &Results) {
         "\n{:<28} {:>14} {:>14} {:>8}",
         "side by side", "lkagent", "compared", "ratio"
     );
-    let row = |name: &str, a: Option<f64>, b: Option<f64>, unit: &str| {
-        if let (Some(a), Some(b)) = (a, b) {
+    type Measure = fn(&Results) -> Option<f64>;
+    let rows: [(&str, &str, Measure); 11] = [
+        ("availability p50", "µs", |r| {
+            r.availability_us.map(|a| a.0 as f64)
+        }),
+        ("availability p99", "µs", |r| {
+            r.availability_us.map(|a| a.1 as f64)
+        }),
+        ("job start p50", "µs", |r| {
+            r.job_start_us.map(|a| a.0 as f64)
+        }),
+        ("job start p99", "µs", |r| {
+            r.job_start_us.map(|a| a.1 as f64)
+        }),
+        ("memory idle (RSS)", "MB", |r| r.rss_idle_mb),
+        ("memory idle (PSS)", "MB", |r| r.pss_idle_mb),
+        ("memory with the jobs (RSS)", "MB", |r| {
+            r.concurrency.as_ref().map(|c| c.rss_mb)
+        }),
+        ("memory with the jobs (PSS)", "MB", |r| {
+            r.concurrency.as_ref().map(|c| c.pss_mb)
+        }),
+        ("memory per job (RSS)", "KB", |r| {
+            r.concurrency.as_ref().map(|c| c.kb_per_job)
+        }),
+        ("memory per job (PSS)", "KB", |r| {
+            r.concurrency.as_ref().map(|c| c.pss_kb_per_job)
+        }),
+        ("time to run them all", "s", |r| {
+            r.concurrency.as_ref().map(|c| c.accept_all_s)
+        }),
+    ];
+    for (name, unit, measure) in rows {
+        if let (Some(a), Some(b)) = (measure(lk), measure(other)) {
             let ratio = if a > 0.0 { b / a } else { f64::NAN };
             println!(
                 "{name:<28} {:>14} {:>14} {ratio:>7.1}×",
@@ -859,65 +893,7 @@ fn print_comparison(lk: &Results, other: &Results) {
                 format!("{b:.1} {unit}")
             );
         }
-    };
-    let us = |v: Option<u64>| v.map(|v| v as f64);
-    row(
-        "availability p50",
-        us(lk.availability_us.map(|a| a.0)),
-        us(other.availability_us.map(|a| a.0)),
-        "µs",
-    );
-    row(
-        "availability p99",
-        us(lk.availability_us.map(|a| a.1)),
-        us(other.availability_us.map(|a| a.1)),
-        "µs",
-    );
-    row(
-        "job start p50",
-        us(lk.job_start_us.map(|a| a.0)),
-        us(other.job_start_us.map(|a| a.0)),
-        "µs",
-    );
-    row(
-        "job start p99",
-        us(lk.job_start_us.map(|a| a.1)),
-        us(other.job_start_us.map(|a| a.1)),
-        "µs",
-    );
-    row("memory idle (RSS)", lk.rss_idle_mb, other.rss_idle_mb, "MB");
-    row("memory idle (PSS)", lk.pss_idle_mb, other.pss_idle_mb, "MB");
-    let conc = |r: &Results, f: fn(&Concurrency) -> f64| r.concurrency.as_ref().map(f);
-    row(
-        "memory with the jobs (RSS)",
-        conc(lk, |c| c.rss_mb),
-        conc(other, |c| c.rss_mb),
-        "MB",
-    );
-    row(
-        "memory with the jobs (PSS)",
-        conc(lk, |c| c.pss_mb),
-        conc(other, |c| c.pss_mb),
-        "MB",
-    );
-    row(
-        "memory per job (RSS)",
-        conc(lk, |c| c.kb_per_job),
-        conc(other, |c| c.kb_per_job),
-        "KB",
-    );
-    row(
-        "memory per job (PSS)",
-        conc(lk, |c| c.pss_kb_per_job),
-        conc(other, |c| c.pss_kb_per_job),
-        "KB",
-    );
-    row(
-        "time to run them all",
-        conc(lk, |c| c.accept_all_s),
-        conc(other, |c| c.accept_all_s),
-        "s",
-    );
+    }
 }
 
 fn verdict(ok: bool) -> &'static str {

@@ -32,12 +32,8 @@ async fn a_killed_workers_job_is_taken_over_and_finished_from_its_checkpoint() {
     let redis = TestRedis::start();
     let server = devserver().await;
 
-    let first = ChildWorker::spawn(&server, &fleet_args(&redis, "worker-a"));
-    let workers = server
-        .wait_workers(DEADLINE, |ws| ws.iter().any(|w| w.connected))
-        .await
-        .expect("a registers");
-    let first_id = workers.iter().find(|w| w.connected).unwrap().id.clone();
+    let (first, first_id) =
+        ChildWorker::spawn_registered(&server, &fleet_args(&redis, "worker-a")).await;
     let job = server
         .dispatch(DispatchRequest::room("r").metadata(r#"{"duration_ms": 4000}"#))
         .await
@@ -45,13 +41,7 @@ async fn a_killed_workers_job_is_taken_over_and_finished_from_its_checkpoint() {
     let before_kill = first.wait_progress("progress checkpointed", 1000);
 
     // b joins the fleet while a is alive: it leaves a's job alone
-    let second = ChildWorker::spawn(&server, &fleet_args(&redis, "worker-b"));
-    server
-        .wait_workers(DEADLINE, |ws| {
-            ws.iter().filter(|w| w.connected).count() == 2
-        })
-        .await
-        .expect("b registers");
+    let (second, _) = ChildWorker::spawn_registered(&server, &fleet_args(&redis, "worker-b")).await;
     drop(first); // SIGKILL
 
     // a's heartbeat lapses (600 ms); b's next scan claims the job

@@ -173,3 +173,59 @@ async fn a_worker_whose_job_was_claimed_away_stops_its_copy_without_a_status() {
     );
     worker.stop().await;
 }
+
+/// Runs until the test lets it end, then succeeds; saves nothing, so its
+/// only write after the start is its final status.
+#[derive(Clone, Default)]
+struct Released {
+    release: Arc<tokio::sync::Notify>,
+}
+
+impl JobHandler for Released {
+    async fn on_job(&self, _ctx: JobContext) -> Result<(), JobError> {
+        self.release.notified().await;
+        Ok(())
+    }
+}
+
+#[actix_rt::test]
+async fn a_job_claimed_away_while_it_ends_records_and_reports_no_status() {
+    let server = devserver().await;
+    let store = Arc::new(lkagent::recovery::MemoryStore::new());
+    let handler = Released::default();
+    let worker = Worker::builder(named(&server, "worker-a"))
+        .checkpoint_store(store.clone())
+        .handler(handler.clone())
+        .start()
+        .unwrap();
+    registered(&worker).await;
+    let job = server.dispatch(DispatchRequest::room("r")).await.unwrap();
+    wait_worker(&worker, "running", |s| s.jobs.running == 1).await;
+    let first = store.get(&job.id).await.unwrap().expect("written at start");
+    assert_eq!(first.claim(), &Claim::new("worker-a", 0));
+
+    store.retire("worker-a").await.unwrap();
+    let taken = store
+        .claim(&job.id, "worker-b")
+        .await
+        .unwrap()
+        .expect("orphaned");
+
+    // the handler returns: the job's final write is refused, so a lets the
+    // job go instead of finishing it
+    handler.release.notify_one();
+    wait_worker(&worker, "the job let go", |s| {
+        s.jobs.running == 0 && s.jobs.finishing == 0 && s.running_jobs.is_empty()
+    })
+    .await;
+    let record = store.get(&job.id).await.unwrap().expect("left alone");
+    assert_eq!(record, taken, "no final status written over b's claim");
+    assert!(record.final_status().is_none());
+    let seen = server.job(&job.id).await.unwrap();
+    assert!(
+        !seen.updates.iter().any(|u| is_final(u.status)),
+        "no final status from a: {:?}",
+        seen.updates
+    );
+    worker.stop().await;
+}

@@ -265,12 +265,8 @@ async fn a_worker_killed_mid_job_resumes_it_from_its_checkpoint_after_a_restart(
     let server = devserver().await;
     let state_dir = tempfile::tempdir().unwrap();
 
-    let first = ChildWorker::spawn(&server, &state_args(state_dir.path()));
-    let workers = server
-        .wait_workers(DEADLINE, |ws| ws.iter().any(|w| w.connected))
-        .await
-        .expect("the child registers");
-    let first_id = workers.iter().find(|w| w.connected).unwrap().id.clone();
+    let (first, first_id) =
+        ChildWorker::spawn_registered(&server, &state_args(state_dir.path())).await;
     let job = server
         .dispatch(DispatchRequest::room("r").metadata(r#"{"duration_ms": 4000}"#))
         .await
@@ -378,12 +374,8 @@ async fn a_final_status_the_server_never_confirmed_survives_sigkill_and_is_repor
     })
     .await;
     let state_dir = tempfile::tempdir().unwrap();
-    let first = ChildWorker::spawn(&server, &state_args(state_dir.path()));
-    let workers = server
-        .wait_workers(DEADLINE, |ws| ws.iter().any(|w| w.connected))
-        .await
-        .expect("the child registers");
-    let first_id = workers.iter().find(|w| w.connected).unwrap().id.clone();
+    let (first, first_id) =
+        ChildWorker::spawn_registered(&server, &state_args(state_dir.path())).await;
     let job = server
         .dispatch(DispatchRequest::room("r").metadata(r#"{"duration_ms": 200}"#))
         .await

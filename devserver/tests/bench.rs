@@ -30,6 +30,17 @@ async fn bench_post(server: &DevServer, path: &str, body: Value) -> (u16, Value)
     (status, serde_json::from_slice(&body).unwrap_or(Value::Null))
 }
 
+/// Posts `body` to `path` in a task of its own, so that the test can play
+/// the worker meanwhile.
+fn bench_post_later(
+    server: &DevServer,
+    path: &'static str,
+    body: Value,
+) -> actix_rt::task::JoinHandle<(u16, Value)> {
+    let server = server.clone();
+    actix_rt::spawn(async move { bench_post(&server, path, body).await })
+}
+
 /// Answers the next offer, takes the assignment and reports RUNNING: the
 /// job's id.
 async fn take_job(conn: &mut Conn) -> String {
@@ -50,18 +61,12 @@ async fn take_job(conn: &mut Conn) -> String {
 async fn bench_jobs_counts_and_times_every_round_trip() {
     let server = server().await;
     let (mut conn, _) = worker(&server, "b").await;
-    let run = actix_rt::spawn({
-        let server = server.clone();
-        async move {
-            bench_post(
-                &server,
-                "/dev/bench/jobs",
-                json!({"agent_name": "b", "count": 3, "concurrency": 1,
+    let run = bench_post_later(
+        &server,
+        "/dev/bench/jobs",
+        json!({"agent_name": "b", "count": 3, "concurrency": 1,
                        "wait_running": true, "wait_final": true}),
-            )
-            .await
-        }
-    });
+    );
     for _ in 0..3 {
         let id = take_job(&mut conn).await;
         update_job(&mut conn, &id, JobStatus::JsSuccess, "").await;
@@ -91,17 +96,11 @@ async fn bench_jobs_counts_and_times_every_round_trip() {
 async fn bench_terminate_ends_every_running_job_of_the_agent() {
     let server = server().await;
     let (mut conn, _) = worker(&server, "b").await;
-    let run = actix_rt::spawn({
-        let server = server.clone();
-        async move {
-            bench_post(
-                &server,
-                "/dev/bench/jobs",
-                json!({"agent_name": "b", "count": 2, "concurrency": 2, "wait_running": true}),
-            )
-            .await
-        }
-    });
+    let run = bench_post_later(
+        &server,
+        "/dev/bench/jobs",
+        json!({"agent_name": "b", "count": 2, "concurrency": 2, "wait_running": true}),
+    );
     // both offers come before either assignment
     let mut ids = Vec::new();
     for _ in 0..2 {

@@ -318,21 +318,11 @@ impl Conn {
             .query_async(&mut self.connection)
             .await
             .map_err(StoreError::backend)?;
-        let mut out = Vec::new();
-        for ((job_id, claim), bytes) in orphans.into_iter().zip(records) {
-            let Some(bytes) = bytes else { continue };
-            match JobCheckpoint::decode(&bytes) {
-                Ok(mut record) => {
-                    record.set_claim(claim);
-                    out.push(record);
-                }
-                Err(err) => {
-                    tracing::warn!(job_id, error = %err, "skipping an unreadable checkpoint")
-                }
-            }
-        }
-        out.sort_by(|a, b| a.job_id().cmp(b.job_id()));
-        Ok(out)
+        let found = orphans
+            .into_iter()
+            .zip(records)
+            .filter_map(|((job_id, claim), bytes)| Some((job_id, claim, bytes?)));
+        Ok(decoded(found))
     }
 
     /// Every record with its claim, from one pipelined round trip.
@@ -347,23 +337,11 @@ impl Conn {
             .into_iter()
             .filter_map(|(job, held)| parse_claim(&held).map(|c| (job, c)))
             .collect();
-        let mut out = Vec::new();
-        for (job_id, bytes) in records {
-            let Some(claim) = claims.get(&job_id) else {
-                continue;
-            };
-            match JobCheckpoint::decode(&bytes) {
-                Ok(mut record) => {
-                    record.set_claim(claim.clone());
-                    out.push(record);
-                }
-                Err(err) => {
-                    tracing::warn!(job_id, error = %err, "skipping an unreadable checkpoint")
-                }
-            }
-        }
-        out.sort_by(|a, b| a.job_id().cmp(b.job_id()));
-        Ok(out)
+        let found = records.into_iter().filter_map(|(job_id, bytes)| {
+            let claim = claims.get(&job_id)?.clone();
+            Some((job_id, claim, bytes))
+        });
+        Ok(decoded(found))
     }
 }
 
@@ -389,6 +367,27 @@ fn bounded<T: Send + 'static>(
                 )))
             })
     })
+}
+
+/// The readable records among `found` (job id, claim, bytes), each under its
+/// claim, ordered by job id; an unreadable one is logged and left out.
+fn decoded(found: impl Iterator<Item = (String, Claim, Vec<u8>)>) -> Vec<JobCheckpoint> {
+    let mut out: Vec<JobCheckpoint> = found
+        .filter_map(
+            |(job_id, claim, bytes)| match JobCheckpoint::decode(&bytes) {
+                Ok(mut record) => {
+                    record.set_claim(claim);
+                    Some(record)
+                }
+                Err(err) => {
+                    tracing::warn!(job_id, error = %err, "skipping an unreadable checkpoint");
+                    None
+                }
+            },
+        )
+        .collect();
+    out.sort_by(|a, b| a.job_id().cmp(b.job_id()));
+    out
 }
 
 /// A job id and its stored record.

@@ -391,6 +391,25 @@ impl ChildWorker {
         Self { child, lines }
     }
 
+    /// Starts the child (see [`spawn`](Self::spawn)) and waits until it has
+    /// registered with `server`: the child and its worker id.
+    pub async fn spawn_registered(server: &DevServer, args: &[String]) -> (Self, String) {
+        let known: Vec<String> = server.workers().await.into_iter().map(|w| w.id).collect();
+        let child = Self::spawn(server, args);
+        let workers = server
+            .wait_workers(DEADLINE, |ws| {
+                ws.iter().any(|w| w.connected && !known.contains(&w.id))
+            })
+            .await
+            .expect("the child registers");
+        let id = workers
+            .into_iter()
+            .find(|w| w.connected && !known.contains(&w.id))
+            .map(|w| w.id)
+            .unwrap();
+        (child, id)
+    }
+
     /// Waits for a log line containing `needle` whose `progress_ms` is at
     /// least `min`, and returns that value.
     pub fn wait_progress(&self, needle: &str, min: u64) -> u64 {
