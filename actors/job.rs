@@ -11,9 +11,11 @@
 //! capped), with the same [`Checkpoint`]: `JobContext::attempt` and
 //! `is_restart` tell the handler, and the checkpoint holds what it saved
 //! before. No FAILED is reported between attempts; when the policy gives up,
-//! the job is FAILED with the last error. The checkpoint is written to the
-//! store when the job starts, behind the handler on an interval, and on each
-//! restart.
+//! the job is FAILED with the last error. The actor writes the checkpoint
+//! to the store when the job starts, on each restart, when it is stopped
+//! for a shutdown, and with the final status at its end; in between the
+//! worker writes it behind the handler, every job's in one batch per
+//! interval (a refusal by the fence comes back as [`CheckpointRefused`]).
 //!
 //! On termination (by the server, or by the worker shutting down) it fires
 //! the job's cancellation signal, calls `on_terminated` once, and gives the
@@ -48,8 +50,6 @@ pub(crate) struct JobRules {
     pub restart_policy: RestartPolicy,
     /// The longest wait a retryable error may ask for.
     pub max_retry_delay: Duration,
-    /// How often a dirty checkpoint is written behind the handler.
-    pub checkpoint_interval: Duration,
     /// Asked about the job when it is recovered (read-only, shared).
     pub recovery: Arc<dyn RecoveryHandler>,
     /// Counts checkpoint writes.
@@ -80,6 +80,8 @@ pub struct JobActor {
     /// server, or declined after a reconnect): the outcome it will report,
     /// whatever the handler returns.
     ending: Option<JobOutcome>,
+    /// Set once the job began to exit (its last write is in flight, or it
+    /// let the job go): nothing starts or ends it again.
     exited: bool,
     /// Set while a restart is waiting for its delay.
     restart_pending: bool,
@@ -122,25 +124,33 @@ impl JobActor {
         }
     }
 
+    /// The job is over (or stopped by its worker): its last write goes to
+    /// the store, then the worker hears of it. Once only; the actor keeps
+    /// taking messages meanwhile (a write of the record the worker's batch
+    /// has in flight waits its turn, which a blocked context could not give
+    /// it).
     fn exit(&mut self, outcome: JobOutcome, ctx: &mut Context<Self>) {
         if self.exited {
-            return ctx.stop();
+            return;
         }
         self.exited = true;
-        if matches!(outcome, JobOutcome::Stopped(_)) {
+        let write = if matches!(outcome, JobOutcome::Stopped(_)) {
             // stopped by its worker (a shutdown, a drain's cut): it may be
-            // resumed, so no final status goes into its record
-            return self.exited_with(outcome, ctx);
-        }
-        // the final status goes into the record before the worker hears of
-        // it, so that it is durable before it can be reported
-        let status = outcome.final_status();
-        let record = crate::recovery::FinalRecord {
-            status: status.status as i32,
-            error: status.error,
+            // resumed, so no final status goes into its record, only what
+            // the handler saved last
+            self.context.checkpoint().write()
+        } else {
+            // the final status goes into the record before the worker hears
+            // of it, so that it is durable before it can be reported
+            let status = outcome.final_status();
+            self.context
+                .checkpoint()
+                .record_final(crate::recovery::FinalRecord {
+                    status: status.status as i32,
+                    error: status.error,
+                })
         };
-        let write = self.context.checkpoint().record_final(record);
-        ctx.wait(actix::fut::wrap_future(write).map(
+        ctx.spawn(actix::fut::wrap_future(write).map(
             move |result, act: &mut Self, ctx| match result {
                 Ok(()) => act.exited_with(outcome, ctx),
                 Err(crate::recovery::StoreError::Fenced { holder, fence, .. }) => {
@@ -150,7 +160,7 @@ impl JobActor {
                 Err(err) => {
                     // the status still goes to the server; only a restart
                     // before its confirmation would miss it
-                    warn!(job_id = act.context.id(), %err, "could not record the final status");
+                    warn!(job_id = act.context.id(), %err, "could not write the job's last record");
                     act.exited_with(outcome, ctx);
                 }
             },
@@ -280,6 +290,10 @@ impl JobActor {
             generation: self.link.generation(),
         });
         ctx.run_later(delay, |act, ctx| {
+            if act.exited {
+                // ended while it waited: the restart is not made
+                return;
+            }
             act.restart_pending = false;
             act.context = act.context.next_attempt();
             let write = act.context.checkpoint().write();
@@ -310,11 +324,6 @@ impl Actor for JobActor {
         if let Some(refresh) = &self.refresh {
             ctx.run_later(refresh.ttl.mul_f64(0.75), |act, ctx| act.refresh_token(ctx));
         }
-        ctx.run_interval(self.rules.checkpoint_interval, |act, ctx| {
-            if let Some(write) = act.context.checkpoint().write_if_dirty() {
-                act.write_checkpoint(write, ctx);
-            }
-        });
         self.run_attempt(ctx);
     }
 }
@@ -371,7 +380,7 @@ impl Handler<TerminateJob> for JobActor {
     type Result = ();
 
     fn handle(&mut self, msg: TerminateJob, ctx: &mut Self::Context) {
-        if self.ending.is_some() {
+        if self.ending.is_some() || self.exited {
             return;
         }
         let outcome = match msg {
@@ -394,11 +403,24 @@ impl Handler<TerminateJob> for JobActor {
     }
 }
 
+impl Handler<CheckpointRefused> for JobActor {
+    type Result = ();
+
+    fn handle(&mut self, msg: CheckpointRefused, ctx: &mut Self::Context) {
+        // a refusal after the job began to exit is answered by its final
+        // write, refused too
+        if !self.exited {
+            self.exited = true;
+            self.let_go(msg.holder, msg.fence, ctx);
+        }
+    }
+}
+
 impl Handler<Reconnected> for JobActor {
     type Result = ();
 
     fn handle(&mut self, _msg: Reconnected, ctx: &mut Self::Context) {
-        if self.ending.is_some() {
+        if self.ending.is_some() || self.exited {
             return;
         }
         let (recovery, context) = (self.rules.recovery.clone(), &self.context);

@@ -275,6 +275,18 @@ pub(crate) const MAX_ERROR_TEXT: usize = 16 * 1024;
 #[rtype(result = "()")]
 pub(crate) struct Reconnected;
 
+/// The worker's write-behind of this job's checkpoint was refused by its
+/// fence: another worker claimed the job. The copy stops at once, reporting
+/// no status.
+#[derive(Message, Debug)]
+#[rtype(result = "()")]
+pub(crate) struct CheckpointRefused {
+    /// The job's holder now.
+    pub holder: String,
+    /// The holder's fence.
+    pub fence: u64,
+}
+
 /// End this job: cancel it, call `on_terminated` once, give the handler its
 /// grace period.
 #[derive(Message, Debug)]

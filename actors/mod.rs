@@ -62,6 +62,9 @@
 //!   `RunningSince` (the running jobs' start times) at most once a tick.
 //! - Queue: `Enqueue`, `TakeNext` (when a slot frees), `Dequeue` (a queued
 //!   job ended); `QueuedJobsExpired` back.
+//! - Checkpoints: each job's handle is in its table row; the worker writes
+//!   every dirty one behind in one batch per interval (`put_many`) and
+//!   tells a job whose write its fence refused (`CheckpointRefused`).
 //! - Jobs: the worker sends `TerminateJob` (by the server, or for a
 //!   shutdown), `Reconnected` and `MemoryPressure`; the JobActor answers
 //!   `JobStarted`, `JobRestarted` (its handler restarted under the job's

@@ -89,8 +89,26 @@ impl lkagent::JobHandler for Quiet {
     }
 }
 
-/// Every command Redis has served so far, from `INFO commandstats`.
-fn commands_served(url: &str) -> u64 {
+/// Saves a counter every 20 ms until terminated.
+struct Busy;
+
+impl lkagent::JobHandler for Busy {
+    async fn on_job(&self, ctx: lkagent::JobContext) -> Result<(), lkagent::JobError> {
+        let mut turn = 0u64;
+        loop {
+            turn += 1;
+            ctx.checkpoint().save("turn", &turn).expect("saves");
+            tokio::select! {
+                _ = ctx.cancelled() => return Ok(()),
+                _ = actix_rt::time::sleep(std::time::Duration::from_millis(20)) => {}
+            }
+        }
+    }
+}
+
+/// Calls Redis has served so far, from `INFO commandstats`: of every
+/// command, or of the one named.
+fn calls(url: &str, command: Option<&str>) -> u64 {
     let mut connection = redis::Client::open(url)
         .and_then(|c| c.get_connection())
         .expect("connects");
@@ -99,9 +117,78 @@ fn commands_served(url: &str) -> u64 {
         .query(&mut connection)
         .expect("INFO");
     info.lines()
+        .filter(|line| command.is_none_or(|c| line.starts_with(&format!("cmdstat_{c}:"))))
         .filter_map(|line| line.split("calls=").nth(1))
         .filter_map(|rest| rest.split(',').next()?.parse::<u64>().ok())
         .sum()
+}
+
+fn commands_served(url: &str) -> u64 {
+    calls(url, None)
+}
+
+/// Dispatches `count` jobs, a hundred at a time (the worker's decision
+/// threads bound how many offers it weighs at once).
+async fn dispatch_many(server: &lkagent_devserver::DevServer, count: usize) {
+    for batch in 0..count.div_ceil(100) {
+        let placed = futures_util::future::join_all(
+            (0..100.min(count - batch * 100))
+                .map(|n| server.dispatch(DispatchRequest::room(format!("room-{batch}-{n}")))),
+        )
+        .await;
+        let refused: Vec<_> = placed.iter().filter_map(|p| p.as_ref().err()).collect();
+        assert!(refused.is_empty(), "{refused:?}");
+    }
+}
+
+#[actix_rt::test]
+async fn a_thousand_jobs_checkpoints_are_written_in_a_few_batched_scripts_per_interval() {
+    let redis = TestRedis::start();
+    let server = devserver().await;
+    let store = lkagent::recovery::RedisCheckpointStore::connect(&redis.url, "batched")
+        .await
+        .unwrap();
+    let interval = std::time::Duration::from_millis(250);
+    let mut options = options(&server).max_jobs(1000);
+    options.checkpoint_interval = interval;
+    let worker = lkagent::Worker::builder(options)
+        .checkpoint_store(store.clone())
+        .handler(Busy)
+        .start()
+        .unwrap();
+    registered(&worker).await;
+    dispatch_many(&server, 1000).await;
+    wait_worker(&worker, "1,000 jobs running", |s| s.jobs.running == 1000).await;
+    let progress = |store: lkagent::recovery::RedisCheckpointStore| async move {
+        use lkagent::recovery::CheckpointStore as _;
+        let records = store.list().await.unwrap();
+        assert_eq!(records.len(), 1000);
+        records
+            .iter()
+            .map(|r| r.load::<u64>("turn").unwrap().unwrap_or(0))
+            .min()
+            .unwrap()
+    };
+    let before = calls(&redis.url, Some("evalsha"));
+    let least_before = progress(store.clone()).await;
+    let window = std::time::Instant::now();
+    actix_rt::time::sleep(std::time::Duration::from_secs(1)).await;
+    let scripts = calls(&redis.url, Some("evalsha")) - before;
+    let intervals = window.elapsed().as_secs_f64() / interval.as_secs_f64();
+    // every job saved many times over the window, and every record moved
+    let least_after = progress(store).await;
+    assert!(
+        least_after > least_before,
+        "the least advanced record went from {least_before} to {least_after}"
+    );
+    // ceil(1,000 / 256) = 4 scripts a batch, one batch an interval (plus
+    // one interval's slack at the window's edges)
+    let most = 4.0 * (intervals + 1.0);
+    assert!(
+        scripts as f64 <= most,
+        "{scripts} scripts in {intervals:.1} intervals with 1,000 jobs saving"
+    );
+    worker.stop().await;
 }
 
 #[actix_rt::test]
@@ -119,16 +206,7 @@ async fn a_worker_with_a_thousand_jobs_stays_alive_with_a_few_commands_per_inter
         .start()
         .unwrap();
     registered(&worker).await;
-    // a hundred offers at a time: the worker's decision threads bound how
-    // many it weighs at once
-    for batch in 0..10 {
-        let placed = futures_util::future::join_all(
-            (0..100).map(|n| server.dispatch(DispatchRequest::room(format!("room-{batch}-{n}")))),
-        )
-        .await;
-        let refused: Vec<_> = placed.iter().filter_map(|p| p.as_ref().err()).collect();
-        assert!(refused.is_empty(), "{refused:?}");
-    }
+    dispatch_many(&server, 1000).await;
     wait_worker(&worker, "1,000 jobs running", |s| s.jobs.running == 1000).await;
     // each job writes its first checkpoint once as it starts; then only the
     // worker's own upkeep is left

@@ -138,6 +138,7 @@ impl WorkerActor {
         let claim = checkpoint.snapshot().claim().clone();
         if let Some(row) = self.table.get_mut(job_id) {
             row.attachment.claim = Some(claim);
+            row.attachment.checkpoint = Some(checkpoint.clone());
         }
         let context = context.with_checkpoint(checkpoint, is_recovered);
         let span = self.job_span(job_id).unwrap_or_else(tracing::Span::none);
@@ -152,7 +153,6 @@ impl WorkerActor {
             grace: self.options.termination_grace,
             restart_policy: self.options.restart_policy.clone(),
             max_retry_delay: self.options.max_retry_delay,
-            checkpoint_interval: self.options.checkpoint_interval,
             recovery: self.recovery.clone(),
             metrics: self.metrics.clone(),
         };
@@ -187,8 +187,9 @@ impl WorkerActor {
     pub(super) fn finished(&mut self, job_id: &str, done: Finished, ctx: &mut Context<Self>) {
         if let Some(row) = self.table.get_mut(job_id) {
             // an actor still winding down (the shutdown's deadline cut it)
-            // is no longer this job's
+            // is no longer this job's, nor is its record written behind
             row.attachment.addr = None;
+            row.attachment.checkpoint = None;
         }
         if done.was_queued
             && let Some(queue) = &self.queue.addr

@@ -79,6 +79,9 @@ pub(crate) struct JobLink {
     /// The claim its checkpoint record is held by, once it started: what
     /// removing the record at its end must present.
     claim: Option<crate::recovery::Claim>,
+    /// The running job's checkpoint handle: the worker writes it behind, in
+    /// one batch with every other job's (`recovery.rs`: `write_behind`).
+    checkpoint: Option<crate::recovery::Checkpoint>,
 }
 
 /// Where the worker is in its life.
@@ -148,6 +151,8 @@ pub struct WorkerActor {
     timeout_timer: Option<SpawnHandle>,
     /// A heartbeat to the checkpoint store is in flight (one at a time).
     heartbeat_pending: bool,
+    /// A write-behind batch is in flight: the next waits for its answer.
+    write_behind_pending: bool,
     /// A scan for orphaned jobs is in flight (one at a time).
     orphan_scan_pending: bool,
 }
@@ -212,6 +217,7 @@ impl WorkerActor {
             timeouts: Default::default(),
             timeout_timer: None,
             heartbeat_pending: false,
+            write_behind_pending: false,
             orphan_scan_pending: false,
             worker_id: None,
             registrations: 0,
@@ -388,6 +394,9 @@ impl Actor for WorkerActor {
         });
         self.heartbeat(ctx);
         ctx.run_interval(self.options.liveness_ttl / 3, |act, ctx| act.heartbeat(ctx));
+        ctx.run_interval(self.options.checkpoint_interval, |act, ctx| {
+            act.write_behind(ctx)
+        });
         self.recover_at_start(ctx);
         // takeover: the orphans of workers that died since, as often as a
         // heartbeat can lapse

@@ -127,6 +127,85 @@ impl WorkerActor {
         }));
     }
 
+    /// Writes every running job's dirty checkpoint in one batch
+    /// (`CheckpointStore::put_many`: a handful of round trips for thousands
+    /// of jobs, rather than one each); one batch at a time. A job whose
+    /// write was refused by its fence is told, and lets go of the job.
+    pub(super) fn write_behind(&mut self, ctx: &mut Context<Self>) {
+        if self.write_behind_pending {
+            return;
+        }
+        let mut taken = Vec::new();
+        for (_, row) in self.table.iter() {
+            if let Some(write) = row
+                .attachment
+                .checkpoint
+                .as_ref()
+                .and_then(|checkpoint| checkpoint.take_dirty())
+            {
+                taken.push((row.attachment.addr.clone(), write));
+            }
+        }
+        if taken.is_empty() {
+            return;
+        }
+        self.write_behind_pending = true;
+        let records = taken.iter().map(|(_, w)| w.record.clone()).collect();
+        let batch = self.store.put_many(records);
+        ctx.spawn(wrap_future(batch).map(move |answer, act: &mut Self, _ctx| {
+            act.write_behind_pending = false;
+            let results = match answer {
+                Ok(results) if results.len() == taken.len() => results,
+                Ok(results) => {
+                    let err = format!("{} answers for {} records", results.len(), taken.len());
+                    taken
+                        .iter()
+                        .map(|_| {
+                            Err(crate::recovery::StoreError::backend(std::io::Error::other(
+                                err.clone(),
+                            )))
+                        })
+                        .collect()
+                }
+                Err(err) => {
+                    let text = err.to_string();
+                    taken
+                        .iter()
+                        .map(|_| {
+                            Err(crate::recovery::StoreError::backend(std::io::Error::other(
+                                text.clone(),
+                            )))
+                        })
+                        .collect()
+                }
+            };
+            let mut failed = 0usize;
+            let mut first_error = None;
+            for ((addr, write), result) in taken.into_iter().zip(results) {
+                act.metrics.checkpoint_written(result.is_ok());
+                match &result {
+                    Ok(()) => {}
+                    Err(crate::recovery::StoreError::Fenced { holder, fence, .. }) => {
+                        if let Some(addr) = addr {
+                            addr.do_send(CheckpointRefused {
+                                holder: holder.clone(),
+                                fence: *fence,
+                            });
+                        }
+                    }
+                    Err(err) => {
+                        failed += 1;
+                        first_error.get_or_insert_with(|| err.to_string());
+                    }
+                }
+                write.settle(&result);
+            }
+            if let Some(err) = first_error {
+                warn!(failed, %err, "could not write checkpoints: retrying at the next interval");
+            }
+        }));
+    }
+
     /// The claim a job's checkpoint record is held by: the one its run
     /// started with, else this worker's first.
     pub(super) fn claim_of(&self, job_id: &str) -> crate::recovery::Claim {

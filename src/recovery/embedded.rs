@@ -257,6 +257,39 @@ impl CheckpointStore for EmbeddedStore {
         })
     }
 
+    fn put_many(
+        &self,
+        checkpoints: Vec<JobCheckpoint>,
+    ) -> StoreFuture<Vec<Result<(), StoreError>>> {
+        // one transaction, so one sync to disk for the whole batch
+        self.write(move |txn, _| {
+            let mut table = txn.open_table(CHECKPOINTS).map_err(StoreError::backend)?;
+            let mut results = Vec::with_capacity(checkpoints.len());
+            for checkpoint in &checkpoints {
+                let job_id = checkpoint.job_id();
+                let current = table
+                    .get(job_id)
+                    .map_err(StoreError::backend)?
+                    .map(|value| JobCheckpoint::decode(value.value()));
+                let result = match current {
+                    Some(Err(source)) => Err(StoreError::Corrupt {
+                        job_id: job_id.to_owned(),
+                        source,
+                    }),
+                    Some(Ok(current)) if !store::admits(current.claim(), checkpoint.claim()) => {
+                        Err(store::fenced(job_id, current.claim()))
+                    }
+                    _ => table
+                        .insert(job_id, checkpoint.encode().as_slice())
+                        .map(drop)
+                        .map_err(StoreError::backend),
+                };
+                results.push(result);
+            }
+            Ok(results)
+        })
+    }
+
     fn get(&self, job_id: &str) -> StoreFuture<Option<JobCheckpoint>> {
         let job_id = job_id.to_owned();
         self.run(move |db| {
@@ -378,7 +411,9 @@ mod tests {
     #[actix_rt::test]
     async fn embedded_store_keeps_records() {
         let dir = tempfile::tempdir().unwrap();
-        contract::records(Arc::new(EmbeddedStore::open(dir.path()).unwrap())).await;
+        let store = Arc::new(EmbeddedStore::open(dir.path()).unwrap());
+        contract::records(store.clone()).await;
+        contract::batches(store).await;
     }
 
     #[actix_rt::test]

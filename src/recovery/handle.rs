@@ -1,9 +1,13 @@
 //! [`Checkpoint`]: a running job's checkpoint, as its handler sees it.
 //!
 //! Saving is cheap — it changes the record in memory and marks it dirty —
-//! and the runtime writes dirty records behind, on an interval. A handler
-//! that needs a save to be durable now calls [`Checkpoint::flush`]: when it
-//! returns `Ok`, the store has it. The record is shared between the handler
+//! and the worker writes every job's dirty record behind, on an interval,
+//! in one batch ([`CheckpointStore::put_many`]). A handler that needs a
+//! save to be durable now calls [`Checkpoint::flush`]: when it returns
+//! `Ok`, the store has it. One write of a record is in flight at a time, so
+//! writes land in the order they were made whatever the store does with
+//! concurrent ones: a late batch never overwrites a newer flush or the
+//! job's final status. The record is shared between the handler
 //! (any thread it likes) and its JobActor through one mutex held only for a
 //! copy or a small edit, never across an await: a handle on one job's state,
 //! not state shared between actors.
@@ -33,6 +37,28 @@ struct Inner {
     /// The store refused a write: another worker holds the job now. No
     /// further write is attempted.
     fenced: AtomicBool,
+    /// The job's final status is in the record: only that write (and its
+    /// retries) may still go out, never a write-behind after it.
+    sealed: AtomicBool,
+    /// Held by the write in flight: writes of this record go one at a time.
+    turn: Arc<tokio::sync::Mutex<()>>,
+}
+
+/// A dirty record taken for a batch write, holding the record's turn until
+/// the batch's answer is settled.
+pub(crate) struct TakenWrite {
+    /// The stamped copy to write.
+    pub record: JobCheckpoint,
+    checkpoint: Checkpoint,
+    _turn: tokio::sync::OwnedMutexGuard<()>,
+}
+
+impl TakenWrite {
+    /// Applies the store's answer for this record (marks it dirty again
+    /// after a failure, fenced after a refusal) and gives up the turn.
+    pub(crate) fn settle(self, result: &Result<(), StoreError>) {
+        self.checkpoint.settle(result);
+    }
 }
 
 impl Checkpoint {
@@ -44,6 +70,8 @@ impl Checkpoint {
                 store,
                 dirty: AtomicBool::new(false),
                 fenced: AtomicBool::new(false),
+                sealed: AtomicBool::new(false),
+                turn: Arc::default(),
             }),
         }
     }
@@ -88,32 +116,62 @@ impl Checkpoint {
         self.record().clone()
     }
 
-    /// Stamps and writes the record; on failure it stays dirty for the next
-    /// write-behind.
+    /// Stamps and writes the record once the write before it (if any) is
+    /// answered; on failure it stays dirty for the next write-behind. A
+    /// sealed record is written only by the final write.
     pub(crate) fn write(&self) -> StoreFuture<()> {
-        self.inner.dirty.store(false, Ordering::Release);
-        let snapshot = {
-            let mut record = self.record();
-            record.touch(SystemTime::now());
-            record.clone()
-        };
-        let inner = self.inner.clone();
-        let put = inner.store.put(&snapshot);
+        self.write_turn(false)
+    }
+
+    fn write_turn(&self, is_final: bool) -> StoreFuture<()> {
+        let this = self.clone();
         Box::pin(async move {
-            let result = put.await;
-            match &result {
-                Ok(()) => {}
-                Err(StoreError::Fenced { .. }) => inner.fenced.store(true, Ordering::Release),
-                Err(_) => inner.dirty.store(true, Ordering::Release),
+            let _turn = this.inner.turn.clone().lock_owned().await;
+            if this.is_fenced() || (!is_final && this.inner.sealed.load(Ordering::Acquire)) {
+                return Ok(());
             }
+            this.inner.dirty.store(false, Ordering::Release);
+            let put = this.inner.store.put(&this.stamped());
+            let result = put.await;
+            this.settle(&result);
             result
         })
     }
 
-    /// Writes the record if anything was saved since the last write (and
-    /// the store has not refused this holder).
-    pub(crate) fn write_if_dirty(&self) -> Option<StoreFuture<()>> {
-        (self.inner.dirty.load(Ordering::Acquire) && !self.is_fenced()).then(|| self.write())
+    /// A stamped copy of the record.
+    fn stamped(&self) -> JobCheckpoint {
+        let mut record = self.record();
+        record.touch(SystemTime::now());
+        record.clone()
+    }
+
+    /// Applies a write's answer.
+    fn settle(&self, result: &Result<(), StoreError>) {
+        match result {
+            Ok(()) => {}
+            Err(StoreError::Fenced { .. }) => self.inner.fenced.store(true, Ordering::Release),
+            Err(_) => self.inner.dirty.store(true, Ordering::Release),
+        }
+    }
+
+    /// The record, stamped, if anything was saved since the last write and
+    /// no write of it is in flight (and it is neither fenced nor sealed): for
+    /// the worker's batch. The record's turn is held until the batch's
+    /// answer is settled.
+    pub(crate) fn take_dirty(&self) -> Option<TakenWrite> {
+        if !self.inner.dirty.load(Ordering::Acquire)
+            || self.is_fenced()
+            || self.inner.sealed.load(Ordering::Acquire)
+        {
+            return None;
+        }
+        let turn = self.inner.turn.clone().try_lock_owned().ok()?;
+        self.inner.dirty.store(false, Ordering::Release);
+        Some(TakenWrite {
+            record: self.stamped(),
+            checkpoint: self.clone(),
+            _turn: turn,
+        })
     }
 
     /// True once the store refused a write of this record: another worker
@@ -127,7 +185,8 @@ impl Checkpoint {
     /// it there and reports it again rather than running the job.
     pub(crate) fn record_final(&self, status: super::FinalRecord) -> StoreFuture<()> {
         self.record().set_final_status(status);
-        self.write()
+        self.inner.sealed.store(true, Ordering::Release);
+        self.write_turn(true)
     }
 
     /// Counts a new run of the job and returns its number.
@@ -177,9 +236,54 @@ mod tests {
         block_on(cp.flush()).unwrap();
         let stored = block_on(store.get("AJ_1")).unwrap().unwrap();
         assert_eq!(stored.load::<u64>("progress_ms").unwrap(), Some(1200));
-        assert!(cp.write_if_dirty().is_none(), "nothing new to write");
+        assert!(cp.take_dirty().is_none(), "nothing new to write");
         cp.save("progress_ms", &1500u64).unwrap();
-        assert!(cp.write_if_dirty().is_some());
+        let taken = cp.take_dirty().expect("dirty");
+        assert_eq!(taken.record.load::<u64>("progress_ms").unwrap(), Some(1500));
+        assert!(cp.take_dirty().is_none(), "taken");
+        taken.settle(&Err(StoreError::Closed));
+        assert!(cp.take_dirty().is_some(), "dirty again after a failure");
+    }
+
+    #[test]
+    fn a_write_waits_for_the_batch_in_flight_and_nothing_follows_the_final_one() {
+        let store = Arc::new(MemoryStore::new());
+        let cp = Checkpoint::new(
+            JobCheckpoint::new(&job(), "agent-AJ_1", SystemTime::now()),
+            store.clone(),
+        );
+        cp.save("turn", &1u32).unwrap();
+        let taken = cp.take_dirty().expect("dirty");
+        cp.save("turn", &2u32).unwrap();
+        assert!(cp.take_dirty().is_none(), "one write in flight at a time");
+        actix_rt::System::new().block_on(async {
+            let flushing = cp.clone();
+            let flush = actix_rt::spawn(async move { flushing.flush().await });
+            actix_rt::task::yield_now().await;
+            assert!(!flush.is_finished(), "the flush waits for its turn");
+            // the older batch lands first, then the flush over it
+            let old = store.put(&taken.record).await;
+            taken.settle(&old);
+            flush.await.unwrap().unwrap();
+        });
+        let stored = block_on(store.get("AJ_1")).unwrap().unwrap();
+        assert_eq!(stored.load::<u32>("turn").unwrap(), Some(2));
+
+        block_on(cp.record_final(crate::recovery::FinalRecord {
+            status: 3,
+            error: String::new(),
+        }))
+        .unwrap();
+        cp.save("turn", &3u32).unwrap();
+        assert!(cp.take_dirty().is_none(), "sealed");
+        block_on(cp.flush()).unwrap();
+        let stored = block_on(store.get("AJ_1")).unwrap().unwrap();
+        assert_eq!(
+            stored.load::<u32>("turn").unwrap(),
+            Some(2),
+            "the final write is the last"
+        );
+        assert!(stored.final_status().is_some());
     }
 
     #[test]

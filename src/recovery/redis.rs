@@ -41,6 +41,29 @@ redis.call('HSET', KEYS[2], ARGV[1], ARGV[3])
 return {1}
 ";
 
+/// `put_many`: KEYS claims, checkpoints; ARGV job id, `fence|owner`,
+/// record, for each job in turn. Returns, per job, `1`, or the claim that
+/// holds it when that is another.
+const PUT_MANY: &str = r"
+local out = {}
+for i = 1, #ARGV, 3 do
+  local held = redis.call('HGET', KEYS[1], ARGV[i])
+  if held and held ~= ARGV[i + 1] then
+    out[#out + 1] = held
+  else
+    redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1])
+    redis.call('HSET', KEYS[2], ARGV[i], ARGV[i + 2])
+    out[#out + 1] = 1
+  end
+end
+return out
+";
+
+/// The most records one `put_many` script call writes: a batch larger than
+/// this is split into several calls, sent together on the connection (one
+/// round trip's wait), so that no single script holds Redis for long.
+pub const RECORDS_PER_SCRIPT: usize = 256;
+
 /// `remove`: KEYS claims, checkpoints; ARGV job id, `fence|owner`.
 /// Returns `{1}` removed, `{2}` absent, `{0, held}` fenced.
 const REMOVE: &str = r"
@@ -97,6 +120,7 @@ struct Conn {
     connection: ConnectionManager,
     keys: Keys,
     put: std::sync::Arc<Script>,
+    put_many: std::sync::Arc<Script>,
     remove: std::sync::Arc<Script>,
     claim: std::sync::Arc<Script>,
 }
@@ -246,11 +270,16 @@ impl Conn {
             .get_connection_manager_with_config(config)
             .await
             .map_err(StoreError::backend)?;
-        let (put, remove, claim) = (Script::new(PUT), Script::new(REMOVE), Script::new(CLAIM));
+        let (put, put_many, remove, claim) = (
+            Script::new(PUT),
+            Script::new(PUT_MANY),
+            Script::new(REMOVE),
+            Script::new(CLAIM),
+        );
         // loaded once now, rather than by a burst of first calls that each
         // miss (`NOSCRIPT`) and load it again; after a Redis restart the
         // client loads them on the first miss
-        for script in [&put, &remove, &claim] {
+        for script in [&put, &put_many, &remove, &claim] {
             script
                 .load_async(&mut connection)
                 .await
@@ -260,6 +289,7 @@ impl Conn {
             connection,
             keys: Keys::new(prefix),
             put: std::sync::Arc::new(put),
+            put_many: std::sync::Arc::new(put_many),
             remove: std::sync::Arc::new(remove),
             claim: std::sync::Arc::new(claim),
         })
@@ -437,6 +467,57 @@ impl CheckpointStore for RedisCheckpointStore {
                 [_, held] => Err(fenced(&job_id, &string_of(held))),
                 other => Err(unexpected(other)),
             }
+        })
+    }
+
+    fn put_many(
+        &self,
+        checkpoints: Vec<JobCheckpoint>,
+    ) -> StoreFuture<Vec<Result<(), StoreError>>> {
+        // encoded on the store's thread, not the caller's
+        self.run(move |this| async move {
+            let calls = checkpoints.chunks(RECORDS_PER_SCRIPT).map(|chunk| {
+                let mut invocation = this.put_many.key(&this.keys.claims);
+                invocation.key(&this.keys.checkpoints);
+                for checkpoint in chunk {
+                    invocation
+                        .arg(checkpoint.job_id())
+                        .arg(claim_text(checkpoint.claim()))
+                        .arg(checkpoint.encode());
+                }
+                let mut connection = this.connection.clone();
+                async move {
+                    invocation
+                        .invoke_async::<Vec<redis::Value>>(&mut connection)
+                        .await
+                }
+            });
+            // the calls go out together on the multiplexed connection
+            let answers = futures_util::future::join_all(calls).await;
+            let mut results = Vec::with_capacity(checkpoints.len());
+            for (chunk, answer) in checkpoints.chunks(RECORDS_PER_SCRIPT).zip(answers) {
+                match answer {
+                    Ok(answer) if answer.len() == chunk.len() => {
+                        results.extend(chunk.iter().zip(answer).map(|(cp, value)| match value {
+                            redis::Value::Int(1) => Ok(()),
+                            held => Err(fenced(cp.job_id(), &string_of(&held))),
+                        }));
+                    }
+                    Ok(answer) => {
+                        let err = unexpected(&answer);
+                        results.extend(chunk.iter().map(|_| {
+                            Err(StoreError::backend(std::io::Error::other(err.to_string())))
+                        }));
+                    }
+                    Err(err) => {
+                        let text = err.to_string();
+                        results.extend(chunk.iter().map(|_| {
+                            Err(StoreError::backend(std::io::Error::other(text.clone())))
+                        }));
+                    }
+                }
+            }
+            Ok(results)
         })
     }
 
@@ -623,6 +704,7 @@ mod tests {
     async fn redis_store_keeps_records() {
         let redis = TestRedis::start();
         contract::records(store(&redis, "records").await).await;
+        contract::batches(store(&redis, "batches").await).await;
     }
 
     #[actix_rt::test]

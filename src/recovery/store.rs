@@ -113,6 +113,25 @@ pub trait CheckpointStore: Send + Sync + 'static {
     /// is as durable as the store makes it.
     fn put(&self, checkpoint: &JobCheckpoint) -> StoreFuture<()>;
 
+    /// Writes many checkpoints, each as [`put`](Self::put) would, in as few
+    /// round trips as the store can (the worker's write-behind hands it
+    /// every dirty checkpoint of an interval at once). The answer holds one
+    /// result per checkpoint, in order; an `Err` for the whole batch means
+    /// none is known to have landed. The default writes them one by one.
+    fn put_many(
+        &self,
+        checkpoints: Vec<JobCheckpoint>,
+    ) -> StoreFuture<Vec<Result<(), StoreError>>> {
+        let puts: Vec<_> = checkpoints.iter().map(|cp| self.put(cp)).collect();
+        Box::pin(async move {
+            let mut results = Vec::with_capacity(puts.len());
+            for put in puts {
+                results.push(put.await);
+            }
+            Ok(results)
+        })
+    }
+
     /// The job's checkpoint, if it has one.
     fn get(&self, job_id: &str) -> StoreFuture<Option<JobCheckpoint>>;
 
@@ -160,6 +179,12 @@ pub trait CheckpointStore: Send + Sync + 'static {
 impl<S: CheckpointStore> CheckpointStore for std::sync::Arc<S> {
     fn put(&self, checkpoint: &JobCheckpoint) -> StoreFuture<()> {
         (**self).put(checkpoint)
+    }
+    fn put_many(
+        &self,
+        checkpoints: Vec<JobCheckpoint>,
+    ) -> StoreFuture<Vec<Result<(), StoreError>>> {
+        (**self).put_many(checkpoints)
     }
     fn get(&self, job_id: &str) -> StoreFuture<Option<JobCheckpoint>> {
         (**self).get(job_id)
@@ -418,6 +443,40 @@ pub(crate) mod contract {
         assert!(!store.remove("AJ_1", &w1).await.unwrap());
         assert_eq!(store.get("AJ_1").await.unwrap(), None);
         assert_eq!(store.list().await.unwrap().len(), 1);
+        assert!(store.remove("AJ_2", &w1).await.unwrap());
+    }
+
+    /// `put_many`: one result per record, in order; a fenced record is
+    /// refused alone, the others land.
+    pub(crate) async fn batches(store: Arc<dyn CheckpointStore>) {
+        store.heartbeat("w2", TTL).await.unwrap();
+        store.put(&checkpoint("AJ_b1", 0)).await.unwrap();
+        store
+            .claim("AJ_b1", "w2")
+            .await
+            .unwrap()
+            .expect("w1 never beat");
+        let batch: Vec<JobCheckpoint> = (0..600)
+            .map(|n| checkpoint(&format!("AJ_b{n}"), n))
+            .collect();
+        let results = store.put_many(batch).await.unwrap();
+        assert_eq!(results.len(), 600);
+        for (n, result) in results.iter().enumerate() {
+            if n == 1 {
+                assert!(
+                    matches!(result, Err(StoreError::Fenced { holder, fence: 1, .. }) if holder == "w2"),
+                    "{result:?}"
+                );
+            } else {
+                assert!(result.is_ok(), "record {n}: {result:?}");
+            }
+        }
+        let stored = store.get("AJ_b599").await.unwrap().expect("landed");
+        assert_eq!(stored.load::<u32>("turns").unwrap(), Some(599));
+        let held = store.get("AJ_b1").await.unwrap().unwrap();
+        assert_eq!(held.load::<u32>("turns").unwrap(), Some(0), "untouched");
+        assert!(store.put_many(Vec::new()).await.unwrap().is_empty());
+        assert_eq!(store.list().await.unwrap().len(), 600);
     }
 
     /// Heartbeats, orphans, claims and fences, on the store's clock at
@@ -536,6 +595,7 @@ mod tests {
     #[actix_rt::test]
     async fn memory_store_keeps_records() {
         contract::records(Arc::new(MemoryStore::new())).await;
+        contract::batches(Arc::new(MemoryStore::new())).await;
     }
 
     #[actix_rt::test]
