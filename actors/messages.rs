@@ -441,23 +441,54 @@ pub struct SubscribeJobEvents(pub Recipient<JobEvent>);
 
 /// Starts a job that no server dispatched: same handler, supervision and
 /// events as a dispatched one. The worker mints the room token itself.
-#[derive(Message, Clone, Debug)]
+///
+/// A serde type, so that it can wait in the fleet's queue
+/// (`fleet::RedisJobQueue`): the job type is written by its protocol name
+/// (`"JT_ROOM"`), absent fields take their defaults.
+#[derive(Message, Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 #[rtype(result = "SpawnOutcome")]
 pub struct SpawnJob {
     /// The job id; `None` makes one (`LJ_…`).
+    #[serde(default)]
     pub id: Option<String>,
     /// Room, participant or publisher job.
+    #[serde(default = "room_job", with = "job_type_name")]
     pub job_type: livekit_protocol::JobType,
     /// The room to join (required).
     pub room: String,
     /// Metadata for the handler.
+    #[serde(default)]
     pub metadata: String,
     /// The participant identity to join as; `None`: `agent-<job id>`.
+    #[serde(default)]
     pub identity: Option<String>,
     /// The job's priority; `None`: the worker's priority calculator decides.
+    #[serde(default)]
     pub priority: Option<JobPriority>,
     /// What the job will use; `None`: one job slot.
+    #[serde(default)]
     pub resources: Option<ResourceRequest>,
+}
+
+fn room_job() -> livekit_protocol::JobType {
+    livekit_protocol::JobType::JtRoom
+}
+
+/// A job type as its protocol name (`JT_ROOM`, `JT_PUBLISHER`,
+/// `JT_PARTICIPANT`).
+mod job_type_name {
+    use livekit_protocol::JobType;
+    use serde::{Deserialize as _, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(job_type: &JobType, out: S) -> Result<S::Ok, S::Error> {
+        out.serialize_str(job_type.as_str_name())
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(input: D) -> Result<JobType, D::Error> {
+        let name = String::deserialize(input)?;
+        JobType::from_str_name(&name)
+            .ok_or_else(|| serde::de::Error::custom(format!("unknown job type {name:?}")))
+    }
 }
 
 impl SpawnJob {

@@ -57,13 +57,36 @@ pub enum JobOrigin {
     /// A server job resumed from its checkpoint after the worker restarted:
     /// claimed with `migrate_job`, its statuses go to the server.
     Recovered,
+    /// Pulled from the fleet's shared queue (`fleet::RedisJobQueue`), or
+    /// taken over from a worker that pulled it: the server does not know
+    /// it, so its statuses go only to subscribers; its checkpoint lives in
+    /// the fleet's store, and dropping it at the job's end acknowledges the
+    /// queue item.
+    Fleet,
 }
 
 impl JobOrigin {
     /// True when the server knows the job: its statuses are sent there.
     pub fn is_servers(self) -> bool {
+        matches!(self, JobOrigin::Server | JobOrigin::Recovered)
+    }
+
+    /// True when the job's checkpoint is kept in the worker's store, where
+    /// another run (a restart, a takeover) finds it; a local job's lives
+    /// only in its actor.
+    pub fn keeps_record(self) -> bool {
         !matches!(self, JobOrigin::Local)
     }
+}
+
+/// A fresh job id for a job no server named: `prefix` and twelve letters or
+/// digits (`LJ_` for a local job, `FJ_` for one of the fleet's queue).
+pub(crate) fn fresh_id(prefix: &str) -> String {
+    const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789";
+    let suffix: String = (0..12)
+        .map(|_| ALPHABET[rand::random_range(0..ALPHABET.len())] as char)
+        .collect();
+    format!("{prefix}{suffix}")
 }
 
 /// The state of a job the worker knows.

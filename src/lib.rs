@@ -75,6 +75,7 @@ pub mod auth;
 mod backoff;
 mod deadlines;
 pub mod demo;
+pub mod fleet;
 mod handler;
 #[cfg(feature = "http")]
 pub mod http;

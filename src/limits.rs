@@ -97,8 +97,10 @@ fn smaller(a: Option<u64>, b: Option<u64>) -> Option<u64> {
     }
 }
 
-/// What one job expects to use, declared by its handler.
-#[derive(Clone, Copy, Debug, PartialEq)]
+/// What one job expects to use, declared by its handler. Serde fields are
+/// the struct's; a missing one takes its default.
+#[derive(Clone, Copy, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(default)]
 pub struct ResourceRequest {
     /// Memory, in MiB.
     pub memory_mb: u64,

@@ -135,6 +135,13 @@ pub struct WorkerOptions {
     /// How often a job's checkpoint, if changed, is written behind its
     /// handler (`Checkpoint::flush` writes at once).
     pub checkpoint_interval: Duration,
+    /// How often a worker given the fleet's queue looks for work there when
+    /// it has a free slot and nothing queued (default 250 ms).
+    pub fleet_pull_interval: Duration,
+    /// How long a job pulled from the fleet's queue stays the puller's
+    /// before it may be re-delivered — only if the puller is gone by then
+    /// and the job never started (default 30 s).
+    pub fleet_visibility: Duration,
     /// The most accepted jobs waiting for a slot; 0 turns queueing off.
     pub queue_capacity: usize,
     /// A queued job that waits longer than this is failed (default 5 min).
@@ -213,6 +220,8 @@ impl WorkerOptions {
             restart_policy: RestartPolicy::default(),
             max_retry_delay: Duration::from_secs(300),
             checkpoint_interval: Duration::from_secs(1),
+            fleet_pull_interval: Duration::from_millis(250),
+            fleet_visibility: Duration::from_secs(30),
             queue_capacity: DEFAULT_QUEUE_CAPACITY,
             queue_max_wait: DEFAULT_QUEUE_MAX_WAIT,
             resource_limits: ResourceLimits::default(),
@@ -425,6 +434,8 @@ impl WorkerOptions {
             })?;
         for (name, value) in [
             ("checkpoint_interval", self.checkpoint_interval),
+            ("fleet_pull_interval", self.fleet_pull_interval),
+            ("fleet_visibility", self.fleet_visibility),
             ("memory_check_interval", self.memory_check_interval),
             ("liveness_ttl", self.liveness_ttl),
             ("load_sample_interval", self.load_sample_interval),

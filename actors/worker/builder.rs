@@ -118,6 +118,7 @@ impl Worker {
             handler: None,
             load_calculator: None,
             store: None,
+            fleet: None,
             recovery: None,
             priorities: None,
             shutdown_hooks: Default::default(),
@@ -151,6 +152,7 @@ pub struct WorkerBuilder {
     handler: Option<Arc<dyn DynHandler>>,
     load_calculator: Option<Arc<dyn LoadCalculator>>,
     store: Option<Arc<dyn CheckpointStore>>,
+    fleet: Option<Arc<dyn crate::fleet::FleetQueue>>,
     recovery: Option<Arc<dyn RecoveryHandler>>,
     priorities: Option<Arc<dyn PriorityCalculator>>,
     shutdown_hooks: crate::shutdown::ShutdownHooks,
@@ -236,6 +238,16 @@ impl WorkerBuilder {
     /// the worker resumes the jobs it finds there.
     pub fn checkpoint_store(mut self, store: impl CheckpointStore) -> Self {
         self.store = Some(Arc::new(store));
+        self
+    }
+
+    /// Pulls jobs from the fleet's queue (see [`crate::fleet`]) whenever a
+    /// slot is free and nothing of the worker's own waits. The queue must
+    /// belong to the same fleet as the checkpoint store (for Redis: the
+    /// same URL and prefix, e.g. `RedisJobQueue::of_store`): a pulled
+    /// job's record lives there, and dropping it acknowledges the job.
+    pub fn fleet_queue(mut self, queue: impl crate::fleet::FleetQueue) -> Self {
+        self.fleet = Some(Arc::new(queue));
         self
     }
 
@@ -332,6 +344,7 @@ impl WorkerBuilder {
             handler,
             load_calculator: calculator,
             store: self.store.unwrap_or_else(|| Arc::new(MemoryStore::new())),
+            fleet: self.fleet,
             recovery: self
                 .recovery
                 .unwrap_or_else(|| Arc::new(DefaultRecovery::default())),

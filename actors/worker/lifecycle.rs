@@ -93,7 +93,12 @@ impl WorkerActor {
         // minted afresh as the job starts, however long it queued, and kept
         // fresh while it runs
         let refresh = match (&identity, origin) {
-            (Some(identity), crate::jobs::JobOrigin::Local | crate::jobs::JobOrigin::Recovered) => {
+            (
+                Some(identity),
+                crate::jobs::JobOrigin::Local
+                | crate::jobs::JobOrigin::Recovered
+                | crate::jobs::JobOrigin::Fleet,
+            ) => {
                 let refresh = super::super::job::TokenRefresh {
                     credentials: self.options.credentials.clone(),
                     room: crate::handler::room_name(&job).to_owned(),
@@ -126,9 +131,15 @@ impl WorkerActor {
                 SystemTime::now(),
             )
             .with_owner(&self.options.instance_id);
-            if origin.is_servers() {
-                // the server can re-dispatch its jobs: keep them where a
-                // restarted worker finds them
+            if origin.keeps_record() {
+                // the server can re-dispatch its jobs, and the fleet's queue
+                // re-deliver its own: keep them where a restarted worker (or
+                // one taking over) finds them
+                let record = if origin == crate::jobs::JobOrigin::Fleet {
+                    record.with_fleet_queue()
+                } else {
+                    record
+                };
                 Checkpoint::new(record, self.store.clone())
             } else {
                 // nobody would claim a local job after a restart
@@ -218,8 +229,23 @@ impl WorkerActor {
 
     /// Ends a job now with `status`, from whatever live state it is in.
     pub(super) fn end_job(&mut self, job_id: &str, status: FinalStatus, ctx: &mut Context<Self>) {
+        // a job of the fleet's queue is over once it ends here (no server
+        // confirms it): its record goes, which acknowledges its queue item —
+        // unless the worker's stop cut it: then the record stays for another
+        // worker of the fleet to take over
+        let fleet_job = self
+            .table
+            .get(job_id)
+            .filter(|row| row.origin() == crate::jobs::JobOrigin::Fleet)
+            .map(|row| row.attachment.claim.clone());
         if let Some(done) = self.table.finish(job_id, status, Instant::now()) {
             self.finished(job_id, done, ctx);
+            match fleet_job {
+                Some(Some(claim)) if !self.was_cut(job_id) => self.forget(job_id, claim, ctx),
+                // it never started: no record acknowledges it
+                Some(None) => self.unstarted_fleet_job_ended(job_id, ctx),
+                _ => {}
+            }
         }
     }
 

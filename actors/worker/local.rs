@@ -1,4 +1,5 @@
-//! Local jobs: `SpawnJob` from the application.
+//! Jobs no server dispatched: `SpawnJob` from the application, and jobs
+//! pulled from the fleet's queue (`fleet.rs`).
 
 use std::time::Instant;
 
@@ -13,13 +14,26 @@ impl Handler<SpawnJob> for WorkerActor {
     type Result = MessageResult<SpawnJob>;
 
     fn handle(&mut self, msg: SpawnJob, ctx: &mut Self::Context) -> Self::Result {
+        MessageResult(self.spawn_job(msg, JobOrigin::Local, ctx))
+    }
+}
+
+impl WorkerActor {
+    /// Admits a job no server dispatched (`Local`, or `Fleet` when pulled
+    /// from the fleet's queue): a slot if one is free, else the queue.
+    pub(super) fn spawn_job(
+        &mut self,
+        msg: SpawnJob,
+        origin: JobOrigin,
+        ctx: &mut Context<Self>,
+    ) -> SpawnOutcome {
         let metrics = self.metrics.clone();
         let refuse = move |reason: SpawnRefusal| {
             metrics.declined(
                 super::availability::decline_reason(&reason),
                 std::time::Duration::ZERO,
             );
-            MessageResult(SpawnOutcome::Refused { reason })
+            SpawnOutcome::Refused { reason }
         };
         if self.shutting_down() {
             return refuse(SpawnRefusal::ShuttingDown);
@@ -27,7 +41,7 @@ impl Handler<SpawnJob> for WorkerActor {
         if msg.room.trim().is_empty() {
             return refuse(SpawnRefusal::Invalid("the room is required".into()));
         }
-        let job_id = msg.id.unwrap_or_else(local_job_id);
+        let job_id = msg.id.unwrap_or_else(|| crate::jobs::fresh_id("LJ_"));
         if self.table.get(&job_id).is_some() {
             return refuse(SpawnRefusal::Duplicate(job_id));
         }
@@ -68,7 +82,7 @@ impl Handler<SpawnJob> for WorkerActor {
             };
         let admission = Admission {
             id: job_id.clone(),
-            origin: JobOrigin::Local,
+            origin,
             priority,
             reservation: Some(reservation),
             spec: JobSpec {
@@ -85,25 +99,16 @@ impl Handler<SpawnJob> for WorkerActor {
             Err(Refusal::AtCapacity) => return refuse(SpawnRefusal::AtCapacity),
         };
         self.place(&job_id, placement, ctx);
-        MessageResult(match placement {
+        match placement {
             Placement::Start => {
-                info!(job_id, %priority, "started a local job");
+                info!(job_id, %priority, ?origin, "started a job of no server's");
                 SpawnOutcome::Started { job_id }
             }
             Placement::Queue(_) => {
                 let depth = self.table.counts().queued;
-                info!(job_id, %priority, depth, "queued a local job");
+                info!(job_id, %priority, ?origin, depth, "queued a job of no server's");
                 SpawnOutcome::Queued { job_id, depth }
             }
-        })
+        }
     }
-}
-
-/// A fresh id for a local job: `LJ_` and twelve letters or digits.
-fn local_job_id() -> String {
-    const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789";
-    let suffix: String = (0..12)
-        .map(|_| ALPHABET[rand::random_range(0..ALPHABET.len())] as char)
-        .collect();
-    format!("LJ_{suffix}")
 }

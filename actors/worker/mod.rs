@@ -26,6 +26,7 @@
 
 mod availability;
 mod builder;
+mod fleet;
 mod lifecycle;
 mod local;
 mod recovery;
@@ -153,6 +154,10 @@ pub struct WorkerActor {
     heartbeat_pending: bool,
     /// A write-behind batch is in flight: the next waits for its answer.
     write_behind_pending: bool,
+    /// The fleet's queue, if the worker pulls from one (`fleet.rs`).
+    fleet: Option<Arc<dyn crate::fleet::FleetQueue>>,
+    /// A pull from the fleet's queue is in flight (one at a time).
+    fleet_pull_pending: bool,
     /// A scan for orphaned jobs is in flight (one at a time).
     orphan_scan_pending: bool,
 }
@@ -165,6 +170,7 @@ struct WorkerParts {
     handler: Arc<dyn DynHandler>,
     load_calculator: Arc<dyn LoadCalculator>,
     store: Arc<dyn CheckpointStore>,
+    fleet: Option<Arc<dyn crate::fleet::FleetQueue>>,
     recovery: Arc<dyn RecoveryHandler>,
     priorities: Arc<dyn PriorityCalculator>,
     admission: AdmissionPolicy,
@@ -182,6 +188,7 @@ impl WorkerActor {
             handler,
             load_calculator,
             store,
+            fleet,
             recovery,
             priorities,
             admission,
@@ -235,6 +242,8 @@ impl WorkerActor {
             subscribers: Vec::new(),
             watchers: Vec::new(),
             store,
+            fleet,
+            fleet_pull_pending: false,
             recovery,
             phase: Phase::Serving,
             supervision_failure: None,
@@ -401,8 +410,14 @@ impl Actor for WorkerActor {
         // takeover: the orphans of workers that died since, as often as a
         // heartbeat can lapse
         ctx.run_interval(self.options.liveness_ttl, |act, ctx| {
-            act.take_over_orphans(ctx)
+            act.take_over_orphans(ctx);
+            act.redeliver_fleet_items(ctx);
         });
+        if self.fleet.is_some() {
+            ctx.run_interval(self.options.fleet_pull_interval, |act, ctx| {
+                act.pull_from_fleet(ctx)
+            });
+        }
     }
 
     fn stopped(&mut self, _ctx: &mut Self::Context) {

@@ -233,6 +233,13 @@ impl WorkerActor {
             }
             let room = record.room_name().to_owned();
             let claim = record.claim().clone();
+            if record.is_from_fleet_queue() && record.final_status().is_some() {
+                // a job of the fleet's queue that had ended: no server waits
+                // for its status; dropping the record acknowledges it
+                info!(job_id, "dropping the record of a fleet job that had ended");
+                self.forget(&job_id, claim, ctx);
+                continue;
+            }
             if let Some(done) = record.final_status().cloned() {
                 // it ended before the server confirmed its status: report
                 // the status again, never run the job again
@@ -259,9 +266,13 @@ impl WorkerActor {
                 }
                 continue;
             }
+            let from_fleet = record.is_from_fleet_queue();
             match self.resume(record) {
                 Ok(placement) => {
-                    resumed.push(job_id.clone());
+                    if !from_fleet {
+                        // only the server's jobs are claimed from the server
+                        resumed.push(job_id.clone());
+                    }
                     self.metrics.recovered();
                     self.place(&job_id, placement, ctx);
                 }
@@ -270,6 +281,12 @@ impl WorkerActor {
                     guard("on_recovery_failed", &job_id, || {
                         recovery.on_recovery_failed(&job_id, &error)
                     });
+                    if from_fleet {
+                        // no server knows it: it is over, and so is its item
+                        warn!(job_id, %error, "a fleet job not recovered: dropped");
+                        self.forget(&job_id, claim, ctx);
+                        continue;
+                    }
                     let status = FinalStatus::failed(format!(
                         "not recovered after a worker restart: {error}"
                     ));
@@ -327,11 +344,17 @@ impl WorkerActor {
             .reserve(ResourceRequest::default())
             .map_err(|e| RecoveryError::Resume(e.to_string()))?;
         let priority = self.priority_of(&job);
+        // a job of the fleet's queue stays one: no server knows it
+        let origin = if record.is_from_fleet_queue() {
+            crate::jobs::JobOrigin::Fleet
+        } else {
+            crate::jobs::JobOrigin::Recovered
+        };
         let checkpoint = Checkpoint::new(record, self.store.clone());
         checkpoint.next_attempt();
         let admission = Admission {
             id: job_id.clone(),
-            origin: crate::jobs::JobOrigin::Recovered,
+            origin,
             priority,
             reservation: Some(reservation),
             spec: JobSpec {

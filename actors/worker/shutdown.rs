@@ -113,6 +113,12 @@ impl WorkerActor {
             if stopping.keep_cut_checkpoints && stopping.cut.contains(job_id))
     }
 
+    /// True when the stop cut this job (a fleet job keeps its record then,
+    /// however the stop was asked for: the fleet resumes it elsewhere).
+    pub(super) fn was_cut(&self, job_id: &str) -> bool {
+        matches!(&self.phase, Phase::Stopping(stopping) if stopping.cut.contains(job_id))
+    }
+
     /// Begins to stop (see [`Drain`] and [`Shutdown`]); `waiter` hears when
     /// the worker has stopped. Asked again, a shutdown cuts a drain short.
     pub(super) fn begin_stop(

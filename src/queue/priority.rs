@@ -18,8 +18,22 @@ use livekit_protocol::{Job, JobType};
 /// Ordered by urgency (`Low < Normal < High < Urgent`), so the greatest
 /// priority is served first. Parsed case-insensitively from `"low"`,
 /// `"normal"`, `"high"` and `"urgent"`, and displayed the same way
-/// (lowercase), which is also the label used in metrics.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+/// (lowercase), which is also the label used in metrics and in serde forms
+/// (the fleet queue's items).
+#[derive(
+    Clone,
+    Copy,
+    Debug,
+    Default,
+    PartialEq,
+    Eq,
+    PartialOrd,
+    Ord,
+    Hash,
+    serde::Serialize,
+    serde::Deserialize,
+)]
+#[serde(rename_all = "lowercase")]
 pub enum JobPriority {
     /// Background work that may wait and is the first declined when busy.
     Low,

@@ -139,6 +139,11 @@ pub struct JobCheckpoint {
     /// it: a worker that restarts (or takes the job over) re-reports it
     /// instead of running the job again.
     final_status: Option<FinalRecord>,
+    /// The job came from the fleet's queue, not from the server: a worker
+    /// that takes it over runs it as such (no `migrate_job`, statuses to
+    /// subscribers) and drops the record, acknowledging the item, at its
+    /// end.
+    from_fleet_queue: bool,
 }
 
 /// A final status kept in a checkpoint record (see
@@ -169,7 +174,20 @@ impl JobCheckpoint {
             state_bytes: 0,
             claim: Claim::default(),
             final_status: None,
+            from_fleet_queue: false,
         }
+    }
+
+    /// True when the job came from the fleet's queue (see
+    /// [`with_fleet_queue`](Self::with_fleet_queue)).
+    pub fn is_from_fleet_queue(&self) -> bool {
+        self.from_fleet_queue
+    }
+
+    /// Marks the record as a job pulled from the fleet's queue.
+    pub fn with_fleet_queue(mut self) -> Self {
+        self.from_fleet_queue = true;
+        self
     }
 
     /// The job's final status, if it ended and the server has not yet
@@ -338,6 +356,7 @@ impl JobCheckpoint {
             owner: Cow::Borrowed(&self.claim.owner),
             fence: self.claim.fence,
             final_status: self.final_status.clone(),
+            from_fleet_queue: self.from_fleet_queue,
         };
         // Strings, integers and a string map cannot fail to serialize.
         serde_json::to_vec(&record).expect("a checkpoint record always serializes")
@@ -374,6 +393,7 @@ impl JobCheckpoint {
             state_bytes,
             claim: Claim::new(record.owner.into_owned(), record.fence),
             final_status: record.final_status,
+            from_fleet_queue: record.from_fleet_queue,
         })
     }
 }
@@ -398,6 +418,7 @@ impl fmt::Debug for JobCheckpoint {
                 "final_status",
                 &self.final_status.as_ref().map(|f| f.status),
             )
+            .field("from_fleet_queue", &self.from_fleet_queue)
             .finish()
     }
 }
@@ -430,6 +451,8 @@ struct Record<'a> {
     fence: u64,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     final_status: Option<FinalRecord>,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    from_fleet_queue: bool,
 }
 
 /// `time` as milliseconds since the unix epoch (0 before it, `u64::MAX` far

@@ -25,7 +25,7 @@ mod embedded;
 mod handle;
 mod handler;
 #[cfg(feature = "redis")]
-mod redis;
+pub(crate) mod redis;
 mod restart;
 mod store;
 

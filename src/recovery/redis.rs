@@ -11,6 +11,10 @@
 //! | `{prefix}:checkpoints` | hash | job id → the record ([`JobCheckpoint::encode`]) |
 //! | `{prefix}:claims` | hash | job id → `fence|owner`, the authority on who holds the job |
 //! | `{prefix}:heartbeat:<worker>` | string, with a TTL | present while the worker is alive |
+//! | `{prefix}:queue` | sorted set | the fleet queue's waiting job ids, by priority then enqueue time |
+//! | `{prefix}:queue:items` | hash | job id → the queued job, from enqueue to its end |
+//! | `{prefix}:queue:processing` | sorted set | taken job ids, by the end of their visibility timeout |
+//! | `{prefix}:queue:taken` | hash | taken job id → `worker|score` |
 //!
 //! Whose clock counts: Redis's. A heartbeat is `SET … PX ttl`, and it is
 //! live exactly while Redis still has the key; no worker's clock is read.
@@ -64,14 +68,19 @@ return out
 /// round trip's wait), so that no single script holds Redis for long.
 pub const RECORDS_PER_SCRIPT: usize = 256;
 
-/// `remove`: KEYS claims, checkpoints; ARGV job id, `fence|owner`.
-/// Returns `{1}` removed, `{2}` absent, `{0, held}` fenced.
+/// `remove`: KEYS claims, checkpoints, then the queue's items, processing
+/// and taken; ARGV job id, `fence|owner`. Returns `{1}` removed, `{2}`
+/// absent, `{0, held}` fenced. The job is over: if it came from the fleet's
+/// queue, its item goes too (the acknowledgement), in the same step.
 const REMOVE: &str = r"
 local held = redis.call('HGET', KEYS[1], ARGV[1])
 if not held then return {2} end
 if held ~= ARGV[2] then return {0, held} end
 redis.call('HDEL', KEYS[1], ARGV[1])
 redis.call('HDEL', KEYS[2], ARGV[1])
+redis.call('HDEL', KEYS[3], ARGV[1])
+redis.call('ZREM', KEYS[4], ARGV[1])
+redis.call('HDEL', KEYS[5], ARGV[1])
 return {1}
 ";
 
@@ -116,9 +125,9 @@ type Op =
 
 /// The connection and the scripts, living on the store's thread.
 #[derive(Clone)]
-struct Conn {
-    connection: ConnectionManager,
-    keys: Keys,
+pub(crate) struct Conn {
+    pub(crate) connection: ConnectionManager,
+    pub(crate) keys: Keys,
     put: std::sync::Arc<Script>,
     put_many: std::sync::Arc<Script>,
     remove: std::sync::Arc<Script>,
@@ -131,6 +140,16 @@ pub(crate) struct Keys {
     pub claims: String,
     pub checkpoints: String,
     pub heartbeat_prefix: String,
+    /// The fleet's queue (`fleet::RedisJobQueue`): waiting job ids by
+    /// priority, then enqueue time.
+    pub queue: String,
+    /// Job id → the queued `SpawnJob` (JSON), from enqueue to its end.
+    pub queue_items: String,
+    /// Taken job ids by the end of their visibility timeout.
+    pub queue_processing: String,
+    /// Taken job id → `worker|score` (who took it, and its place in the
+    /// queue if it goes back).
+    pub queue_taken: String,
 }
 
 impl Keys {
@@ -140,6 +159,10 @@ impl Keys {
             claims: format!("{tag}:claims"),
             checkpoints: format!("{tag}:checkpoints"),
             heartbeat_prefix: format!("{tag}:heartbeat:"),
+            queue: format!("{tag}:queue"),
+            queue_items: format!("{tag}:queue:items"),
+            queue_processing: format!("{tag}:queue:processing"),
+            queue_taken: format!("{tag}:queue:taken"),
         }
     }
 
@@ -220,7 +243,7 @@ impl RedisCheckpointStore {
 
     /// Hands `op` to the store's thread; its answer comes back bounded by
     /// [`OPERATION_DEADLINE`].
-    fn run<T, F, Fut>(&self, op: F) -> StoreFuture<T>
+    pub(crate) fn run<T, F, Fut>(&self, op: F) -> StoreFuture<T>
     where
         T: Send + 'static,
         F: FnOnce(Conn) -> Fut + Send + 'static,
@@ -548,6 +571,9 @@ impl CheckpointStore for RedisCheckpointStore {
                 .remove
                 .key(&this.keys.claims)
                 .key(&this.keys.checkpoints)
+                .key(&this.keys.queue_items)
+                .key(&this.keys.queue_processing)
+                .key(&this.keys.queue_taken)
                 .arg(&job_id)
                 .arg(&claim)
                 .invoke_async(&mut this.connection)
@@ -803,6 +829,10 @@ mod tests {
             keys.checkpoints.clone(),
             keys.heartbeat("lkw-1"),
             keys.heartbeat("a{b}"),
+            keys.queue.clone(),
+            keys.queue_items.clone(),
+            keys.queue_processing.clone(),
+            keys.queue_taken.clone(),
         ] {
             assert_eq!(tag(&key), "fleet-a", "{key}");
         }

@@ -1,0 +1,233 @@
+//! The fleet's queue (feature `redis`): an application enqueues through a
+//! client of its own, workers pull when they have free slots, every job
+//! runs once, and a job whose worker stops mid-run is taken over from its
+//! checkpoint and acknowledged when it ends.
+//!
+//! `cargo test --workspace --features lkagent/redis`; needs `redis-server`.
+#![cfg(feature = "redis")]
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use common::*;
+use lkagent::fleet::{Enqueued, QueueDepth, RedisJobQueue};
+use lkagent::recovery::RedisCheckpointStore;
+use lkagent::{JobContext, JobError, JobHandler, JobOrigin, SpawnJob, Worker};
+
+/// Runs each job briefly, noting who ran what and how many at once.
+#[derive(Clone, Default)]
+struct Tally {
+    worker: String,
+    runs: Arc<Mutex<Vec<(String, String)>>>,
+    running: Arc<AtomicUsize>,
+    most: Arc<AtomicUsize>,
+}
+
+impl JobHandler for Tally {
+    async fn on_job(&self, ctx: JobContext) -> Result<(), JobError> {
+        let now = self.running.fetch_add(1, Ordering::SeqCst) + 1;
+        self.most.fetch_max(now, Ordering::SeqCst);
+        self.runs
+            .lock()
+            .unwrap()
+            .push((self.worker.clone(), ctx.id().to_owned()));
+        actix_rt::time::sleep(Duration::from_millis(30)).await;
+        self.running.fetch_sub(1, Ordering::SeqCst);
+        Ok(())
+    }
+}
+
+async fn fleet_worker(
+    server: &lkagent_devserver::DevServer,
+    redis: &TestRedis,
+    prefix: &str,
+    name: &str,
+    handler: impl JobHandler,
+    max_jobs: usize,
+) -> Worker {
+    let store = RedisCheckpointStore::connect(&redis.url, prefix)
+        .await
+        .unwrap();
+    let mut options = options(server).max_jobs(max_jobs);
+    options.instance_id = name.to_owned();
+    options.liveness_ttl = Duration::from_millis(600);
+    options.fleet_pull_interval = Duration::from_millis(50);
+    let worker = Worker::builder(options)
+        .fleet_queue(RedisJobQueue::of_store(&store))
+        .checkpoint_store(store)
+        .handler(handler)
+        .start()
+        .unwrap();
+    registered(&worker).await;
+    worker
+}
+
+#[actix_rt::test]
+async fn two_workers_share_the_queue_within_their_slots_and_run_every_job_once() {
+    let redis = TestRedis::start();
+    let server = devserver().await;
+    let runs: Arc<Mutex<Vec<(String, String)>>> = Arc::default();
+    let tally = |name: &str| Tally {
+        worker: name.to_owned(),
+        runs: runs.clone(),
+        ..Default::default()
+    };
+    let (a, b) = (tally("qa"), tally("qb"));
+    let wa = fleet_worker(&server, &redis, "share", "qa", a.clone(), 2).await;
+    let wb = fleet_worker(&server, &redis, "share", "qb", b.clone(), 3).await;
+
+    // the application's own client: no worker in it
+    let client = RedisJobQueue::connect(&redis.url, "share").await.unwrap();
+    let mut ids = Vec::new();
+    for n in 0..40 {
+        match client.enqueue(SpawnJob::new(format!("room-{n}"))).await {
+            Ok(Enqueued::Added { job_id }) => ids.push(job_id),
+            other => panic!("{other:?}"),
+        }
+    }
+    eventually("every job ran", || runs.lock().unwrap().len() >= 40).await;
+    let drained = async {
+        loop {
+            if client.depth().await.unwrap() == QueueDepth::default() {
+                return;
+            }
+            actix_rt::time::sleep(Duration::from_millis(20)).await;
+        }
+    };
+    actix_rt::time::timeout(DEADLINE, drained)
+        .await
+        .expect("every item acknowledged");
+
+    let runs = runs.lock().unwrap().clone();
+    let mut times: BTreeMap<&str, usize> = BTreeMap::new();
+    for (_, id) in &runs {
+        *times.entry(id.as_str()).or_default() += 1;
+    }
+    ids.sort();
+    assert_eq!(times.keys().copied().collect::<Vec<_>>(), ids);
+    assert!(times.values().all(|&n| n == 1), "{times:?}");
+    for worker in ["qa", "qb"] {
+        assert!(
+            runs.iter().any(|(w, _)| w == worker),
+            "{worker} pulled nothing"
+        );
+    }
+    assert!(a.most.load(Ordering::SeqCst) <= 2, "qa ran past its slots");
+    assert!(b.most.load(Ordering::SeqCst) <= 3, "qb ran past its slots");
+    wa.stop().await;
+    wb.stop().await;
+}
+
+/// Saves its progress and holds until terminated; a recovered run reads the
+/// progress back and finishes.
+#[derive(Clone, Default)]
+struct Resumable {
+    recovered_with: Arc<Mutex<Vec<Option<u32>>>>,
+}
+
+impl JobHandler for Resumable {
+    async fn on_job(&self, ctx: JobContext) -> Result<(), JobError> {
+        if ctx.is_recovered() {
+            let progress = ctx.checkpoint().load::<u32>("progress").unwrap();
+            self.recovered_with.lock().unwrap().push(progress);
+            return Ok(());
+        }
+        ctx.checkpoint().save("progress", &7u32).unwrap();
+        ctx.checkpoint()
+            .flush()
+            .await
+            .map_err(|e| JobError::failed(e.to_string()))?;
+        ctx.cancelled().await;
+        Ok(())
+    }
+}
+
+#[actix_rt::test]
+async fn a_fleet_job_cut_by_its_workers_shutdown_is_taken_over_and_then_acknowledged() {
+    let redis = TestRedis::start();
+    let server = devserver().await;
+    let handler = Resumable::default();
+    let first = fleet_worker(&server, &redis, "takeover", "qa", handler.clone(), 1).await;
+    let client = RedisJobQueue::connect(&redis.url, "takeover")
+        .await
+        .unwrap();
+    let Enqueued::Added { job_id } = client.enqueue(SpawnJob::new("room")).await.unwrap() else {
+        panic!("added");
+    };
+    wait_worker(&first, "the job running", |s| s.jobs.running == 1).await;
+    let store = RedisCheckpointStore::connect(&redis.url, "takeover")
+        .await
+        .unwrap();
+    let flushed = async {
+        use lkagent::recovery::CheckpointStore as _;
+        loop {
+            let record = store.get(&job_id).await.unwrap();
+            if record.is_some_and(|r| r.load::<u32>("progress").unwrap() == Some(7)) {
+                return;
+            }
+            actix_rt::time::sleep(Duration::from_millis(20)).await;
+        }
+    };
+    actix_rt::time::timeout(DEADLINE, flushed)
+        .await
+        .expect("saved");
+
+    // the other worker is up, its slot free, the queue empty
+    let second = fleet_worker(&server, &redis, "takeover", "qb", handler.clone(), 1).await;
+    let events = EventLog::start(&second.addr()).await;
+    // cut by a shutdown: the record stays (a durable store), the worker
+    // retires, and the job is an orphan at once, for the next scan
+    first.stop().await;
+    eventually("resumed from its checkpoint", || {
+        *handler.recovered_with.lock().unwrap() == [Some(7)]
+    })
+    .await;
+    let done = wait_events(&events, "the job's end", |seen| {
+        seen.iter()
+            .any(|e| e.job_id == job_id && is_final(e.status))
+    })
+    .await;
+    let end = done
+        .iter()
+        .find(|e| e.job_id == job_id && is_final(e.status))
+        .unwrap();
+    assert_eq!(end.origin, JobOrigin::Fleet);
+    assert_eq!(end.status, lkagent::proto::JobStatus::JsSuccess);
+    let claimed_from_server = server
+        .workers()
+        .await
+        .iter()
+        .any(|w| w.migrated_jobs.contains(&job_id));
+    assert!(
+        !claimed_from_server,
+        "no migrate_job for a job of no server's"
+    );
+    let acknowledged = async {
+        loop {
+            if client.depth().await.unwrap() == QueueDepth::default() {
+                return;
+            }
+            actix_rt::time::sleep(Duration::from_millis(20)).await;
+        }
+    };
+    actix_rt::time::timeout(DEADLINE, acknowledged)
+        .await
+        .expect("the item is acknowledged with the record");
+    assert_eq!(
+        client
+            .enqueue({
+                let mut again = SpawnJob::new("room");
+                again.id = Some(job_id.clone());
+                again
+            })
+            .await
+            .unwrap(),
+        Enqueued::Added { job_id },
+        "the id is free again once the job is over"
+    );
+    second.stop().await;
+}
