@@ -1,7 +1,7 @@
 //! Work shared by a fleet: a queue of jobs every worker pulls from.
 //!
 //! Applications put jobs into the fleet's queue without running a worker
-//! ([`RedisJobQueue::enqueue`], feature `redis`); each worker given the
+//! (`RedisJobQueue::enqueue`, feature `redis`); each worker given the
 //! queue ([`WorkerBuilder::fleet_queue`](crate::WorkerBuilder::fleet_queue))
 //! pulls from it when it has a free slot and nothing queued of its own, and
 //! runs what it pulls like a [`SpawnJob`] of its own, except that the job's
@@ -31,7 +31,7 @@ use crate::SpawnJob;
 use crate::recovery::{StoreError, StoreFuture};
 
 /// What a worker needs of a fleet's queue (implemented by
-/// [`RedisJobQueue`]; tests may provide their own).
+/// `RedisJobQueue`; tests may provide their own).
 pub trait FleetQueue: Send + Sync + 'static {
     /// Takes up to `max` jobs for `worker`, highest priority first, then
     /// oldest, each hidden from other workers for `visibility`.
@@ -60,7 +60,7 @@ pub struct QueueDepth {
     pub taken: usize,
 }
 
-/// What [`RedisJobQueue::enqueue`] did with a job.
+/// What `RedisJobQueue::enqueue` did with a job.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Enqueued {
     /// It waits in the queue under this id.
