@@ -64,7 +64,12 @@
 //!   job ended); `QueuedJobsExpired` back.
 //! - Checkpoints: each job's handle is in its table row; the worker writes
 //!   every dirty one behind in one batch per interval (`put_many`) and
-//!   tells a job whose write its fence refused (`CheckpointRefused`).
+//!   tells a job whose write its fence refused (`CheckpointRefused`). A
+//!   failing store is noted once (`GetState::store_error`) and its writes
+//!   back off; failed record removals are retried.
+//! - Fleet queue (`worker/fleet.rs`): with one configured, the worker pulls
+//!   jobs when a slot is free and admits them through the table like a
+//!   `SpawnJob` (origin `Fleet`); no actor of its own.
 //! - Jobs: the worker sends `TerminateJob` (by the server, or for a
 //!   shutdown), `Reconnected` and `MemoryPressure`; the JobActor answers
 //!   `JobStarted`, `JobRestarted` (its handler restarted under the job's

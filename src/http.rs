@@ -121,6 +121,7 @@ pub fn worker_json(state: &WorkerState) -> serde_json::Value {
         "connection_error": state.connection_error,
         "unreachable": state.unreachable,
         "supervision_failure": state.supervision_failure,
+        "store_error": state.store_error,
     })
 }
 
@@ -190,6 +191,7 @@ mod tests {
             supervision_failure: None,
             draining: false,
             shutting_down: false,
+            store_error: None,
         }
     }
 

@@ -55,4 +55,8 @@ pub struct WorkerState {
     pub draining: bool,
     /// The worker is shutting down (after a drain, or at once).
     pub shutting_down: bool,
+    /// Why the checkpoint store failed last, while it fails (Redis down, a
+    /// full disk): jobs keep running, and checkpoint writes and heartbeats
+    /// are retried with backoff. `None` once an operation succeeds.
+    pub store_error: Option<String>,
 }

@@ -243,3 +243,139 @@ async fn a_worker_with_a_thousand_jobs_stays_alive_with_a_few_commands_per_inter
     assert!(served >= 5, "the heartbeat is renewed: {served} commands");
     worker.stop().await;
 }
+
+/// Saves a counter every 20 ms until terminated, noting its progress where
+/// the test can read it.
+#[derive(Clone, Default)]
+struct Steady {
+    turns: std::sync::Arc<std::sync::atomic::AtomicU64>,
+}
+
+impl lkagent::JobHandler for Steady {
+    async fn on_job(&self, ctx: lkagent::JobContext) -> Result<(), lkagent::JobError> {
+        let mut turn = 0u64;
+        loop {
+            turn += 1;
+            ctx.checkpoint().save("turn", &turn).expect("saves");
+            self.turns.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            tokio::select! {
+                _ = ctx.cancelled() => return Ok(()),
+                _ = actix_rt::time::sleep(std::time::Duration::from_millis(20)) => {}
+            }
+        }
+    }
+}
+
+/// How many records the fleet's store holds, read straight from Redis.
+fn records(url: &str, prefix: &str) -> u64 {
+    let mut connection = redis::Client::open(url)
+        .and_then(|c| c.get_connection())
+        .expect("connects");
+    redis::cmd("HLEN")
+        .arg(format!("{{{prefix}}}:claims"))
+        .query(&mut connection)
+        .expect("HLEN")
+}
+
+#[actix_rt::test]
+async fn jobs_ride_out_redis_going_down_and_every_status_is_delivered() {
+    use std::sync::atomic::Ordering;
+    let mut redis = TestRedis::start_persistent();
+    let server = devserver().await;
+    let store = lkagent::recovery::RedisCheckpointStore::connect(&redis.url, "outage")
+        .await
+        .unwrap();
+    let mut options = options(&server);
+    options.checkpoint_interval = std::time::Duration::from_millis(100);
+    let handler = Steady::default();
+    let worker = lkagent::Worker::builder(options)
+        .checkpoint_store(store)
+        .handler(handler.clone())
+        .start()
+        .unwrap();
+    registered(&worker).await;
+    let mut jobs = Vec::new();
+    for n in 0..4 {
+        let job = server
+            .dispatch(DispatchRequest::room(format!("outage-{n}")))
+            .await
+            .unwrap();
+        jobs.push(job.id);
+    }
+    wait_worker(&worker, "4 jobs running", |s| s.jobs.running == 4).await;
+    let url = redis.url.clone();
+    eventually("the records landed", || records(&url, "outage") == 4).await;
+
+    let stored_turn = |url: &str, id: &str| -> u64 {
+        let mut connection = redis::Client::open(url)
+            .and_then(|c| c.get_connection())
+            .expect("connects");
+        let bytes: Vec<u8> = redis::cmd("HGET")
+            .arg("{outage}:checkpoints")
+            .arg(id)
+            .query(&mut connection)
+            .expect("HGET");
+        let record = lkagent::recovery::JobCheckpoint::decode(&bytes).expect("a record");
+        record.load::<u64>("turn").unwrap().unwrap_or(0)
+    };
+    let turn_before = stored_turn(&redis.url, &jobs[3]);
+    redis.kill();
+    let down = wait_worker(&worker, "the store's error reported", |s| {
+        s.store_error.is_some()
+    })
+    .await;
+    assert_eq!(down.jobs.running, 4, "the jobs go on: {down:?}");
+    let before = handler.turns.load(Ordering::SeqCst);
+    eventually("the handlers keep running", || {
+        handler.turns.load(Ordering::SeqCst) > before + 8
+    })
+    .await;
+    // two end while Redis is down: their statuses reach the server anyway
+    for id in &jobs[..2] {
+        server.terminate_job(id).await.unwrap();
+    }
+    for id in &jobs[..2] {
+        let done = wait_final(&server, id).await;
+        assert_eq!(done.status, JobStatus::JsSuccess, "{done:?}");
+    }
+
+    redis.restart();
+    wait_worker(&worker, "the store answers again", |s| {
+        s.store_error.is_none()
+    })
+    .await;
+    let mut connection = redis::Client::open(redis.url.as_str())
+        .and_then(|c| c.get_connection())
+        .unwrap();
+    for id in &jobs[2..] {
+        let kept: bool = redis::cmd("HEXISTS")
+            .arg("{outage}:claims")
+            .arg(id)
+            .query(&mut connection)
+            .unwrap();
+        assert!(
+            kept,
+            "the running job {id} kept its record through the outage"
+        );
+    }
+    // the write-behind resumed: the stored progress moved on past where
+    // the outage found it (the handler saved ~50 turns a second meanwhile)
+    let url = redis.url.clone();
+    let resumed_id = jobs[3].clone();
+    eventually("checkpoint writes resumed", || {
+        stored_turn(&url, &resumed_id) > turn_before + 50
+    })
+    .await;
+    for id in &jobs[2..] {
+        server.terminate_job(id).await.unwrap();
+    }
+    for id in &jobs {
+        let done = wait_final(&server, id).await;
+        let finals = statuses(&done).into_iter().filter(|s| is_final(*s)).count();
+        assert_eq!(finals, 1, "one final status each: {done:?}");
+    }
+    // the removals that failed in the outage were retried
+    let url = redis.url.clone();
+    eventually("every record removed", || records(&url, "outage") == 0).await;
+    worker.stop().await;
+}

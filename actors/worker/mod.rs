@@ -158,6 +158,8 @@ pub struct WorkerActor {
     fleet: Option<Arc<dyn crate::fleet::FleetQueue>>,
     /// A pull from the fleet's queue is in flight (one at a time).
     fleet_pull_pending: bool,
+    /// How the checkpoint store has answered lately.
+    store_health: crate::recovery::health::StoreHealth,
     /// A scan for orphaned jobs is in flight (one at a time).
     orphan_scan_pending: bool,
 }
@@ -244,6 +246,7 @@ impl WorkerActor {
             store,
             fleet,
             fleet_pull_pending: false,
+            store_health: Default::default(),
             recovery,
             phase: Phase::Serving,
             supervision_failure: None,

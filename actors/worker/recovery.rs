@@ -7,12 +7,20 @@ use std::time::Instant;
 
 use actix::fut::wrap_future;
 use livekit_protocol::{MigrateJobRequest, worker_message};
-use tracing::{error, info, warn};
+use tracing::{debug, error, info, warn};
 
 use super::*;
 use crate::jobs::{Admission, FinalStatus, JobSpec, JobState, Placement, Refusal};
 use crate::limits::ResourceRequest;
 use crate::recovery::{Checkpoint, JobCheckpoint, RecoveryError, RestartDecision};
+
+/// How many times a record's removal is tried before it is left (a restart
+/// then re-reports the job's final status once more).
+const FORGET_ATTEMPTS: u32 = 10;
+/// The wait before the first retry of a removal; it doubles.
+const FORGET_FIRST_DELAY: std::time::Duration = std::time::Duration::from_millis(250);
+/// The longest wait between retries of a removal.
+const FORGET_MAX_DELAY: std::time::Duration = std::time::Duration::from_secs(15);
 
 impl WorkerActor {
     /// Reads the checkpoint store and resumes what a previous run of this
@@ -121,8 +129,14 @@ impl WorkerActor {
             .heartbeat(&self.options.instance_id, self.options.liveness_ttl);
         ctx.spawn(wrap_future(beat).map(|result, act: &mut Self, _ctx| {
             act.heartbeat_pending = false;
-            if let Err(err) = result {
-                warn!(%err, "could not renew the worker's heartbeat in the checkpoint store");
+            // retried at the next third of the TTL, however long the store
+            // fails: one command, and the lease depends on it
+            match result {
+                Ok(()) => act.store_ok(),
+                Err(err) => {
+                    act.store_failed(&err);
+                    debug!(%err, "could not renew the worker's heartbeat in the checkpoint store");
+                }
             }
         }));
     }
@@ -132,7 +146,7 @@ impl WorkerActor {
     /// of jobs, rather than one each); one batch at a time. A job whose
     /// write was refused by its fence is told, and lets go of the job.
     pub(super) fn write_behind(&mut self, ctx: &mut Context<Self>) {
-        if self.write_behind_pending {
+        if self.write_behind_pending || !self.store_health.attempt_now() {
             return;
         }
         let mut taken = Vec::new();
@@ -180,7 +194,7 @@ impl WorkerActor {
                 }
             };
             let mut failed = 0usize;
-            let mut first_error = None;
+            let mut first_error: Option<crate::recovery::StoreError> = None;
             for ((addr, write), result) in taken.into_iter().zip(results) {
                 act.metrics.checkpoint_written(result.is_ok());
                 match &result {
@@ -195,13 +209,21 @@ impl WorkerActor {
                     }
                     Err(err) => {
                         failed += 1;
-                        first_error.get_or_insert_with(|| err.to_string());
+                        if first_error.is_none() {
+                            first_error = Some(crate::recovery::StoreError::backend(
+                                std::io::Error::other(err.to_string()),
+                            ));
+                        }
                     }
                 }
                 write.settle(&result);
             }
-            if let Some(err) = first_error {
-                warn!(failed, %err, "could not write checkpoints: retrying at the next interval");
+            match first_error {
+                Some(err) => {
+                    debug!(failed, %err, "could not write checkpoints: retrying with backoff");
+                    act.store_failed(&err);
+                }
+                None => act.store_ok(),
             }
         }));
     }
@@ -481,19 +503,60 @@ impl WorkerActor {
     }
 
     /// Removes a job's checkpoint from the store, as the holder of `claim`.
+    /// A failed removal (the store is down) is retried with backoff, at
+    /// most `FORGET_ATTEMPTS` times: a record left behind would only make a
+    /// restarted worker report the job's final status once more.
     pub(super) fn forget(
-        &self,
+        &mut self,
         job_id: &str,
         claim: crate::recovery::Claim,
         ctx: &mut Context<Self>,
     ) {
-        let id = job_id.to_owned();
-        ctx.spawn(wrap_future(self.store.remove(job_id, &claim)).map(
-            move |result, _act: &mut Self, _ctx| {
-                if let Err(err) = result {
-                    warn!(job_id = id, %err, "could not remove the checkpoint");
+        self.forget_attempt(job_id.to_owned(), claim, 1, ctx);
+    }
+
+    fn forget_attempt(
+        &mut self,
+        id: String,
+        claim: crate::recovery::Claim,
+        attempt: u32,
+        ctx: &mut Context<Self>,
+    ) {
+        let remove = self.store.remove(&id, &claim);
+        ctx.spawn(
+            wrap_future(remove).map(move |result, act: &mut Self, ctx| match result {
+                Ok(_) => act.store_ok(),
+                // another worker holds the record now: not this one's to drop
+                Err(crate::recovery::StoreError::Fenced { .. }) => {}
+                Err(err) => {
+                    act.store_failed(&err);
+                    if attempt >= FORGET_ATTEMPTS {
+                        warn!(job_id = id, %err, attempt, "could not remove the checkpoint: giving up");
+                        return;
+                    }
+                    let delay = FORGET_FIRST_DELAY
+                        .saturating_mul(1 << (attempt - 1).min(6))
+                        .min(FORGET_MAX_DELAY);
+                    ctx.run_later(delay, move |act, ctx| {
+                        act.forget_attempt(id, claim, attempt + 1, ctx)
+                    });
                 }
-            },
-        ));
+            }),
+        );
+    }
+
+    /// The store answered: clears its error, saying how long it failed.
+    pub(super) fn store_ok(&mut self) {
+        if let Some(outage) = self.store_health.succeeded(Instant::now()) {
+            info!(?outage, "the checkpoint store answers again");
+        }
+    }
+
+    /// The store failed: noted for `GetState` and the write-behind's
+    /// backoff; warned about when it begins.
+    pub(super) fn store_failed(&mut self, err: &crate::recovery::StoreError) {
+        if self.store_health.failed(err.to_string(), Instant::now()) {
+            warn!(%err, "the checkpoint store fails: jobs keep running, writes are retried with backoff");
+        }
     }
 }

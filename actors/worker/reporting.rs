@@ -189,6 +189,7 @@ impl Handler<GetState> for WorkerActor {
             supervision_failure: self.supervision_failure.clone(),
             draining: self.draining(),
             shutting_down: self.shutting_down(),
+            store_error: self.store_health.error().map(str::to_owned),
             agent_name: self.options.agent_name.clone(),
             job_type: self.options.job_type,
             instance_id: self.options.instance_id.clone(),

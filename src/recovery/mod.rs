@@ -24,6 +24,7 @@ mod checkpoint;
 mod embedded;
 mod handle;
 mod handler;
+pub(crate) mod health;
 #[cfg(feature = "redis")]
 pub(crate) mod redis;
 mod restart;

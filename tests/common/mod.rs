@@ -451,7 +451,10 @@ pub fn progress_ms(line: &str) -> Option<u64> {
 /// persistence; killed when dropped. Needs the `redis-server` binary
 /// (`apt-get install redis-server`).
 pub struct TestRedis {
-    child: Child,
+    child: Option<Child>,
+    port: u16,
+    /// With persistence: the directory of its append-only file.
+    dir: Option<tempfile::TempDir>,
     /// `redis://127.0.0.1:<port>`.
     pub url: String,
 }
@@ -460,26 +463,68 @@ impl TestRedis {
     /// Starts it and waits until it answers `PING`, or panics at the
     /// deadline.
     pub fn start() -> Self {
+        Self::launch(None)
+    }
+
+    /// Starts one that writes every change to an append-only file before
+    /// answering (`appendfsync always`), so that it comes back from
+    /// [`kill`](Self::kill) and [`restart`](Self::restart) with its data.
+    pub fn start_persistent() -> Self {
+        Self::launch(Some(tempfile::tempdir().expect("a temporary directory")))
+    }
+
+    fn launch(dir: Option<tempfile::TempDir>) -> Self {
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .and_then(|l| l.local_addr())
             .expect("a free port")
             .port();
-        let child = Command::new("redis-server")
-            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
-            .args(["--save", "", "--appendonly", "no"])
+        let mut redis = Self {
+            child: None,
+            port,
+            dir,
+            url: format!("redis://127.0.0.1:{port}"),
+        };
+        redis.restart();
+        redis
+    }
+
+    /// Kills it with SIGKILL (what it persisted stays).
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts it (again) on the same port, and waits until it answers.
+    pub fn restart(&mut self) {
+        self.kill();
+        let mut command = Command::new("redis-server");
+        command.args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"]);
+        match &self.dir {
+            Some(dir) => command
+                .args([
+                    "--save",
+                    "",
+                    "--appendonly",
+                    "yes",
+                    "--appendfsync",
+                    "always",
+                ])
+                .arg("--dir")
+                .arg(dir.path()),
+            None => command.args(["--save", "", "--appendonly", "no"]),
+        };
+        let child = command
             .stdout(Stdio::null())
             .spawn()
             .expect("redis-server runs (apt-get install redis-server)");
-        let redis = Self {
-            child,
-            url: format!("redis://127.0.0.1:{port}"),
-        };
+        self.child = Some(child);
         let start = Instant::now();
-        while !pong(port) {
+        while !pong(self.port) {
             assert!(start.elapsed() < DEADLINE, "redis-server did not answer");
             std::thread::sleep(Duration::from_millis(20));
         }
-        redis
     }
 }
 
@@ -498,7 +543,6 @@ fn pong(port: u16) -> bool {
 
 impl Drop for TestRedis {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        self.kill();
     }
 }
