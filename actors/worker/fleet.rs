@@ -95,18 +95,15 @@ impl WorkerActor {
         }
     }
 
-    /// A fleet job that never started has ended here: it goes back to the
-    /// queue if the worker is stopping (another runs it), else it is over.
+    /// A fleet job that never started has ended here (cut from the local
+    /// queue by a stop, or expired there): it goes back to the fleet's
+    /// queue, for this worker or another to run.
     pub(super) fn unstarted_fleet_job_ended(&mut self, job_id: &str, ctx: &mut Context<Self>) {
         let Some(queue) = self.fleet.clone() else {
             return;
         };
-        let answer = if self.shutting_down() {
-            queue.release(job_id)
-        } else {
-            queue.acknowledge(job_id)
-        };
-        self.settle_item(answer, job_id.to_owned(), ctx);
+        info!(job_id, "a fleet job that did not start here: put back");
+        self.settle_item(queue.release(job_id), job_id.to_owned(), ctx);
     }
 
     /// Puts back the fleet's items whose worker vanished before starting

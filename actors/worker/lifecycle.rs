@@ -242,7 +242,7 @@ impl WorkerActor {
             self.finished(job_id, done, ctx);
             match fleet_job {
                 Some(Some(claim)) if !self.was_cut(job_id) => self.forget(job_id, claim, ctx),
-                // it never started: no record acknowledges it
+                // it never started: it goes back to the fleet's queue
                 Some(None) => self.unstarted_fleet_job_ended(job_id, ctx),
                 _ => {}
             }
