@@ -37,9 +37,7 @@ use tracing::{debug, info, warn};
 use super::messages::*;
 use super::supervision::Link;
 use crate::handler::{DynHandler, JobContext, JobError};
-use crate::recovery::{
-    RecoveryError, RecoveryHandler, RestartDecision, RestartPolicy, StoreFuture,
-};
+use crate::recovery::{RecoveryError, RecoveryHandler, RestartDecision, RestartPolicy};
 
 /// How jobs are run: the bounds that are the same for every job.
 #[derive(Clone)]
@@ -179,26 +177,31 @@ impl JobActor {
 
     /// Writes the checkpoint without waiting; a failure is logged and the
     /// record stays dirty for the next write.
-    fn write_checkpoint(&self, write: StoreFuture<()>, ctx: &mut Context<Self>) {
+    fn write_checkpoint(&self, ctx: &mut Context<Self>) {
         let job_id = self.context.id().to_owned();
+        let write = self.context.checkpoint().write();
         ctx.spawn(
             actix::fut::wrap_future(write).map(move |result, act: &mut Self, ctx| {
                 act.rules.metrics.checkpoint_written(result.is_ok());
                 match result {
                     Ok(()) => {}
-                    // a write-behind refused after the job began to exit is
-                    // answered by its final write, also refused
-                    Err(crate::recovery::StoreError::Fenced { holder, fence, .. })
-                        if !act.exited =>
-                    {
-                        act.exited = true;
-                        act.let_go(holder, fence, ctx);
+                    Err(crate::recovery::StoreError::Fenced { holder, fence, .. }) => {
+                        act.refused(holder, fence, ctx)
                     }
-                    Err(crate::recovery::StoreError::Fenced { .. }) => {}
                     Err(err) => warn!(job_id, %err, "could not write the checkpoint"),
                 }
             }),
         );
+    }
+
+    /// A write other than the job's last was refused by its fence: the job
+    /// is let go, unless it is already exiting (its last write, refused
+    /// too, lets it go).
+    fn refused(&mut self, holder: String, fence: u64, ctx: &mut Context<Self>) {
+        if !self.exited {
+            self.exited = true;
+            self.let_go(holder, fence, ctx);
+        }
     }
 
     /// Another worker claimed the job: this copy stops at once, reports no
@@ -296,8 +299,7 @@ impl JobActor {
             }
             act.restart_pending = false;
             act.context = act.context.next_attempt();
-            let write = act.context.checkpoint().write();
-            act.write_checkpoint(write, ctx);
+            act.write_checkpoint(ctx);
             act.run_attempt(ctx);
         });
     }
@@ -313,8 +315,7 @@ impl Actor for JobActor {
         });
         // the record exists in the store from the start, so a worker that
         // dies before the first save still finds the job
-        let write = self.context.checkpoint().write();
-        self.write_checkpoint(write, ctx);
+        self.write_checkpoint(ctx);
         if self.context.is_recovered() {
             let (recovery, context) = (&self.rules.recovery, &self.context);
             guard("on_recovered", context.id(), || {
@@ -407,12 +408,7 @@ impl Handler<CheckpointRefused> for JobActor {
     type Result = ();
 
     fn handle(&mut self, msg: CheckpointRefused, ctx: &mut Self::Context) {
-        // a refusal after the job began to exit is answered by its final
-        // write, refused too
-        if !self.exited {
-            self.exited = true;
-            self.let_go(msg.holder, msg.fence, ctx);
-        }
+        self.refused(msg.holder, msg.fence, ctx);
     }
 }
 
@@ -458,6 +454,9 @@ impl Handler<MemoryPressure> for JobActor {
     type Result = ();
 
     fn handle(&mut self, msg: MemoryPressure, _ctx: &mut Self::Context) {
+        if self.exited {
+            return; // its handler is done
+        }
         let (handler, job) = (&self.handler, self.context.job());
         guard("on_memory_pressure", &job.id, || {
             handler.on_memory_pressure(job, msg.0)

@@ -452,7 +452,7 @@ pub struct SpawnJob {
     #[serde(default)]
     pub id: Option<String>,
     /// Room, participant or publisher job.
-    #[serde(default = "room_job", with = "job_type_name")]
+    #[serde(default = "room_job")]
     pub job_type: livekit_protocol::JobType,
     /// The room to join (required).
     pub room: String,
@@ -472,23 +472,6 @@ pub struct SpawnJob {
 
 fn room_job() -> livekit_protocol::JobType {
     livekit_protocol::JobType::JtRoom
-}
-
-/// A job type as its protocol name (`JT_ROOM`, `JT_PUBLISHER`,
-/// `JT_PARTICIPANT`).
-mod job_type_name {
-    use livekit_protocol::JobType;
-    use serde::{Deserialize as _, Deserializer, Serializer};
-
-    pub fn serialize<S: Serializer>(job_type: &JobType, out: S) -> Result<S::Ok, S::Error> {
-        out.serialize_str(job_type.as_str_name())
-    }
-
-    pub fn deserialize<'de, D: Deserializer<'de>>(input: D) -> Result<JobType, D::Error> {
-        let name = String::deserialize(input)?;
-        JobType::from_str_name(&name)
-            .ok_or_else(|| serde::de::Error::custom(format!("unknown job type {name:?}")))
-    }
 }
 
 impl SpawnJob {

@@ -33,8 +33,8 @@
 //!   the reporter from the current slots, the queue by re-enqueueing the
 //!   table's queued rows in order with their original queueing times.
 //! - **Job actors**: one that dies without reporting its end gets a new
-//!   actor — from the job's stored checkpoint for a job of the server's; a
-//!   local job, whose checkpoint lived only in its actor, starts afresh —
+//!   actor on the job's checkpoint handle (kept in its table row: what the
+//!   handler saved last, whatever the job's origin), as its next attempt,
 //!   under the same limit counted per job; past it the job is reported
 //!   FAILED. A job that was being ended (terminated, or the shutdown) ends
 //!   with the status it was ending with instead of running again. Either way
@@ -62,9 +62,12 @@
 //!   `RunningSince` (the running jobs' start times) at most once a tick.
 //! - Queue: `Enqueue`, `TakeNext` (when a slot frees), `Dequeue` (a queued
 //!   job ended); `QueuedJobsExpired` back.
-//! - Checkpoints: each job's handle is in its table row; the worker writes
-//!   every dirty one behind in one batch per interval (`put_many`) and
-//!   tells a job whose write its fence refused (`CheckpointRefused`). A
+//! - Checkpoints: each job's handle is in its table row (the one owner of
+//!   the record's claim); the worker writes every dirty one of a job kept
+//!   in its store behind, in one batch per interval (`put_many`), and tells
+//!   a job whose write its fence refused (`CheckpointRefused`). Every way a
+//!   job ends goes through `finished`, which settles a fleet job's record;
+//!   a server job's goes when the server confirms its status. A
 //!   failing store is noted once (`GetState::store_error`) and its writes
 //!   back off; failed record removals are retried.
 //! - Fleet queue (`worker/fleet.rs`): with one configured, the worker pulls

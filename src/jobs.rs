@@ -82,11 +82,7 @@ impl JobOrigin {
 /// A fresh job id for a job no server named: `prefix` and twelve letters or
 /// digits (`LJ_` for a local job, `FJ_` for one of the fleet's queue).
 pub(crate) fn fresh_id(prefix: &str) -> String {
-    const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789";
-    let suffix: String = (0..12)
-        .map(|_| ALPHABET[rand::random_range(0..ALPHABET.len())] as char)
-        .collect();
-    format!("{prefix}{suffix}")
+    crate::options::random_id(prefix, crate::options::ALPHANUMERIC, 12)
 }
 
 /// The state of a job the worker knows.
@@ -190,6 +186,9 @@ pub struct JobRow<A> {
     /// with it instead of running again.
     ending: Option<FinalStatus>,
     spec: Option<JobSpec>,
+    /// Its checkpoint handle: a recovered job's from its admission, any
+    /// other's from its first start; kept while it is live and while its
+    /// final status is owed (the record's claim removes the record then).
     checkpoint: Option<Checkpoint>,
     reservation: Option<Reservation>,
     final_status: Option<UpdateJobStatus>,
@@ -248,6 +247,11 @@ impl<A> JobRow<A> {
     /// What it reserved of the resource limits, held until it finishes.
     pub fn reservation(&self) -> Option<&Reservation> {
         self.reservation.as_ref()
+    }
+
+    /// Its checkpoint handle, once it has one (see [`JobTable::set_checkpoint`]).
+    pub fn checkpoint(&self) -> Option<&Checkpoint> {
+        self.checkpoint.as_ref()
     }
 }
 
@@ -337,6 +341,9 @@ pub struct Finished {
     /// The oldest unconfirmed final status had to make room for this one
     /// (the table's bound): that job's status is lost.
     pub evicted: Option<String>,
+    /// The checkpoint handle of a job whose row left the table as it
+    /// finished (one of no server's): what its record is held by.
+    pub checkpoint: Option<Checkpoint>,
 }
 
 /// A final status: SUCCESS, or FAILED with an error text.
@@ -853,10 +860,13 @@ impl<A: Default> JobTable<A> {
         self.finish(id, status, now)
     }
 
-    /// The checkpoint a recovered job resumes from, taken once by its first
-    /// actor.
-    pub fn take_checkpoint(&mut self, id: &str) -> Option<Checkpoint> {
-        self.rows.get_mut(id)?.checkpoint.take()
+    /// Gives a job its checkpoint handle (at its first start, or to a
+    /// final status re-reported from a record): every actor the job has
+    /// runs on it, and its claim removes the record at the job's end.
+    pub fn set_checkpoint(&mut self, id: &str, checkpoint: Checkpoint) {
+        if let Some(row) = self.rows.get_mut(id) {
+            row.checkpoint = Some(checkpoint);
+        }
     }
 
     /// The job's handler started. The first time, its RUNNING status: to
@@ -939,12 +949,13 @@ impl<A: Default> JobTable<A> {
             send_now: connected && origin.is_servers(),
         };
         if !origin.is_servers() {
-            self.take(id);
+            let checkpoint = self.take(id).and_then(|row| row.checkpoint);
             return Some(Finished {
                 report,
                 was_queued,
                 ran,
                 evicted: None,
+                checkpoint,
             });
         }
         move_to(&mut self.tally, row, JobState::Finishing);
@@ -952,7 +963,6 @@ impl<A: Default> JobTable<A> {
         row.seq = seq;
         row.reservation = None;
         row.spec = None;
-        row.checkpoint = None;
         row.ending = None;
         row.final_status = Some(update);
         let evicted = self.evict_past_cap();
@@ -961,6 +971,7 @@ impl<A: Default> JobTable<A> {
             was_queued,
             ran,
             evicted,
+            checkpoint: None,
         })
     }
 

@@ -34,14 +34,20 @@ pub const ENV_AGENT_NAME: &str = "LIVEKIT_AGENT_NAME";
 /// burst, far shorter than the hour a room token lasts.
 pub const DEFAULT_QUEUE_MAX_WAIT: Duration = Duration::from_secs(5 * 60);
 
-/// `prefix` and eight random letters or digits.
-pub(crate) fn random_id(prefix: &str) -> String {
-    const ALPHABET: &[u8] = b"abcdefghijklmnopqrstuvwxyz0123456789";
-    let suffix: String = (0..8)
-        .map(|_| ALPHABET[rand::random_range(0..ALPHABET.len())] as char)
+/// `prefix` and `len` random characters of `alphabet`.
+pub(crate) fn random_id(prefix: &str, alphabet: &[u8], len: usize) -> String {
+    let suffix: String = (0..len)
+        .map(|_| alphabet[rand::random_range(0..alphabet.len())] as char)
         .collect();
     format!("{prefix}{suffix}")
 }
+
+/// Lowercase letters and digits: worker identities.
+pub(crate) const LOWER_ALPHANUMERIC: &[u8] = b"abcdefghijklmnopqrstuvwxyz0123456789";
+
+/// Letters of both cases and digits: job ids.
+pub(crate) const ALPHANUMERIC: &[u8] =
+    b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789";
 
 /// How many threads run `on_request` hooks by default: two, so that one hook
 /// blocking its thread leaves the other for every other offer.
@@ -208,7 +214,7 @@ impl WorkerOptions {
             job_type: JobType::JtRoom,
             namespace: None,
             version: env!("CARGO_PKG_VERSION").to_owned(),
-            instance_id: random_id("lkw-"),
+            instance_id: random_id("lkw-", LOWER_ALPHANUMERIC, 8),
             max_jobs: 100,
             ping_interval: Duration::from_secs(10),
             ping_timeout: Duration::from_secs(30),

@@ -40,8 +40,10 @@ async fn a_killed_workers_job_is_taken_over_and_finished_from_its_checkpoint() {
         .unwrap();
     let before_kill = first.wait_progress("progress checkpointed", 1000);
 
-    // b joins the fleet while a is alive: it leaves a's job alone
+    // b joins the fleet while a is alive: it leaves a's job alone, and a
+    // goes on checkpointing it
     let (second, _) = ChildWorker::spawn_registered(&server, &fleet_args(&redis, "worker-b")).await;
+    let before_kill = first.wait_progress("progress checkpointed", before_kill + 300);
     drop(first); // SIGKILL
 
     // a's heartbeat lapses (600 ms); b's next scan claims the job
@@ -89,33 +91,18 @@ impl lkagent::JobHandler for Quiet {
     }
 }
 
-/// Saves a counter every 20 ms until terminated.
-struct Busy;
-
-impl lkagent::JobHandler for Busy {
-    async fn on_job(&self, ctx: lkagent::JobContext) -> Result<(), lkagent::JobError> {
-        let mut turn = 0u64;
-        loop {
-            turn += 1;
-            ctx.checkpoint().save("turn", &turn).expect("saves");
-            tokio::select! {
-                _ = ctx.cancelled() => return Ok(()),
-                _ = actix_rt::time::sleep(std::time::Duration::from_millis(20)) => {}
-            }
-        }
-    }
+/// Runs one command on Redis at `url`, on a connection of its own.
+fn redis_query<T: redis::FromRedisValue>(url: &str, command: &redis::Cmd) -> T {
+    let mut connection = redis::Client::open(url)
+        .and_then(|c| c.get_connection())
+        .expect("connects");
+    command.query(&mut connection).expect("Redis answers")
 }
 
 /// Calls Redis has served so far, from `INFO commandstats`: of every
 /// command, or of the one named.
 fn calls(url: &str, command: Option<&str>) -> u64 {
-    let mut connection = redis::Client::open(url)
-        .and_then(|c| c.get_connection())
-        .expect("connects");
-    let info: String = redis::cmd("INFO")
-        .arg("commandstats")
-        .query(&mut connection)
-        .expect("INFO");
+    let info: String = redis_query(url, redis::cmd("INFO").arg("commandstats"));
     info.lines()
         .filter(|line| command.is_none_or(|c| line.starts_with(&format!("cmdstat_{c}:"))))
         .filter_map(|line| line.split("calls=").nth(1))
@@ -123,8 +110,9 @@ fn calls(url: &str, command: Option<&str>) -> u64 {
         .sum()
 }
 
-fn commands_served(url: &str) -> u64 {
-    calls(url, None)
+/// How many records the fleet's store under `prefix` holds.
+fn records(url: &str, prefix: &str) -> u64 {
+    redis_query(url, redis::cmd("HLEN").arg(format!("{{{prefix}}}:claims")))
 }
 
 /// Dispatches `count` jobs, a hundred at a time (the worker's decision
@@ -153,12 +141,19 @@ async fn a_thousand_jobs_checkpoints_are_written_in_a_few_batched_scripts_per_in
     options.checkpoint_interval = interval;
     let worker = lkagent::Worker::builder(options)
         .checkpoint_store(store.clone())
-        .handler(Busy)
+        .handler(Steady::default())
         .start()
         .unwrap();
     registered(&worker).await;
     dispatch_many(&server, 1000).await;
     wait_worker(&worker, "1,000 jobs running", |s| s.jobs.running == 1000).await;
+    // the jobs' first checkpoints (one write each, as they start) are in:
+    // from here on only the batched write-behind writes
+    let url = redis.url.clone();
+    eventually("the first checkpoints landed", || {
+        records(&url, "batched") == 1000
+    })
+    .await;
     let progress = |store: lkagent::recovery::RedisCheckpointStore| async move {
         use lkagent::recovery::CheckpointStore as _;
         let records = store.list().await.unwrap();
@@ -210,31 +205,18 @@ async fn a_worker_with_a_thousand_jobs_stays_alive_with_a_few_commands_per_inter
     wait_worker(&worker, "1,000 jobs running", |s| s.jobs.running == 1000).await;
     // each job writes its first checkpoint once as it starts; then only the
     // worker's own upkeep is left
-    let mut connection = redis::Client::open(redis.url.as_str())
-        .and_then(|c| c.get_connection())
-        .unwrap();
-    let start = std::time::Instant::now();
-    loop {
-        let landed: u64 = redis::cmd("HLEN")
-            .arg("{thousand}:claims")
-            .query(&mut connection)
-            .unwrap();
-        if landed == 1000 {
-            break;
-        }
-        assert!(
-            start.elapsed() < DEADLINE,
-            "{landed} of the first checkpoints landed"
-        );
-        std::thread::sleep(std::time::Duration::from_millis(20));
-    }
+    let url = redis.url.clone();
+    eventually("the first checkpoints landed", || {
+        records(&url, "thousand") == 1000
+    })
+    .await;
 
     // over a second: ten heartbeats (every 100 ms) and three orphan scans
     // (every 300 ms, three commands each) — whatever the number of jobs
-    let before = commands_served(&redis.url);
+    let before = calls(&redis.url, None);
     let window = std::time::Instant::now();
     actix_rt::time::sleep(std::time::Duration::from_secs(1)).await;
-    let served = commands_served(&redis.url) - before - 1; // less this INFO
+    let served = calls(&redis.url, None) - before - 1; // less this INFO
     let seconds = window.elapsed().as_secs_f64();
     assert!(
         served as f64 <= 40.0 * seconds,
@@ -264,17 +246,6 @@ impl lkagent::JobHandler for Steady {
             }
         }
     }
-}
-
-/// How many records the fleet's store holds, read straight from Redis.
-fn records(url: &str, prefix: &str) -> u64 {
-    let mut connection = redis::Client::open(url)
-        .and_then(|c| c.get_connection())
-        .expect("connects");
-    redis::cmd("HLEN")
-        .arg(format!("{{{prefix}}}:claims"))
-        .query(&mut connection)
-        .expect("HLEN")
 }
 
 #[actix_rt::test]
@@ -307,14 +278,8 @@ async fn jobs_ride_out_redis_going_down_and_every_status_is_delivered() {
     eventually("the records landed", || records(&url, "outage") == 4).await;
 
     let stored_turn = |url: &str, id: &str| -> u64 {
-        let mut connection = redis::Client::open(url)
-            .and_then(|c| c.get_connection())
-            .expect("connects");
-        let bytes: Vec<u8> = redis::cmd("HGET")
-            .arg("{outage}:checkpoints")
-            .arg(id)
-            .query(&mut connection)
-            .expect("HGET");
+        let bytes: Vec<u8> =
+            redis_query(url, redis::cmd("HGET").arg("{outage}:checkpoints").arg(id));
         let record = lkagent::recovery::JobCheckpoint::decode(&bytes).expect("a record");
         record.load::<u64>("turn").unwrap().unwrap_or(0)
     };
@@ -344,15 +309,11 @@ async fn jobs_ride_out_redis_going_down_and_every_status_is_delivered() {
         s.store_error.is_none()
     })
     .await;
-    let mut connection = redis::Client::open(redis.url.as_str())
-        .and_then(|c| c.get_connection())
-        .unwrap();
     for id in &jobs[2..] {
-        let kept: bool = redis::cmd("HEXISTS")
-            .arg("{outage}:claims")
-            .arg(id)
-            .query(&mut connection)
-            .unwrap();
+        let kept: bool = redis_query(
+            &redis.url,
+            redis::cmd("HEXISTS").arg("{outage}:claims").arg(id),
+        );
         assert!(
             kept,
             "the running job {id} kept its record through the outage"

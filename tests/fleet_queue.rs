@@ -41,6 +41,17 @@ impl JobHandler for Tally {
     }
 }
 
+/// Waits until the fleet's queue holds nothing, waiting or taken.
+async fn drained(client: &RedisJobQueue, what: &str) {
+    wait_until(
+        what,
+        || client.depth(),
+        |depth| matches!(depth, Ok(d) if *d == QueueDepth::default()),
+    )
+    .await
+    .unwrap();
+}
+
 async fn fleet_worker(
     server: &lkagent_devserver::DevServer,
     redis: &TestRedis,
@@ -90,17 +101,7 @@ async fn two_workers_share_the_queue_within_their_slots_and_run_every_job_once()
         }
     }
     eventually("every job ran", || runs.lock().unwrap().len() >= 40).await;
-    let drained = async {
-        loop {
-            if client.depth().await.unwrap() == QueueDepth::default() {
-                return;
-            }
-            actix_rt::time::sleep(Duration::from_millis(20)).await;
-        }
-    };
-    actix_rt::time::timeout(DEADLINE, drained)
-        .await
-        .expect("every item acknowledged");
+    drained(&client, "every item acknowledged").await;
 
     let runs = runs.lock().unwrap().clone();
     let mut times: BTreeMap<&str, usize> = BTreeMap::new();
@@ -122,8 +123,8 @@ async fn two_workers_share_the_queue_within_their_slots_and_run_every_job_once()
     wb.stop().await;
 }
 
-/// Saves its progress and holds until terminated; a recovered run reads the
-/// progress back and finishes.
+/// Saves its progress and holds until terminated; a recovered or restarted
+/// run reads the progress back and finishes.
 #[derive(Clone, Default)]
 struct Resumable {
     recovered_with: Arc<Mutex<Vec<Option<u32>>>>,
@@ -131,7 +132,7 @@ struct Resumable {
 
 impl JobHandler for Resumable {
     async fn on_job(&self, ctx: JobContext) -> Result<(), JobError> {
-        if ctx.is_recovered() {
+        if ctx.is_recovered() || ctx.is_restart() {
             let progress = ctx.checkpoint().load::<u32>("progress").unwrap();
             self.recovered_with.lock().unwrap().push(progress);
             return Ok(());
@@ -162,19 +163,13 @@ async fn a_fleet_job_cut_by_its_workers_shutdown_is_taken_over_and_then_acknowle
     let store = RedisCheckpointStore::connect(&redis.url, "takeover")
         .await
         .unwrap();
-    let flushed = async {
-        use lkagent::recovery::CheckpointStore as _;
-        loop {
-            let record = store.get(&job_id).await.unwrap();
-            if record.is_some_and(|r| r.load::<u32>("progress").unwrap() == Some(7)) {
-                return;
-            }
-            actix_rt::time::sleep(Duration::from_millis(20)).await;
-        }
-    };
-    actix_rt::time::timeout(DEADLINE, flushed)
-        .await
-        .expect("saved");
+    wait_until(
+        "the progress saved",
+        || lkagent::recovery::CheckpointStore::get(&store, &job_id),
+        |got| matches!(got, Ok(Some(r)) if r.load::<u32>("progress").unwrap() == Some(7)),
+    )
+    .await
+    .unwrap();
 
     // the other worker is up, its slot free, the queue empty
     let second = fleet_worker(&server, &redis, "takeover", "qb", handler.clone(), 1).await;
@@ -206,17 +201,7 @@ async fn a_fleet_job_cut_by_its_workers_shutdown_is_taken_over_and_then_acknowle
         !claimed_from_server,
         "no migrate_job for a job of no server's"
     );
-    let acknowledged = async {
-        loop {
-            if client.depth().await.unwrap() == QueueDepth::default() {
-                return;
-            }
-            actix_rt::time::sleep(Duration::from_millis(20)).await;
-        }
-    };
-    actix_rt::time::timeout(DEADLINE, acknowledged)
-        .await
-        .expect("the item is acknowledged with the record");
+    drained(&client, "the item acknowledged with the record").await;
     assert_eq!(
         client
             .enqueue({
@@ -230,4 +215,51 @@ async fn a_fleet_job_cut_by_its_workers_shutdown_is_taken_over_and_then_acknowle
         "the id is free again once the job is over"
     );
     second.stop().await;
+}
+
+#[actix_rt::test]
+async fn a_fleet_jobs_crashed_actor_restarts_from_the_jobs_checkpoint() {
+    let redis = TestRedis::start();
+    let server = devserver().await;
+    let handler = Resumable::default();
+    let worker = fleet_worker(&server, &redis, "crash", "qa", handler.clone(), 1).await;
+    let events = EventLog::start(&worker.addr()).await;
+    let client = RedisJobQueue::connect(&redis.url, "crash").await.unwrap();
+    let Enqueued::Added { job_id } = client.enqueue(SpawnJob::new("room")).await.unwrap() else {
+        panic!("added");
+    };
+    let store = RedisCheckpointStore::connect(&redis.url, "crash")
+        .await
+        .unwrap();
+    wait_until(
+        "the progress saved",
+        || lkagent::recovery::CheckpointStore::get(&store, &job_id),
+        |got| matches!(got, Ok(Some(r)) if r.load::<u32>("progress").unwrap() == Some(7)),
+    )
+    .await
+    .unwrap();
+
+    worker
+        .send(lkagent::InjectFault::Job(job_id.clone()))
+        .await
+        .unwrap();
+    eventually("restarted from its checkpoint", || {
+        *handler.recovered_with.lock().unwrap() == [Some(7)]
+    })
+    .await;
+    let done = wait_events(&events, "the job's end", |seen| {
+        seen.iter()
+            .any(|e| e.job_id == job_id && is_final(e.status))
+    })
+    .await;
+    let end = done
+        .iter()
+        .find(|e| e.job_id == job_id && is_final(e.status))
+        .unwrap();
+    assert_eq!(
+        (end.origin, end.status),
+        (JobOrigin::Fleet, lkagent::proto::JobStatus::JsSuccess)
+    );
+    drained(&client, "the item acknowledged").await;
+    worker.stop().await;
 }

@@ -332,3 +332,51 @@ async fn jobs_recovered_past_capacity_wait_in_the_queue_or_are_refused_when_it_i
     })
     .await;
 }
+
+#[actix_rt::test]
+async fn a_recovered_job_that_expires_in_the_queue_has_its_record_removed() {
+    use lkagent::recovery::CheckpointStore as _;
+    let server = devserver().await;
+    let gone = worker(options(&server).agent_name("gone"), Probe::new());
+    registered(&gone).await;
+    let store = Arc::new(MemoryStore::new());
+    let mut orphans = Vec::new();
+    for room in ["a", "b"] {
+        orphans.push(orphaned_checkpoint(&server, &store, room).await);
+    }
+
+    let probe = Probe::new();
+    let mut options = options(&server).max_jobs(1);
+    options.queue_max_wait = std::time::Duration::from_millis(200);
+    let worker = Worker::builder(options)
+        .checkpoint_store(store.clone())
+        .handler(probe.clone())
+        .start()
+        .unwrap();
+    registered(&worker).await;
+    let state = wait_worker(&worker, "one running, one queued", |s| {
+        s.jobs.running == 1 && s.jobs.queued == 1
+    })
+    .await;
+    let running = state.running_jobs[0].clone();
+    let queued = orphans.iter().find(|id| **id != running).unwrap().clone();
+
+    // the queued one expires: FAILED, and once the server confirms, its
+    // record goes (under the claim this worker took at recovery)
+    let done = wait_final(&server, &queued).await;
+    assert_eq!(done.status, JobStatus::JsFailed, "{done:?}");
+    wait_until(
+        "the expired job's record removed",
+        || store.get(&queued),
+        |got| matches!(got, Ok(None)),
+    )
+    .await
+    .unwrap();
+    assert!(
+        store.get(&running).await.unwrap().is_some(),
+        "the running job keeps its record"
+    );
+    probe.finish.add_permits(1);
+    wait_final(&server, &running).await;
+    worker.stop().await;
+}

@@ -99,11 +99,13 @@ async fn only_a_gone_workers_job_is_claimed_and_by_one_worker() {
     })
     .await;
     // the record goes with the job's end, removed under c's claim
-    eventually("the record removed", || {
-        futures_util::FutureExt::now_or_never(store.get(&job.id))
-            .is_some_and(|got| matches!(got, Ok(None)))
-    })
-    .await;
+    wait_until(
+        "the record removed",
+        || store.get(&job.id),
+        |got| matches!(got, Ok(None)),
+    )
+    .await
+    .unwrap();
     assert_eq!(*handler.first_runs.lock().unwrap(), 1, "b never ran it");
     b.stop().await;
     c.stop().await;
@@ -165,13 +167,7 @@ async fn a_worker_whose_job_was_claimed_away_stops_its_copy_without_a_status() {
     .await;
     let record = store.get(&job.id).await.unwrap().expect("left alone");
     assert_eq!(record, taken, "a wrote nothing after the claim");
-    let seen = server.job(&job.id).await.unwrap();
-    assert!(
-        !seen.updates.iter().any(|u| is_final(u.status)),
-        "no final status from a: {:?}",
-        seen.updates
-    );
-    worker.stop().await;
+    no_final_status_from(worker, &server, &job.id).await;
 }
 
 /// Runs until the test lets it end, then succeeds; saves nothing, so its
@@ -221,11 +217,18 @@ async fn a_job_claimed_away_while_it_ends_records_and_reports_no_status() {
     let record = store.get(&job.id).await.unwrap().expect("left alone");
     assert_eq!(record, taken, "no final status written over b's claim");
     assert!(record.final_status().is_none());
-    let seen = server.job(&job.id).await.unwrap();
+    no_final_status_from(worker, &server, &job.id).await;
+}
+
+/// Stops `worker` (its socket closes after whatever it sent, and the dev
+/// server reads a session's frames in order), then checks that the server
+/// heard no final status for `job_id`.
+async fn no_final_status_from(worker: Worker, server: &lkagent_devserver::DevServer, job_id: &str) {
+    worker.stop().await;
+    let seen = server.job(job_id).await.unwrap();
     assert!(
         !seen.updates.iter().any(|u| is_final(u.status)),
         "no final status from a: {:?}",
         seen.updates
     );
-    worker.stop().await;
 }

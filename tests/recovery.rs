@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use common::*;
 use lkagent::proto::{self, JobStatus};
 use lkagent::recovery::{
-    CheckpointStore, JobCheckpoint, MemoryStore, RecoveryError, RecoveryHandler,
+    CheckpointStore, EmbeddedStore, JobCheckpoint, MemoryStore, RecoveryError, RecoveryHandler,
 };
 use lkagent::{JobContext, JobError, JobHandler, Worker};
 use lkagent_devserver::{DevServer, DispatchRequest};
@@ -413,4 +413,63 @@ async fn a_final_status_the_server_never_confirmed_survives_sigkill_and_is_repor
         done.updates
     );
     drop(second);
+}
+
+/// Saves a counter every 10 ms until terminated.
+struct Counting;
+
+impl JobHandler for Counting {
+    async fn on_job(&self, ctx: JobContext) -> Result<(), JobError> {
+        for turn in 1u64.. {
+            ctx.checkpoint().save("turn", &turn).expect("saves");
+            tokio::select! {
+                _ = ctx.cancelled() => break,
+                _ = actix_rt::time::sleep(Duration::from_millis(10)) => {}
+            }
+        }
+        Ok(())
+    }
+}
+
+#[actix_rt::test]
+async fn a_local_jobs_checkpoint_never_reaches_the_workers_store() {
+    let server = devserver().await;
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(EmbeddedStore::open(dir.path()).unwrap());
+    let mut options = options(&server);
+    options.checkpoint_interval = Duration::from_millis(50);
+    let worker = Worker::builder(options)
+        .checkpoint_store(store.clone())
+        .handler(Counting)
+        .start()
+        .unwrap();
+    registered(&worker).await;
+    let local = match worker
+        .send(lkagent::SpawnJob::new("local-room"))
+        .await
+        .unwrap()
+    {
+        lkagent::SpawnOutcome::Started { job_id } => job_id,
+        other => panic!("{other:?}"),
+    };
+    let dispatched = server.dispatch(DispatchRequest::room("r")).await.unwrap();
+    wait_worker(&worker, "both running", |s| s.jobs.running == 2).await;
+    // the server's job is written behind, interval after interval, while
+    // the local job saves as often
+    wait_until(
+        "the server job's progress written behind",
+        || store.get(&dispatched.id),
+        |got| {
+            matches!(got, Ok(Some(record))
+                if record.load::<u64>("turn").unwrap().unwrap_or(0) > 20)
+        },
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        store.get(&local).await.unwrap(),
+        None,
+        "nobody would claim a local job: its record is not the store's"
+    );
+    worker.stop().await;
 }

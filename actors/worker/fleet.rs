@@ -26,7 +26,7 @@ impl WorkerActor {
             return;
         }
         let slots = self.slots();
-        let free = slots.max.saturating_sub(slots.active + slots.reserved);
+        let free = slots.free();
         if free == 0 {
             return;
         }
@@ -90,20 +90,41 @@ impl WorkerActor {
                     ?reason,
                     "cannot start a job from the fleet's queue: put back"
                 );
-                self.settle_item(queue.release(&job_id), job_id, ctx);
+                let release = queue.release(&job_id, &self.options.instance_id);
+                self.settle_item(release, job_id, ctx);
             }
         }
     }
 
-    /// A fleet job that never started has ended here (cut from the local
-    /// queue by a stop, or expired there): it goes back to the fleet's
-    /// queue, for this worker or another to run.
-    pub(super) fn unstarted_fleet_job_ended(&mut self, job_id: &str, ctx: &mut Context<Self>) {
+    /// A fleet job ended here, in whatever state: its terminal status went
+    /// to subscribers. If the worker's stop cut it, it goes on elsewhere —
+    /// its record stays for a taker, or, if it never had one (it waited in
+    /// the local queue), its item goes back to the fleet's queue. Otherwise
+    /// it is over: dropping its record acknowledges its item, and an item
+    /// without a record is acknowledged directly.
+    pub(super) fn fleet_job_ended(
+        &mut self,
+        job_id: &str,
+        checkpoint: Option<&crate::recovery::Checkpoint>,
+        ctx: &mut Context<Self>,
+    ) {
+        let goes_on = self.keeps_record(job_id, JobOrigin::Fleet);
+        if let Some(checkpoint) = checkpoint {
+            if !goes_on {
+                self.forget(job_id, checkpoint.claim(), ctx);
+            }
+            return;
+        }
         let Some(queue) = self.fleet.clone() else {
             return;
         };
-        info!(job_id, "a fleet job that did not start here: put back");
-        self.settle_item(queue.release(job_id), job_id.to_owned(), ctx);
+        let answer = if goes_on {
+            info!(job_id, "a fleet job cut before it started here: put back");
+            queue.release(job_id, &self.options.instance_id)
+        } else {
+            queue.acknowledge(job_id)
+        };
+        self.settle_item(answer, job_id.to_owned(), ctx);
     }
 
     /// Puts back the fleet's items whose worker vanished before starting

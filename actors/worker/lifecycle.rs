@@ -20,7 +20,7 @@ impl WorkerActor {
         };
         self.job_event(job_id, state);
         match placement {
-            Placement::Start => self.start_job(job_id, None, ctx),
+            Placement::Start => self.start_job(job_id, false, ctx),
             Placement::Queue(priority) => self.enqueue(job_id, priority, Instant::now()),
         }
         self.slots_changed();
@@ -54,7 +54,7 @@ impl WorkerActor {
                         let job_id = next.expect("a granted job has an id");
                         info!(job_id, "starting a queued job");
                         act.job_event(&job_id, "starting");
-                        act.start_job(&job_id, None, ctx);
+                        act.start_job(&job_id, false, ctx);
                         act.slots_changed();
                     } else if let Some(stale) = next {
                         debug!(job_id = stale, "the queue named a job that no longer waits");
@@ -65,15 +65,10 @@ impl WorkerActor {
         }
     }
 
-    /// Starts the actor of a job the table has in `Starting`, with the
-    /// checkpoint it resumes from (a recovered job's, or a crashed actor's
-    /// last stored one) or a fresh one.
-    pub(super) fn start_job(
-        &mut self,
-        job_id: &str,
-        resumed: Option<Checkpoint>,
-        ctx: &mut Context<Self>,
-    ) {
+    /// Starts the actor of a job the table has in `Starting`, on the job's
+    /// checkpoint handle: a recovered job's (resumed), the one its crashed
+    /// actor ran on (`restart`: its next attempt), or a fresh one.
+    pub(super) fn start_job(&mut self, job_id: &str, restart: bool, ctx: &mut Context<Self>) {
         let generation = self.generation();
         let Some(row) = self.table.get(job_id) else {
             return;
@@ -122,9 +117,12 @@ impl WorkerActor {
         if let Some(identity) = identity {
             context = context.with_identity(&identity);
         }
-        let recovered = self.table.take_checkpoint(job_id);
-        let is_recovered = recovered.is_some();
-        let checkpoint = recovered.or(resumed).unwrap_or_else(|| {
+        let held = row.checkpoint().cloned();
+        let is_recovered = held.is_some() && !restart;
+        if restart && let Some(checkpoint) = &held {
+            checkpoint.next_attempt();
+        }
+        let checkpoint = held.unwrap_or_else(|| {
             let record = JobCheckpoint::new(
                 context.job(),
                 context.participant_identity(),
@@ -146,11 +144,7 @@ impl WorkerActor {
                 Checkpoint::in_memory(record)
             }
         });
-        let claim = checkpoint.snapshot().claim().clone();
-        if let Some(row) = self.table.get_mut(job_id) {
-            row.attachment.claim = Some(claim);
-            row.attachment.checkpoint = Some(checkpoint.clone());
-        }
+        self.table.set_checkpoint(job_id, checkpoint.clone());
         let context = context.with_checkpoint(checkpoint, is_recovered);
         let span = self.job_span(job_id).unwrap_or_else(tracing::Span::none);
         span.record("attempt", context.attempt());
@@ -193,14 +187,14 @@ impl WorkerActor {
         }
     }
 
-    /// A job ended: report it, take it out of the queue if it waited there,
-    /// forget its checkpoint, and give its slot to the next queued job.
+    /// A job ended, from whatever state (every ending comes here): report
+    /// it, take it out of the queue if it waited there, settle its record,
+    /// and give its slot to the next queued job.
     pub(super) fn finished(&mut self, job_id: &str, done: Finished, ctx: &mut Context<Self>) {
         if let Some(row) = self.table.get_mut(job_id) {
             // an actor still winding down (the shutdown's deadline cut it)
-            // is no longer this job's, nor is its record written behind
+            // is no longer this job's
             row.attachment.addr = None;
-            row.attachment.checkpoint = None;
         }
         if done.was_queued
             && let Some(queue) = &self.queue.addr
@@ -220,7 +214,11 @@ impl WorkerActor {
         self.metrics.ended(success, done.ran);
         self.job_event(job_id, if success { "succeeded" } else { "failed" });
         // a server job's record (its final status in it) stays until the
-        // server confirms the status: see `Confirmed`
+        // server confirms the status (see `Confirmed`); a fleet job's is
+        // settled now, no server confirming it
+        if done.report.origin == crate::jobs::JobOrigin::Fleet {
+            self.fleet_job_ended(job_id, done.checkpoint.as_ref(), ctx);
+        }
         self.deliver(done.report);
         self.slots_changed();
         self.grant(ctx);
@@ -229,23 +227,8 @@ impl WorkerActor {
 
     /// Ends a job now with `status`, from whatever live state it is in.
     pub(super) fn end_job(&mut self, job_id: &str, status: FinalStatus, ctx: &mut Context<Self>) {
-        // a job of the fleet's queue is over once it ends here (no server
-        // confirms it): its record goes, which acknowledges its queue item —
-        // unless the worker's stop cut it: then the record stays for another
-        // worker of the fleet to take over
-        let fleet_job = self
-            .table
-            .get(job_id)
-            .filter(|row| row.origin() == crate::jobs::JobOrigin::Fleet)
-            .map(|row| row.attachment.claim.clone());
         if let Some(done) = self.table.finish(job_id, status, Instant::now()) {
             self.finished(job_id, done, ctx);
-            match fleet_job {
-                Some(Some(claim)) if !self.was_cut(job_id) => self.forget(job_id, claim, ctx),
-                // it never started: it goes back to the fleet's queue
-                Some(None) => self.unstarted_fleet_job_ended(job_id, ctx),
-                _ => {}
-            }
         }
     }
 

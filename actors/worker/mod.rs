@@ -77,12 +77,6 @@ pub(crate) struct JobLink {
     /// Limits restarts of the job's actor after it crashed (created at the
     /// first crash).
     crashes: Option<RestartPolicy>,
-    /// The claim its checkpoint record is held by, once it started: what
-    /// removing the record at its end must present.
-    claim: Option<crate::recovery::Claim>,
-    /// The running job's checkpoint handle: the worker writes it behind, in
-    /// one batch with every other job's (`recovery.rs`: `write_behind`).
-    checkpoint: Option<crate::recovery::Checkpoint>,
 }
 
 /// Where the worker is in its life.

@@ -1,7 +1,7 @@
 //! Recovery: jobs resumed from the checkpoint store at start-up (through
 //! admission, like any new job), the recovery handler asked about running
-//! jobs after a reconnect, and jobs whose actor crashed restarted from their
-//! stored checkpoint.
+//! jobs after a reconnect, jobs whose actor crashed restarted on their
+//! checkpoint, the batched write-behind, and the store's health.
 
 use std::time::Instant;
 
@@ -17,10 +17,12 @@ use crate::recovery::{Checkpoint, JobCheckpoint, RecoveryError, RestartDecision}
 /// How many times a record's removal is tried before it is left (a restart
 /// then re-reports the job's final status once more).
 const FORGET_ATTEMPTS: u32 = 10;
-/// The wait before the first retry of a removal; it doubles.
-const FORGET_FIRST_DELAY: std::time::Duration = std::time::Duration::from_millis(250);
-/// The longest wait between retries of a removal.
-const FORGET_MAX_DELAY: std::time::Duration = std::time::Duration::from_secs(15);
+/// The waits between tries of a removal: 250 ms doubling to 15 s.
+const FORGET_BACKOFF: crate::Backoff = crate::Backoff {
+    initial: std::time::Duration::from_millis(250),
+    max: std::time::Duration::from_secs(15),
+    jitter: 0.5,
+};
 
 impl WorkerActor {
     /// Reads the checkpoint store and resumes what a previous run of this
@@ -58,7 +60,7 @@ impl WorkerActor {
             return;
         }
         let slots = self.slots();
-        let free = slots.max.saturating_sub(slots.active + slots.reserved);
+        let free = slots.free();
         if free == 0 {
             return;
         }
@@ -99,22 +101,25 @@ impl WorkerActor {
         let claim_all = async move {
             let mut claimed = Vec::new();
             for id in ids {
-                // another worker may win it between the scan and the claim
-                if let Some(record) = store.claim(&id, &me).await? {
-                    claimed.push(record);
+                // another worker may win it between the scan and the claim;
+                // a failure ends the round, keeping what was won (those jobs
+                // are this worker's now, and only it will run them)
+                match store.claim(&id, &me).await {
+                    Ok(Some(record)) => claimed.push(record),
+                    Ok(None) => {}
+                    Err(err) => {
+                        error!(%err, "cannot claim from the checkpoint store: the rest waits for the next scan");
+                        break;
+                    }
                 }
             }
-            Ok::<_, crate::recovery::StoreError>(claimed)
+            claimed
         };
-        ctx.spawn(
-            wrap_future(claim_all).map(|result, act: &mut Self, ctx| match result {
-                Ok(checkpoints) if !checkpoints.is_empty() => act.recover(checkpoints, ctx),
-                Ok(_) => {}
-                Err(err) => {
-                    error!(%err, "cannot claim from the checkpoint store: no job is resumed")
-                }
-            }),
-        );
+        ctx.spawn(wrap_future(claim_all).map(|claimed, act: &mut Self, ctx| {
+            if !claimed.is_empty() {
+                act.recover(claimed, ctx)
+            }
+        }));
     }
 
     /// Renews this worker's heartbeat in the checkpoint store (one call for
@@ -141,25 +146,24 @@ impl WorkerActor {
         }));
     }
 
-    /// Writes every running job's dirty checkpoint in one batch
+    /// Writes every live job's dirty checkpoint in one batch
     /// (`CheckpointStore::put_many`: a handful of round trips for thousands
     /// of jobs, rather than one each); one batch at a time. A job whose
-    /// write was refused by its fence is told, and lets go of the job.
+    /// write was refused by its fence is told, and lets go of the job. A
+    /// local job's handle is not the store's: it is never written here.
     pub(super) fn write_behind(&mut self, ctx: &mut Context<Self>) {
         if self.write_behind_pending || !self.store_health.attempt_now() {
             return;
         }
-        let mut taken = Vec::new();
-        for (_, row) in self.table.iter() {
-            if let Some(write) = row
-                .attachment
-                .checkpoint
-                .as_ref()
-                .and_then(|checkpoint| checkpoint.take_dirty())
-            {
-                taken.push((row.attachment.addr.clone(), write));
-            }
-        }
+        let taken: Vec<_> = self
+            .table
+            .iter()
+            .filter(|(_, row)| row.origin().keeps_record() && row.state().is_running())
+            .filter_map(|(_, row)| {
+                let write = row.checkpoint()?.take_dirty()?;
+                Some((row.attachment.addr.clone(), write))
+            })
+            .collect();
         if taken.is_empty() {
             return;
         }
@@ -170,31 +174,14 @@ impl WorkerActor {
             act.write_behind_pending = false;
             let results = match answer {
                 Ok(results) if results.len() == taken.len() => results,
-                Ok(results) => {
-                    let err = format!("{} answers for {} records", results.len(), taken.len());
-                    taken
-                        .iter()
-                        .map(|_| {
-                            Err(crate::recovery::StoreError::backend(std::io::Error::other(
-                                err.clone(),
-                            )))
-                        })
-                        .collect()
-                }
-                Err(err) => {
-                    let text = err.to_string();
-                    taken
-                        .iter()
-                        .map(|_| {
-                            Err(crate::recovery::StoreError::backend(std::io::Error::other(
-                                text.clone(),
-                            )))
-                        })
-                        .collect()
-                }
+                Ok(results) => crate::recovery::store::each_failed(
+                    taken.len(),
+                    &format!("{} answers for {} records", results.len(), taken.len()),
+                ),
+                Err(err) => crate::recovery::store::each_failed(taken.len(), &err.to_string()),
             };
             let mut failed = 0usize;
-            let mut first_error: Option<crate::recovery::StoreError> = None;
+            let mut first_error = None;
             for ((addr, write), result) in taken.into_iter().zip(results) {
                 act.metrics.checkpoint_written(result.is_ok());
                 match &result {
@@ -209,32 +196,22 @@ impl WorkerActor {
                     }
                     Err(err) => {
                         failed += 1;
-                        if first_error.is_none() {
-                            first_error = Some(crate::recovery::StoreError::backend(
-                                std::io::Error::other(err.to_string()),
-                            ));
-                        }
+                        first_error.get_or_insert_with(|| err.to_string());
                     }
                 }
                 write.settle(&result);
             }
             match first_error {
                 Some(err) => {
-                    debug!(failed, %err, "could not write checkpoints: retrying with backoff");
+                    debug!(
+                        failed,
+                        err, "could not write checkpoints: retrying with backoff"
+                    );
                     act.store_failed(&err);
                 }
                 None => act.store_ok(),
             }
         }));
-    }
-
-    /// The claim a job's checkpoint record is held by: the one its run
-    /// started with, else this worker's first.
-    pub(super) fn claim_of(&self, job_id: &str) -> crate::recovery::Claim {
-        self.table
-            .get(job_id)
-            .and_then(|row| row.attachment.claim.clone())
-            .unwrap_or_else(|| crate::recovery::Claim::new(&self.options.instance_id, 0))
     }
 
     /// Resumes the jobs a previous run of the worker left in the store, as
@@ -279,9 +256,9 @@ impl WorkerActor {
                             job_id,
                             "re-reporting the final status of a job that had ended"
                         );
-                        if let Some(row) = self.table.get_mut(&job_id) {
-                            row.attachment.claim = Some(claim);
-                        }
+                        // its record, removed once the server confirms
+                        let record = Checkpoint::new(record, self.store.clone());
+                        self.table.set_checkpoint(&job_id, record);
                         self.deliver(report);
                     }
                     Err(err) => warn!(job_id, %err, "cannot re-report the final status"),
@@ -289,7 +266,7 @@ impl WorkerActor {
                 continue;
             }
             let from_fleet = record.is_from_fleet_queue();
-            match self.resume(record) {
+            match self.resume(&record) {
                 Ok(placement) => {
                     if !from_fleet {
                         // only the server's jobs are claimed from the server
@@ -318,9 +295,8 @@ impl WorkerActor {
                     {
                         Ok(report) => {
                             // its record goes once the server confirms
-                            if let Some(row) = self.table.get_mut(&job_id) {
-                                row.attachment.claim = Some(claim);
-                            }
+                            let record = Checkpoint::new(record, self.store.clone());
+                            self.table.set_checkpoint(&job_id, record);
                             self.metrics.ended(false, None);
                             self.deliver(report);
                         }
@@ -342,11 +318,11 @@ impl WorkerActor {
     /// Asks the recovery handler about one checkpoint and, if it agrees,
     /// admits the job through the table with a fresh room token for the same
     /// identity. The JobActor calls `on_recovered` once it runs.
-    fn resume(&mut self, record: JobCheckpoint) -> Result<Placement, RecoveryError> {
+    fn resume(&mut self, record: &JobCheckpoint) -> Result<Placement, RecoveryError> {
         let recovery = &self.recovery;
         let job_id = record.job_id().to_owned();
         let accepted = guard("on_recovery_attempt", &job_id, || {
-            recovery.on_recovery_attempt(&job_id, &record)
+            recovery.on_recovery_attempt(&job_id, record)
         })
         .ok_or_else(|| RecoveryError::Resume("on_recovery_attempt panicked".into()))?;
         if !accepted {
@@ -372,7 +348,7 @@ impl WorkerActor {
         } else {
             crate::jobs::JobOrigin::Recovered
         };
-        let checkpoint = Checkpoint::new(record, self.store.clone());
+        let checkpoint = Checkpoint::new(record.clone(), self.store.clone());
         checkpoint.next_attempt();
         let admission = Admission {
             id: job_id.clone(),
@@ -418,8 +394,9 @@ impl WorkerActor {
     }
 
     /// A job's actor died without reporting an end (a panic in its own
-    /// code): start a new one from the job's stored checkpoint, under the
-    /// job's crash limit, or report the job FAILED past it.
+    /// code): start a new one on the job's checkpoint handle (in its table
+    /// row: what the handler saved last, written or not), under the job's
+    /// crash limit, or report the job FAILED past it.
     pub(super) fn job_actor_crashed(&mut self, job_id: &str, ctx: &mut Context<Self>) {
         let policy = self.options.child_restart_policy.clone();
         let Some(row) = self.table.get_mut(job_id) else {
@@ -431,7 +408,6 @@ impl WorkerActor {
             .crashes
             .get_or_insert(policy)
             .on_failure_jittered(Instant::now(), rand::random::<f64>());
-        let origin = row.origin();
         if let Some(status) = self.table.ending(job_id).cloned() {
             // it was being ended (terminated, or the shutdown): it ends now
             warn!(job_id, "the job's actor died while the job was being ended");
@@ -462,40 +438,15 @@ impl WorkerActor {
             if !waiting {
                 return; // terminated meanwhile
             }
-            if !origin.is_servers() {
-                return act.restart_job(&id, None, ctx);
-            }
-            // the actor's checkpoint died with it: the stored one is the latest
-            let read = act.store.get(&id);
-            ctx.spawn(wrap_future(read).map(move |stored, act: &mut Self, ctx| {
-                let waiting = act.table.get(&id).is_some_and(|row| {
-                    row.state() == JobState::Starting && row.attachment.addr.is_none()
-                });
-                if !waiting {
-                    return;
-                }
-                let resumed = match stored {
-                    Ok(Some(record)) => {
-                        let checkpoint = Checkpoint::new(record, act.store.clone());
-                        checkpoint.next_attempt();
-                        Some(checkpoint)
-                    }
-                    Ok(None) => None,
-                    Err(err) => {
-                        warn!(job_id = id, %err, "cannot read the job's checkpoint: starting afresh");
-                        None
-                    }
-                };
-                act.restart_job(&id, resumed, ctx);
-            }));
+            act.restart_job(&id, ctx);
         });
     }
 
     /// Starts the new actor of a job whose actor crashed.
-    fn restart_job(&mut self, job_id: &str, resumed: Option<Checkpoint>, ctx: &mut Context<Self>) {
+    fn restart_job(&mut self, job_id: &str, ctx: &mut Context<Self>) {
         self.metrics.restarted();
         self.job_event(job_id, "restarting");
-        self.start_job(job_id, resumed, ctx);
+        self.start_job(job_id, true, ctx);
         self.notify(WorkerEvent::ChildRestarted {
             child: Child::Job(job_id.to_owned()).to_string(),
             panicked: true,
@@ -534,9 +485,7 @@ impl WorkerActor {
                         warn!(job_id = id, %err, attempt, "could not remove the checkpoint: giving up");
                         return;
                     }
-                    let delay = FORGET_FIRST_DELAY
-                        .saturating_mul(1 << (attempt - 1).min(6))
-                        .min(FORGET_MAX_DELAY);
+                    let delay = FORGET_BACKOFF.delay(attempt - 1, rand::random());
                     ctx.run_later(delay, move |act, ctx| {
                         act.forget_attempt(id, claim, attempt + 1, ctx)
                     });
@@ -554,7 +503,7 @@ impl WorkerActor {
 
     /// The store failed: noted for `GetState` and the write-behind's
     /// backoff; warned about when it begins.
-    pub(super) fn store_failed(&mut self, err: &crate::recovery::StoreError) {
+    pub(super) fn store_failed(&mut self, err: &dyn std::fmt::Display) {
         if self.store_health.failed(err.to_string(), Instant::now()) {
             warn!(%err, "the checkpoint store fails: jobs keep running, writes are retried with backoff");
         }

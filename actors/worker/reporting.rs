@@ -96,13 +96,14 @@ impl Handler<Confirmed> for WorkerActor {
         let records: Vec<(String, crate::recovery::Claim)> = msg
             .job_ids
             .iter()
-            .filter(|id| {
-                self.table.get(id).is_some_and(|row| {
-                    row.state() == crate::jobs::JobState::Finishing && row.origin().is_servers()
-                })
+            .filter_map(|id| {
+                let row = self.table.get(id)?;
+                let record = row.checkpoint()?;
+                (row.state() == crate::jobs::JobState::Finishing
+                    && row.origin().is_servers()
+                    && !self.keeps_record(id, row.origin()))
+                .then(|| (id.clone(), record.claim()))
             })
-            .filter(|id| !self.keeps_checkpoint(id))
-            .map(|id| (id.clone(), self.claim_of(id)))
             .collect();
         let confirmed = self.table.confirm(msg.job_ids.iter().map(String::as_str));
         for (id, claim) in records {

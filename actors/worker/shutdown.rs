@@ -107,16 +107,15 @@ impl WorkerActor {
         )
     }
 
-    /// True when a job that ended in the cut keeps its checkpoint.
-    pub(super) fn keeps_checkpoint(&self, job_id: &str) -> bool {
+    /// True when a job that ended keeps its record for another run: the
+    /// stop cut it, and it is a job of the fleet's queue (another worker of
+    /// the fleet resumes it, however the stop was asked for) or the cut
+    /// keeps checkpoints (a drain's, with a durable store: the next start
+    /// resumes it).
+    pub(super) fn keeps_record(&self, job_id: &str, origin: crate::jobs::JobOrigin) -> bool {
         matches!(&self.phase, Phase::Stopping(stopping)
-            if stopping.keep_cut_checkpoints && stopping.cut.contains(job_id))
-    }
-
-    /// True when the stop cut this job (a fleet job keeps its record then,
-    /// however the stop was asked for: the fleet resumes it elsewhere).
-    pub(super) fn was_cut(&self, job_id: &str) -> bool {
-        matches!(&self.phase, Phase::Stopping(stopping) if stopping.cut.contains(job_id))
+            if stopping.cut.contains(job_id)
+                && (origin == crate::jobs::JobOrigin::Fleet || stopping.keep_cut_checkpoints))
     }
 
     /// Begins to stop (see [`Drain`] and [`Shutdown`]); `waiter` hears when

@@ -23,6 +23,8 @@ use std::time::Duration;
 
 #[cfg(feature = "redis")]
 pub use self::redis::RedisJobQueue;
+#[cfg(feature = "redis")]
+pub(crate) use self::redis::scripts as redis_scripts;
 
 /// The most jobs one pull takes, whatever the free slots.
 pub const MAX_PULL: usize = 64;
@@ -37,9 +39,10 @@ pub trait FleetQueue: Send + Sync + 'static {
     /// oldest, each hidden from other workers for `visibility`.
     fn pull(&self, worker: &str, max: usize, visibility: Duration) -> StoreFuture<Vec<SpawnJob>>;
 
-    /// Puts a taken job back where it was in the queue (its worker could not
-    /// start it); false if it was not taken.
-    fn release(&self, job_id: &str) -> StoreFuture<bool>;
+    /// Puts a job `worker` took back where it was in the queue (the worker
+    /// could not start it); false if `worker` does not hold it taken, or it
+    /// started (its record covers it).
+    fn release(&self, job_id: &str, worker: &str) -> StoreFuture<bool>;
 
     /// Drops a job from the queue for good (it cannot run anywhere: the
     /// item is invalid); false if there was none. A job that ran is

@@ -5,7 +5,7 @@
 use std::sync::LazyLock;
 use std::time::Duration;
 
-use redis::Script;
+use redis::{Script, ToRedisArgs as _};
 
 use super::{Enqueued, FleetQueue, MAX_PULL, QueueDepth, QueueError};
 use crate::SpawnJob;
@@ -20,14 +20,16 @@ local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 ";
 
-/// KEYS queue, items, claims; ARGV id, rank, item. 1 added, 0 duplicate.
-/// The score is the rank in the high bits (2^44 ms is 557 years), then the
-/// enqueue time.
+// Every queue script takes the same KEYS, in this order (`Keys::queue_keys`):
+// 1 queue, 2 items, 3 processing, 4 taken, 5 claims.
+
+/// ARGV id, rank, item. 1 added, 0 duplicate. The score is the rank in the
+/// high bits (2^44 ms is 557 years), then the enqueue time.
 static ENQUEUE: LazyLock<Script> = LazyLock::new(|| {
     Script::new(&format!(
         "{NOW}{}",
         r"
-if redis.call('HEXISTS', KEYS[2], ARGV[1]) == 1 or redis.call('HEXISTS', KEYS[3], ARGV[1]) == 1 then
+if redis.call('HEXISTS', KEYS[2], ARGV[1]) == 1 or redis.call('HEXISTS', KEYS[5], ARGV[1]) == 1 then
   return 0
 end
 redis.call('ZADD', KEYS[1], tonumber(ARGV[2]) * 17592186044416 + now, ARGV[1])
@@ -37,8 +39,8 @@ return 1
     ))
 });
 
-/// KEYS queue, items, processing, taken; ARGV worker, max, visibility ms.
-/// The items taken, in queue order.
+/// ARGV worker, max, visibility ms. The items taken, in queue order, as id
+/// and item pairs.
 static PULL: LazyLock<Script> = LazyLock::new(|| {
     Script::new(&format!(
         "{NOW}{}",
@@ -51,6 +53,7 @@ for i = 1, #popped, 2 do
   if item then
     redis.call('ZADD', KEYS[3], now + tonumber(ARGV[3]), id)
     redis.call('HSET', KEYS[4], id, popped[i + 1] .. '|' .. ARGV[1])
+    out[#out + 1] = id
     out[#out + 1] = item
   end
 end
@@ -59,22 +62,27 @@ return out
     ))
 });
 
-/// KEYS queue, processing, taken; ARGV id. 1 put back, 0 not taken.
+/// ARGV id, worker. 1 put back at its place; 0 if that worker does not
+/// hold it taken, or it started (a record covers it: takeover, not the
+/// queue).
 static RELEASE: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r"
-local taken = redis.call('HGET', KEYS[3], ARGV[1])
+local taken = redis.call('HGET', KEYS[4], ARGV[1])
 if not taken then return 0 end
 local bar = string.find(taken, '|', 1, true)
+if string.sub(taken, bar + 1) ~= ARGV[2] or redis.call('HEXISTS', KEYS[5], ARGV[1]) == 1 then
+  return 0
+end
 redis.call('ZADD', KEYS[1], string.sub(taken, 1, bar - 1), ARGV[1])
-redis.call('ZREM', KEYS[2], ARGV[1])
-redis.call('HDEL', KEYS[3], ARGV[1])
+redis.call('ZREM', KEYS[3], ARGV[1])
+redis.call('HDEL', KEYS[4], ARGV[1])
 return 1
 ",
     )
 });
 
-/// KEYS queue, items, processing, taken; ARGV id. 1 dropped, 0 absent.
+/// ARGV id. 1 dropped, 0 absent.
 static ACKNOWLEDGE: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r"
@@ -86,27 +94,26 @@ return redis.call('HDEL', KEYS[2], ARGV[1])
     )
 });
 
-/// KEYS queue, processing, taken, claims; ARGV heartbeat key prefix, batch.
-/// The number of items put back.
+/// ARGV heartbeat key prefix, batch. The number of items put back.
 static REDELIVER: LazyLock<Script> = LazyLock::new(|| {
     Script::new(&format!(
         "{NOW}{}",
         r"
-local due = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', now, 'LIMIT', 0, tonumber(ARGV[2]))
+local due = redis.call('ZRANGEBYSCORE', KEYS[3], '-inf', now, 'LIMIT', 0, tonumber(ARGV[2]))
 local n = 0
 for _, id in ipairs(due) do
-  local taken = redis.call('HGET', KEYS[3], id)
+  local taken = redis.call('HGET', KEYS[4], id)
   if not taken then
-    redis.call('ZREM', KEYS[2], id)
-  elseif redis.call('HEXISTS', KEYS[4], id) == 1 then
+    redis.call('ZREM', KEYS[3], id)
+  elseif redis.call('HEXISTS', KEYS[5], id) == 1 then
     -- it started: its record is covered by takeover, and its end drops the item
-    redis.call('ZREM', KEYS[2], id)
+    redis.call('ZREM', KEYS[3], id)
   else
     local bar = string.find(taken, '|', 1, true)
     local worker = string.sub(taken, bar + 1)
     if redis.call('EXISTS', ARGV[1] .. worker) == 0 then
-      redis.call('ZREM', KEYS[2], id)
-      redis.call('HDEL', KEYS[3], id)
+      redis.call('ZREM', KEYS[3], id)
+      redis.call('HDEL', KEYS[4], id)
       redis.call('ZADD', KEYS[1], string.sub(taken, 1, bar - 1), id)
       n = n + 1
     end
@@ -116,6 +123,11 @@ return n
 "
     ))
 });
+
+/// The queue's scripts, for the store to load when it connects.
+pub(crate) fn scripts() -> [&'static Script; 5] {
+    [&ENQUEUE, &PULL, &RELEASE, &ACKNOWLEDGE, &REDELIVER]
+}
 
 /// The fleet's queue on Redis (feature `redis`): see the [module
 /// docs](super) for its delivery guarantees.
@@ -158,21 +170,15 @@ impl RedisJobQueue {
             .clone();
         let rank = super::rank(job.priority);
         let item = serde_json::to_string(&job).map_err(StoreError::backend)?;
-        let id = job_id.clone();
         let added: i64 = self
-            .store
-            .run(move |mut conn| async move {
-                ENQUEUE
-                    .key(&conn.keys.queue)
-                    .key(&conn.keys.queue_items)
-                    .key(&conn.keys.claims)
-                    .arg(&id)
-                    .arg(rank)
-                    .arg(item)
-                    .invoke_async(&mut conn.connection)
-                    .await
-                    .map_err(StoreError::backend)
-            })
+            .invoke(
+                &ENQUEUE,
+                [
+                    job_id.to_redis_args(),
+                    rank.to_redis_args(),
+                    item.to_redis_args(),
+                ],
+            )
             .await?;
         Ok(if added == 1 {
             Enqueued::Added { job_id }
@@ -201,85 +207,79 @@ impl RedisJobQueue {
     }
 }
 
-impl FleetQueue for RedisJobQueue {
-    fn pull(&self, worker: &str, max: usize, visibility: Duration) -> StoreFuture<Vec<SpawnJob>> {
-        let worker = worker.to_owned();
-        let max = max.min(MAX_PULL);
-        let visibility_ms = u64::try_from(visibility.as_millis()).unwrap_or(u64::MAX);
+impl RedisJobQueue {
+    /// Runs a queue script with the queue's keys and `args`.
+    fn invoke<T: redis::FromRedisValue + Send + 'static, const N: usize>(
+        &self,
+        script: &'static Script,
+        args: [Vec<Vec<u8>>; N],
+    ) -> StoreFuture<T> {
         self.store.run(move |mut conn| async move {
-            if max == 0 {
-                return Ok(Vec::new());
+            let mut invocation = script.prepare_invoke();
+            for key in conn.keys.queue_keys() {
+                invocation.key(key);
             }
-            let items: Vec<Vec<u8>> = PULL
-                .key(&conn.keys.queue)
-                .key(&conn.keys.queue_items)
-                .key(&conn.keys.queue_processing)
-                .key(&conn.keys.queue_taken)
-                .arg(&worker)
-                .arg(max)
-                .arg(visibility_ms)
-                .invoke_async(&mut conn.connection)
-                .await
-                .map_err(StoreError::backend)?;
-            Ok(items
-                .iter()
-                .filter_map(|bytes| match serde_json::from_slice::<SpawnJob>(bytes) {
-                    Ok(job) => Some(job),
-                    Err(err) => {
-                        // written by something else: left taken, and
-                        // re-delivered to no one once this worker is gone
-                        tracing::error!(%err, "an unreadable item in the fleet's queue");
-                        None
-                    }
-                })
-                .collect())
-        })
-    }
-
-    fn release(&self, job_id: &str) -> StoreFuture<bool> {
-        let id = job_id.to_owned();
-        self.store.run(move |mut conn| async move {
-            let released: i64 = RELEASE
-                .key(&conn.keys.queue)
-                .key(&conn.keys.queue_processing)
-                .key(&conn.keys.queue_taken)
-                .arg(&id)
-                .invoke_async(&mut conn.connection)
-                .await
-                .map_err(StoreError::backend)?;
-            Ok(released == 1)
-        })
-    }
-
-    fn acknowledge(&self, job_id: &str) -> StoreFuture<bool> {
-        let id = job_id.to_owned();
-        self.store.run(move |mut conn| async move {
-            let dropped: i64 = ACKNOWLEDGE
-                .key(&conn.keys.queue)
-                .key(&conn.keys.queue_items)
-                .key(&conn.keys.queue_processing)
-                .key(&conn.keys.queue_taken)
-                .arg(&id)
-                .invoke_async(&mut conn.connection)
-                .await
-                .map_err(StoreError::backend)?;
-            Ok(dropped == 1)
-        })
-    }
-
-    fn redeliver(&self) -> StoreFuture<usize> {
-        self.store.run(|mut conn| async move {
-            REDELIVER
-                .key(&conn.keys.queue)
-                .key(&conn.keys.queue_processing)
-                .key(&conn.keys.queue_taken)
-                .key(&conn.keys.claims)
-                .arg(&conn.keys.heartbeat_prefix)
-                .arg(REDELIVER_BATCH)
+            for arg in args.iter().flatten() {
+                invocation.arg(arg.as_slice());
+            }
+            invocation
                 .invoke_async(&mut conn.connection)
                 .await
                 .map_err(StoreError::backend)
         })
+    }
+}
+
+impl FleetQueue for RedisJobQueue {
+    fn pull(&self, worker: &str, max: usize, visibility: Duration) -> StoreFuture<Vec<SpawnJob>> {
+        let max = max.min(MAX_PULL);
+        if max == 0 {
+            return Box::pin(std::future::ready(Ok(Vec::new())));
+        }
+        let visibility_ms = u64::try_from(visibility.as_millis()).unwrap_or(u64::MAX);
+        let pulled = self.invoke::<Vec<(String, Vec<u8>)>, 3>(
+            &PULL,
+            [
+                worker.to_redis_args(),
+                max.to_redis_args(),
+                visibility_ms.to_redis_args(),
+            ],
+        );
+        let queue = self.clone();
+        Box::pin(async move {
+            let mut jobs = Vec::new();
+            for (id, item) in pulled.await? {
+                match serde_json::from_slice::<SpawnJob>(&item) {
+                    Ok(job) => jobs.push(job),
+                    Err(err) => {
+                        // written by something else: no worker can run it,
+                        // and re-delivering it would only go round forever
+                        tracing::error!(job_id = id, %err, "an unreadable item in the fleet's queue: dropped");
+                        queue.acknowledge(&id).await?;
+                    }
+                }
+            }
+            Ok(jobs)
+        })
+    }
+
+    fn release(&self, job_id: &str, worker: &str) -> StoreFuture<bool> {
+        let released =
+            self.invoke::<i64, 2>(&RELEASE, [job_id.to_redis_args(), worker.to_redis_args()]);
+        Box::pin(async move { Ok(released.await? == 1) })
+    }
+
+    fn acknowledge(&self, job_id: &str) -> StoreFuture<bool> {
+        let dropped = self.invoke::<i64, 1>(&ACKNOWLEDGE, [job_id.to_redis_args()]);
+        Box::pin(async move { Ok(dropped.await? == 1) })
+    }
+
+    fn redeliver(&self) -> StoreFuture<usize> {
+        let prefix = self.store.keys().heartbeat_prefix.clone();
+        self.invoke(
+            &REDELIVER,
+            [prefix.to_redis_args(), REDELIVER_BATCH.to_redis_args()],
+        )
     }
 }
 
@@ -358,8 +358,12 @@ mod tests {
             .enqueue(job("FJ_7", Some(JobPriority::High)))
             .await
             .unwrap();
-        assert!(queue.release("FJ_4").await.unwrap());
-        assert!(!queue.release("FJ_4").await.unwrap(), "no longer taken");
+        assert!(!queue.release("FJ_4", "w2").await.unwrap(), "not w2's");
+        assert!(queue.release("FJ_4", "w1").await.unwrap());
+        assert!(
+            !queue.release("FJ_4", "w1").await.unwrap(),
+            "no longer taken"
+        );
         let again = queue.pull("w2", 10, MINUTE).await.unwrap();
         assert_eq!(ids(&again), ["FJ_4", "FJ_7"]);
 
@@ -471,6 +475,53 @@ mod tests {
                 waiting: 0,
                 taken: 2
             }
+        );
+    }
+
+    #[actix_rt::test]
+    async fn an_item_is_acknowledged_by_its_takers_record_removal_even_without_a_record() {
+        let redis = TestRedis::start();
+        let (store, queue) = fleet(&redis, "norecord").await;
+        for id in ["FJ_1", "FJ_2"] {
+            queue.enqueue(job(id, None)).await.unwrap();
+        }
+        queue.pull("w1", 2, MINUTE).await.unwrap();
+        // the job's writes all failed (an outage): no record, yet its end
+        // drops the item it took
+        assert!(!store.remove("FJ_1", &Claim::new("w1", 0)).await.unwrap());
+        // another's removal leaves w1's item alone
+        assert!(!store.remove("FJ_2", &Claim::new("w2", 0)).await.unwrap());
+        assert_eq!(
+            queue.depth().await.unwrap(),
+            QueueDepth {
+                waiting: 0,
+                taken: 1
+            }
+        );
+    }
+
+    #[actix_rt::test]
+    async fn an_unreadable_item_is_dropped_rather_than_passed_round() {
+        let redis = TestRedis::start();
+        let (_, queue) = fleet(&redis, "garbage").await;
+        let mut connection = redis::Client::open(redis.url.as_str())
+            .and_then(|c| c.get_connection())
+            .unwrap();
+        redis::pipe()
+            .zadd("{garbage}:queue", "FJ_bad", 0)
+            .hset("{garbage}:queue:items", "FJ_bad", "not a job")
+            .query::<()>(&mut connection)
+            .unwrap();
+        queue.enqueue(job("FJ_good", None)).await.unwrap();
+        let pulled = queue.pull("w1", 10, MINUTE).await.unwrap();
+        assert_eq!(ids(&pulled), ["FJ_good"]);
+        assert_eq!(
+            queue.depth().await.unwrap(),
+            QueueDepth {
+                waiting: 0,
+                taken: 1
+            },
+            "the unreadable one is gone"
         );
     }
 }

@@ -270,6 +270,11 @@ impl Slots {
     pub fn is_full(&self) -> bool {
         self.active + self.reserved >= self.max
     }
+
+    /// The slots neither running nor reserved.
+    pub fn free(&self) -> usize {
+        self.max.saturating_sub(self.active + self.reserved)
+    }
 }
 
 /// One `update_worker` report, before its sequence number.

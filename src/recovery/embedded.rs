@@ -239,22 +239,7 @@ impl CheckpointStore for EmbeddedStore {
     }
 
     fn put(&self, checkpoint: &JobCheckpoint) -> StoreFuture<()> {
-        let job_id = checkpoint.job_id().to_owned();
-        let claim = checkpoint.claim().clone();
-        let record = checkpoint.encode();
-        self.write(move |txn, _| {
-            if let Some(current) = stored(txn, &job_id)?
-                && !store::admits(current.claim(), &claim)
-            {
-                return Err(store::fenced(&job_id, current.claim()));
-            }
-            txn.open_table(CHECKPOINTS)
-                .and_then(|mut table| {
-                    table.insert(job_id.as_str(), record.as_slice())?;
-                    Ok(())
-                })
-                .map_err(StoreError::backend)
-        })
+        store::single(self.put_many(vec![checkpoint.clone()]))
     }
 
     fn put_many(

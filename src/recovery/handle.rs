@@ -7,10 +7,13 @@
 //! `Ok`, the store has it. One write of a record is in flight at a time, so
 //! writes land in the order they were made whatever the store does with
 //! concurrent ones: a late batch never overwrites a newer flush or the
-//! job's final status. The record is shared between the handler
-//! (any thread it likes) and its JobActor through one mutex held only for a
-//! copy or a small edit, never across an await: a handle on one job's state,
-//! not state shared between actors.
+//! job's final status. The record is shared by the handler (any thread it
+//! likes), the job's actor (its writes at start, restart and end) and the
+//! worker (its table row holds the handle, to write it behind and to remove
+//! the record by its claim) through one mutex held only for a copy or a
+//! small edit, never across an await. It is one job's state, whose every
+//! write takes its turn; what the worker and the actor tell each other
+//! about it still goes by message (`CheckpointRefused`, `JobExited`).
 
 use std::fmt;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -34,9 +37,10 @@ struct Inner {
     record: Mutex<JobCheckpoint>,
     store: Arc<dyn CheckpointStore>,
     dirty: AtomicBool,
-    /// The store refused a write: another worker holds the job now. No
-    /// further write is attempted.
-    fenced: AtomicBool,
+    /// The store refused a write: another worker holds the job now (its
+    /// holder and fence). No further write is attempted; each is answered
+    /// with the same refusal.
+    fenced: std::sync::OnceLock<(String, u64)>,
     /// The job's final status is in the record: only that write (and its
     /// retries) may still go out, never a write-behind after it.
     sealed: AtomicBool,
@@ -69,7 +73,7 @@ impl Checkpoint {
                 record: Mutex::new(record),
                 store,
                 dirty: AtomicBool::new(false),
-                fenced: AtomicBool::new(false),
+                fenced: std::sync::OnceLock::new(),
                 sealed: AtomicBool::new(false),
                 turn: Arc::default(),
             }),
@@ -127,7 +131,10 @@ impl Checkpoint {
         let this = self.clone();
         Box::pin(async move {
             let _turn = this.inner.turn.clone().lock_owned().await;
-            if this.is_fenced() || (!is_final && this.inner.sealed.load(Ordering::Acquire)) {
+            if let Some(refusal) = this.refusal() {
+                return Err(refusal);
+            }
+            if !is_final && this.inner.sealed.load(Ordering::Acquire) {
                 return Ok(());
             }
             this.inner.dirty.store(false, Ordering::Release);
@@ -149,7 +156,9 @@ impl Checkpoint {
     fn settle(&self, result: &Result<(), StoreError>) {
         match result {
             Ok(()) => {}
-            Err(StoreError::Fenced { .. }) => self.inner.fenced.store(true, Ordering::Release),
+            Err(StoreError::Fenced { holder, fence, .. }) => {
+                let _ = self.inner.fenced.set((holder.clone(), *fence));
+            }
             Err(_) => self.inner.dirty.store(true, Ordering::Release),
         }
     }
@@ -177,7 +186,22 @@ impl Checkpoint {
     /// True once the store refused a write of this record: another worker
     /// claimed the job.
     pub(crate) fn is_fenced(&self) -> bool {
-        self.inner.fenced.load(Ordering::Acquire)
+        self.inner.fenced.get().is_some()
+    }
+
+    /// The store's refusal, once it refused a write of this record.
+    fn refusal(&self) -> Option<StoreError> {
+        let (holder, fence) = self.inner.fenced.get()?;
+        Some(StoreError::Fenced {
+            job_id: self.record().job_id().to_owned(),
+            holder: holder.clone(),
+            fence: *fence,
+        })
+    }
+
+    /// The claim the record is held by (what removing it must present).
+    pub(crate) fn claim(&self) -> super::Claim {
+        self.record().claim().clone()
     }
 
     /// Records the job's final status in its record and writes it: a
@@ -284,6 +308,27 @@ mod tests {
             "the final write is the last"
         );
         assert!(stored.final_status().is_some());
+    }
+
+    #[test]
+    fn once_refused_every_write_answers_the_refusal() {
+        let store = Arc::new(MemoryStore::new());
+        let record = JobCheckpoint::new(&job(), "agent-AJ_1", SystemTime::now());
+        let mut held = record.clone();
+        held.set_claim(crate::recovery::Claim::new("w2", 1));
+        block_on(store.put(&held)).unwrap();
+        let cp = Checkpoint::new(record.with_owner("w1"), store.clone());
+        cp.save("turn", &1u32).unwrap();
+        let fenced = |result: Result<(), StoreError>| matches!(result, Err(StoreError::Fenced { ref holder, fence: 1, .. }) if holder == "w2");
+        assert!(fenced(block_on(cp.flush())), "the store refuses");
+        assert!(cp.take_dirty().is_none(), "no write-behind after it");
+        assert!(fenced(block_on(cp.flush())), "a flush is refused, not Ok");
+        let last = cp.record_final(crate::recovery::FinalRecord {
+            status: 3,
+            error: String::new(),
+        });
+        assert!(fenced(block_on(last)), "so is the final write");
+        assert_eq!(block_on(store.get("AJ_1")).unwrap().unwrap(), held);
     }
 
     #[test]

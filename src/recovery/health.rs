@@ -33,7 +33,7 @@ impl StoreHealth {
         self.last_error = Some(error.into());
         // 1, 3, 7, 15 intervals skipped: retries back off, bounded
         self.skip = (1u32 << self.failures.min(4)) - 1;
-        self.skip = self.skip.min(MAX_SKIPPED_INTERVALS);
+        debug_assert!(self.skip <= MAX_SKIPPED_INTERVALS);
         first
     }
 

@@ -28,7 +28,7 @@ pub(crate) mod health;
 #[cfg(feature = "redis")]
 pub(crate) mod redis;
 mod restart;
-mod store;
+pub(crate) mod store;
 
 pub use checkpoint::{
     CHECKPOINT_FORMAT, CheckpointError, Claim, FinalRecord, JobCheckpoint, MAX_STATE_BYTES,

@@ -14,7 +14,7 @@
 //! | `{prefix}:queue` | sorted set | the fleet queue's waiting job ids, by priority then enqueue time |
 //! | `{prefix}:queue:items` | hash | job id → the queued job, from enqueue to its end |
 //! | `{prefix}:queue:processing` | sorted set | taken job ids, by the end of their visibility timeout |
-//! | `{prefix}:queue:taken` | hash | taken job id → `worker|score` |
+//! | `{prefix}:queue:taken` | hash | taken job id → `score|worker` |
 //!
 //! Whose clock counts: Redis's. A heartbeat is `SET … PX ttl`, and it is
 //! live exactly while Redis still has the key; no worker's clock is read.
@@ -24,6 +24,7 @@
 //! holder's heartbeat and raises the fence in one step, so of many claimers
 //! exactly one wins.
 
+use std::sync::LazyLock;
 use std::time::Duration;
 
 use redis::aio::ConnectionManager;
@@ -35,20 +36,12 @@ use super::store::{CheckpointStore, StoreError, StoreFuture};
 /// The key prefix when none is given.
 pub const DEFAULT_PREFIX: &str = "lkagent";
 
-/// `put`: KEYS claims, checkpoints; ARGV job id, `fence|owner`, record.
-/// Returns `{1}`, or `{0, held}` when another claim holds the job.
-const PUT: &str = r"
-local held = redis.call('HGET', KEYS[1], ARGV[1])
-if held and held ~= ARGV[2] then return {0, held} end
-redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
-redis.call('HSET', KEYS[2], ARGV[1], ARGV[3])
-return {1}
-";
-
-/// `put_many`: KEYS claims, checkpoints; ARGV job id, `fence|owner`,
-/// record, for each job in turn. Returns, per job, `1`, or the claim that
-/// holds it when that is another.
-const PUT_MANY: &str = r"
+/// `put_many` (and `put`, a batch of one): KEYS claims, checkpoints; ARGV
+/// job id, `fence|owner`, record, for each job in turn. Returns, per job,
+/// `1`, or the claim that holds it when that is another.
+static PUT_MANY: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"
 local out = {}
 for i = 1, #ARGV, 3 do
   local held = redis.call('HGET', KEYS[1], ARGV[i])
@@ -61,7 +54,9 @@ for i = 1, #ARGV, 3 do
   end
 end
 return out
-";
+",
+    )
+});
 
 /// The most records one `put_many` script call writes: a batch larger than
 /// this is split into several calls, sent together on the connection (one
@@ -72,9 +67,23 @@ pub const RECORDS_PER_SCRIPT: usize = 256;
 /// and taken; ARGV job id, `fence|owner`. Returns `{1}` removed, `{2}`
 /// absent, `{0, held}` fenced. The job is over: if it came from the fleet's
 /// queue, its item goes too (the acknowledgement), in the same step.
-const REMOVE: &str = r"
+///
+/// With no record (its writes failed, say in an outage), the item still
+/// goes if the same owner took it.
+static REMOVE: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"
 local held = redis.call('HGET', KEYS[1], ARGV[1])
-if not held then return {2} end
+if not held then
+  local taken = redis.call('HGET', KEYS[5], ARGV[1])
+  local owner = string.sub(ARGV[2], string.find(ARGV[2], '|', 1, true) + 1)
+  if taken and string.sub(taken, string.find(taken, '|', 1, true) + 1) == owner then
+    redis.call('HDEL', KEYS[3], ARGV[1])
+    redis.call('ZREM', KEYS[4], ARGV[1])
+    redis.call('HDEL', KEYS[5], ARGV[1])
+  end
+  return {2}
+end
 if held ~= ARGV[2] then return {0, held} end
 redis.call('HDEL', KEYS[1], ARGV[1])
 redis.call('HDEL', KEYS[2], ARGV[1])
@@ -82,11 +91,15 @@ redis.call('HDEL', KEYS[3], ARGV[1])
 redis.call('ZREM', KEYS[4], ARGV[1])
 redis.call('HDEL', KEYS[5], ARGV[1])
 return {1}
-";
+",
+    )
+});
 
 /// `claim`: KEYS claims, checkpoints; ARGV job id, claimer, heartbeat key
 /// prefix. Returns `{new fence, record}` when granted, `{}` otherwise.
-const CLAIM: &str = r"
+static CLAIM: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"
 local held = redis.call('HGET', KEYS[1], ARGV[1])
 if not held then return {} end
 local bar = string.find(held, '|', 1, true)
@@ -100,7 +113,9 @@ if not record then return {} end
 fence = fence + 1
 redis.call('HSET', KEYS[1], ARGV[1], tostring(fence) .. '|' .. ARGV[2])
 return {fence, record}
-";
+",
+    )
+});
 
 /// Checkpoints and ownership on Redis, shared by every worker of a fleet
 /// that uses the same prefix (see the module docs for the layout).
@@ -128,10 +143,6 @@ type Op =
 pub(crate) struct Conn {
     pub(crate) connection: ConnectionManager,
     pub(crate) keys: Keys,
-    put: std::sync::Arc<Script>,
-    put_many: std::sync::Arc<Script>,
-    remove: std::sync::Arc<Script>,
-    claim: std::sync::Arc<Script>,
 }
 
 /// The fleet's keys.
@@ -147,8 +158,8 @@ pub(crate) struct Keys {
     pub queue_items: String,
     /// Taken job ids by the end of their visibility timeout.
     pub queue_processing: String,
-    /// Taken job id → `worker|score` (who took it, and its place in the
-    /// queue if it goes back).
+    /// Taken job id → `score|worker` (its place in the queue if it goes
+    /// back, and who took it).
     pub queue_taken: String,
 }
 
@@ -168,6 +179,17 @@ impl Keys {
 
     pub(crate) fn heartbeat(&self, worker: &str) -> String {
         format!("{}{worker}", self.heartbeat_prefix)
+    }
+
+    /// The keys every queue script takes, in order (`fleet/redis.rs`).
+    pub(crate) fn queue_keys(&self) -> [&str; 5] {
+        [
+            &self.queue,
+            &self.queue_items,
+            &self.queue_processing,
+            &self.queue_taken,
+            &self.claims,
+        ]
     }
 }
 
@@ -241,6 +263,11 @@ impl RedisCheckpointStore {
         Ok(Self { keys, ops })
     }
 
+    /// The fleet's keys.
+    pub(crate) fn keys(&self) -> &Keys {
+        &self.keys
+    }
+
     /// Hands `op` to the store's thread; its answer comes back bounded by
     /// [`OPERATION_DEADLINE`].
     pub(crate) fn run<T, F, Fut>(&self, op: F) -> StoreFuture<T>
@@ -293,16 +320,14 @@ impl Conn {
             .get_connection_manager_with_config(config)
             .await
             .map_err(StoreError::backend)?;
-        let (put, put_many, remove, claim) = (
-            Script::new(PUT),
-            Script::new(PUT_MANY),
-            Script::new(REMOVE),
-            Script::new(CLAIM),
-        );
         // loaded once now, rather than by a burst of first calls that each
         // miss (`NOSCRIPT`) and load it again; after a Redis restart the
         // client loads them on the first miss
-        for script in [&put, &put_many, &remove, &claim] {
+        let queue_scripts = crate::fleet::redis_scripts();
+        for script in [&*PUT_MANY, &*REMOVE, &*CLAIM]
+            .into_iter()
+            .chain(queue_scripts)
+        {
             script
                 .load_async(&mut connection)
                 .await
@@ -311,10 +336,6 @@ impl Conn {
         Ok(Self {
             connection,
             keys: Keys::new(prefix),
-            put: std::sync::Arc::new(put),
-            put_many: std::sync::Arc::new(put_many),
-            remove: std::sync::Arc::new(remove),
-            claim: std::sync::Arc::new(claim),
         })
     }
 
@@ -456,13 +477,9 @@ fn parse_claim(text: &str) -> Option<Claim> {
     Some(Claim::new(owner, fence.parse().ok()?))
 }
 
-fn fenced(job_id: &str, held: &str) -> StoreError {
-    let claim = parse_claim(held).unwrap_or_default();
-    StoreError::Fenced {
-        job_id: job_id.to_owned(),
-        holder: claim.owner,
-        fence: claim.fence,
-    }
+/// The refusal of a write to a job held as `held` (`fence|owner`).
+fn fenced(job_id: &str, held: &redis::Value) -> StoreError {
+    super::store::fenced(job_id, &parse_claim(&string_of(held)).unwrap_or_default())
 }
 
 impl CheckpointStore for RedisCheckpointStore {
@@ -471,26 +488,7 @@ impl CheckpointStore for RedisCheckpointStore {
     }
 
     fn put(&self, checkpoint: &JobCheckpoint) -> StoreFuture<()> {
-        let job_id = checkpoint.job_id().to_owned();
-        let claim = claim_text(checkpoint.claim());
-        let record = checkpoint.encode();
-        self.run(move |mut this| async move {
-            let answer: Vec<redis::Value> = this
-                .put
-                .key(&this.keys.claims)
-                .key(&this.keys.checkpoints)
-                .arg(&job_id)
-                .arg(&claim)
-                .arg(record)
-                .invoke_async(&mut this.connection)
-                .await
-                .map_err(StoreError::backend)?;
-            match answer.as_slice() {
-                [redis::Value::Int(1)] => Ok(()),
-                [_, held] => Err(fenced(&job_id, &string_of(held))),
-                other => Err(unexpected(other)),
-            }
-        })
+        super::store::single(self.put_many(vec![checkpoint.clone()]))
     }
 
     fn put_many(
@@ -500,7 +498,7 @@ impl CheckpointStore for RedisCheckpointStore {
         // encoded on the store's thread, not the caller's
         self.run(move |this| async move {
             let calls = checkpoints.chunks(RECORDS_PER_SCRIPT).map(|chunk| {
-                let mut invocation = this.put_many.key(&this.keys.claims);
+                let mut invocation = PUT_MANY.key(&this.keys.claims);
                 invocation.key(&this.keys.checkpoints);
                 for checkpoint in chunk {
                     invocation
@@ -523,20 +521,15 @@ impl CheckpointStore for RedisCheckpointStore {
                     Ok(answer) if answer.len() == chunk.len() => {
                         results.extend(chunk.iter().zip(answer).map(|(cp, value)| match value {
                             redis::Value::Int(1) => Ok(()),
-                            held => Err(fenced(cp.job_id(), &string_of(&held))),
+                            held => Err(fenced(cp.job_id(), &held)),
                         }));
                     }
-                    Ok(answer) => {
-                        let err = unexpected(&answer);
-                        results.extend(chunk.iter().map(|_| {
-                            Err(StoreError::backend(std::io::Error::other(err.to_string())))
-                        }));
-                    }
+                    Ok(answer) => results.extend(super::store::each_failed(
+                        chunk.len(),
+                        &unexpected(&answer).to_string(),
+                    )),
                     Err(err) => {
-                        let text = err.to_string();
-                        results.extend(chunk.iter().map(|_| {
-                            Err(StoreError::backend(std::io::Error::other(text.clone())))
-                        }));
+                        results.extend(super::store::each_failed(chunk.len(), &err.to_string()))
                     }
                 }
             }
@@ -567,8 +560,7 @@ impl CheckpointStore for RedisCheckpointStore {
         let job_id = job_id.to_owned();
         let claim = claim_text(claim);
         self.run(move |mut this| async move {
-            let answer: Vec<redis::Value> = this
-                .remove
+            let answer: Vec<redis::Value> = REMOVE
                 .key(&this.keys.claims)
                 .key(&this.keys.checkpoints)
                 .key(&this.keys.queue_items)
@@ -582,7 +574,7 @@ impl CheckpointStore for RedisCheckpointStore {
             match answer.as_slice() {
                 [redis::Value::Int(1)] => Ok(true),
                 [redis::Value::Int(2)] => Ok(false),
-                [_, held] => Err(fenced(&job_id, &string_of(held))),
+                [_, held] => Err(fenced(&job_id, held)),
                 other => Err(unexpected(other)),
             }
         })
@@ -620,8 +612,7 @@ impl CheckpointStore for RedisCheckpointStore {
     fn claim(&self, job_id: &str, worker: &str) -> StoreFuture<Option<JobCheckpoint>> {
         let (job_id, worker) = (job_id.to_owned(), worker.to_owned());
         self.run(move |mut this| async move {
-            let answer: Vec<redis::Value> = this
-                .claim
+            let answer: Vec<redis::Value> = CLAIM
                 .key(&this.keys.claims)
                 .key(&this.keys.checkpoints)
                 .arg(&job_id)

@@ -224,6 +224,26 @@ pub(crate) fn system_clock() -> Clock {
 // apart (a server-side store states the same rules in its own language and
 // passes the same contract tests).
 
+/// The one answer of a batch of one: what a store whose `put` is its
+/// `put_many` answers.
+pub(crate) fn single(batch: StoreFuture<Vec<Result<(), StoreError>>>) -> StoreFuture<()> {
+    Box::pin(async move {
+        batch.await?.pop().unwrap_or_else(|| {
+            Err(StoreError::backend(std::io::Error::other(
+                "no answer for the record",
+            )))
+        })
+    })
+}
+
+/// The same failure for each of `count` records of a batch: the batch's
+/// error stands for every record in it.
+pub(crate) fn each_failed(count: usize, error: &str) -> Vec<Result<(), StoreError>> {
+    (0..count)
+        .map(|_| Err(StoreError::backend(std::io::Error::other(error.to_owned()))))
+        .collect()
+}
+
 /// Whether a write or delete by `writer` may touch a record held by
 /// `stored`: only the very claim the record holds may.
 pub(crate) fn admits(stored: &Claim, writer: &Claim) -> bool {

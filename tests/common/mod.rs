@@ -224,7 +224,7 @@ impl actix::Handler<Seen> for WorkerWatch {
 
 /// Polls `fetch` until `pred` holds of what it answers, or panics at the
 /// deadline naming `what`.
-async fn wait_until<T: std::fmt::Debug, F: std::future::Future<Output = T>>(
+pub async fn wait_until<T: std::fmt::Debug, F: std::future::Future<Output = T>>(
     what: &str,
     fetch: impl Fn() -> F,
     pred: impl Fn(&T) -> bool,
