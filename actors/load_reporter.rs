@@ -45,6 +45,7 @@ pub struct LoadReporterActor {
     resources: ResourceSample,
     link: Link,
     limiter: ResourceLimiter,
+    budget_ceiling: f32,
     memory_check_interval: Duration,
     memory: UsageState,
     metrics: crate::telemetry::WorkerMetrics,
@@ -67,6 +68,9 @@ pub(crate) struct ReporterConfig {
     pub sample_interval: Duration,
     pub memory_check_interval: Duration,
     pub limiter: ResourceLimiter,
+    /// The share of the budget at which this worker reports full
+    /// (`WorkerOptions::accept_below`; 1.0 without one).
+    pub budget_ceiling: f32,
     /// Records the sampled CPU and memory.
     pub metrics: crate::telemetry::WorkerMetrics,
     /// The slots now (a restarted reporter starts from the worker's).
@@ -89,6 +93,7 @@ impl LoadReporterActor {
             resources: ResourceSample::default(),
             link,
             limiter: config.limiter,
+            budget_ceiling: config.budget_ceiling,
             memory_check_interval: config.memory_check_interval,
             memory: config.memory,
             metrics: config.metrics,
@@ -136,7 +141,10 @@ impl LoadReporterActor {
                     metrics.job_load()
                 }
             };
-        LoadReport::new(self.slots, load, self.threshold)
+        // the budget may be shared (a pool's workers): however idle this
+        // worker's own slots, it is as loaded as the budget it draws from
+        let budget = (self.limiter.used_share() / self.budget_ceiling).min(1.0);
+        LoadReport::new(self.slots, load.max(budget), self.threshold)
     }
 
     /// Computes and, if the policy says so (or `force`), sends a report.

@@ -592,7 +592,7 @@ pub struct GetState;
 /// long as the connection allows, bounded by `shutdown_flush_timeout`), then
 /// the socket is closed and every actor and thread of the worker stops.
 /// Answers once all of it is done.
-#[derive(Message, Debug, Default)]
+#[derive(Message, Debug, Default, Clone, Copy)]
 #[rtype(result = "()")]
 pub struct Shutdown;
 
@@ -703,3 +703,39 @@ pub enum InjectFault {
     /// The JobActor of this job.
     Job(String),
 }
+
+// ---------------------------------------------------------------------------
+// An application → WorkerPool (`pool.rs`); the pool also takes `Shutdown`
+// and `Drain`, for all its workers.
+
+/// Adds a worker to a running pool. Answers once it has started (it then
+/// connects and registers on its own); a name already in the pool is
+/// refused.
+#[derive(Message)]
+#[rtype(result = "Result<(), super::pool::PoolError>")]
+pub struct AddWorker(pub super::pool::PoolMember);
+
+/// Removes a worker from a pool: it drains — takes no new job, lets its
+/// jobs finish for up to `timeout`, then cuts what still runs — and leaves
+/// the pool. Answers once it has stopped.
+#[derive(Message, Debug, Clone)]
+#[rtype(result = "Result<(), super::pool::PoolError>")]
+pub struct RemoveWorker {
+    /// The worker's name in the pool.
+    pub name: String,
+    /// How long its jobs may take to finish.
+    pub timeout: std::time::Duration,
+}
+
+/// Asks a pool for its workers' states (each asked with `GetState`) and its
+/// budget.
+#[derive(Message, Debug, Default)]
+#[rtype(result = "crate::state::PoolState")]
+pub struct GetPoolState;
+
+/// Asks a pool for the handle of its worker of this name (the current
+/// incarnation; `None` while it restarts, or if there is none), to send it
+/// messages of its own (`SpawnJob`, …).
+#[derive(Message, Debug, Clone)]
+#[rtype(result = "Option<crate::Worker>")]
+pub struct GetPoolWorker(pub String);

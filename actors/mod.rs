@@ -108,6 +108,7 @@ mod connection;
 mod job;
 mod load_reporter;
 pub(crate) mod messages;
+mod pool;
 mod queue;
 mod supervision;
 mod worker;
@@ -115,8 +116,9 @@ mod worker;
 #[cfg(feature = "fault-injection")]
 pub use messages::InjectFault;
 pub use messages::{
-    Drain, GetLoad, GetQueueStats, GetState, JobEvent, JobOrigin, JobOutcome, Shutdown, SpawnJob,
-    SpawnOutcome, SpawnRefusal, SubscribeJobEvents, SubscribeWorkerEvents, WorkerEvent, WorkerExit,
-    WorkerState,
+    AddWorker, Drain, GetLoad, GetPoolState, GetPoolWorker, GetQueueStats, GetState, JobEvent,
+    JobOrigin, JobOutcome, RemoveWorker, Shutdown, SpawnJob, SpawnOutcome, SpawnRefusal,
+    SubscribeJobEvents, SubscribeWorkerEvents, WorkerEvent, WorkerExit, WorkerState,
 };
+pub use pool::{Pool, PoolError, PoolMember, Routing, WorkerPool, WorkerPoolBuilder};
 pub use worker::{MAX_SUBSCRIBERS, StartError, Worker, WorkerActor, WorkerBuilder};

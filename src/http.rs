@@ -23,7 +23,7 @@ use std::pin::Pin;
 use actix_web::{HttpResponse, web};
 use serde_json::json;
 
-use crate::state::WorkerState;
+use crate::state::{MemberStatus, PoolState, WorkerState};
 
 /// A way to ask a worker for its state; `None` once it has stopped.
 /// Implemented for `Worker` (and any clonable closure returning such a
@@ -104,6 +104,7 @@ pub fn worker_json(state: &WorkerState) -> serde_json::Value {
         // lkagent's own
         "worker_id": state.worker_id,
         "instance_id": state.instance_id,
+        "labels": state.labels,
         "status": status,
         "draining": state.draining || state.shutting_down,
         "connected": state.connected,
@@ -123,6 +124,142 @@ pub fn worker_json(state: &WorkerState) -> serde_json::Value {
         "supervision_failure": state.supervision_failure,
         "store_error": state.store_error,
     })
+}
+
+/// A way to ask a `WorkerPool` for its state; `None` once it has stopped.
+/// Implemented for `Pool`.
+pub trait PoolStateSource: Clone + Send + 'static {
+    /// The pool's state now.
+    fn state(&self) -> Pin<Box<dyn Future<Output = Option<PoolState>>>>;
+}
+
+/// Mounts `/`, `/ready`, `/worker` and `/metrics` for a pool of workers
+/// (`WorkerPoolBuilder::http` serves them on their own).
+pub fn configure_pool<S: PoolStateSource>(pool: S) -> impl FnOnce(&mut web::ServiceConfig) + Clone {
+    let _ = crate::telemetry::prometheus();
+    move |config: &mut web::ServiceConfig| {
+        config
+            .app_data(web::Data::new(pool))
+            .route("/", web::get().to(pool_live::<S>))
+            .route("/ready", web::get().to(pool_ready::<S>))
+            .route("/worker", web::get().to(pool_info::<S>))
+            .route("/metrics", web::get().to(metrics));
+    }
+}
+
+/// What a pool's `GET /` answers: 200 while every worker is live or being
+/// restarted; 503 once one has failed past its restart policy, or answers
+/// 503 itself (see [`liveness`]), or the pool has stopped.
+pub fn pool_liveness(state: Option<&PoolState>) -> (u16, String) {
+    let Some(state) = state else {
+        return (503, "the pool has stopped, or does not answer".into());
+    };
+    for member in &state.members {
+        if let MemberStatus::Failed(why) = &member.status {
+            return (503, format!("worker {}: {why}", member.name));
+        }
+        if let Some(worker) = &member.worker {
+            let (code, why) = liveness(Some(worker));
+            if code != 200 {
+                return (code, format!("worker {}: {why}", member.name));
+            }
+        }
+    }
+    (200, "OK".into())
+}
+
+/// What a pool's `GET /ready` answers: 200 while every worker that stays
+/// (not draining out of the pool) is ready, and there is one.
+pub fn pool_readiness(state: Option<&PoolState>) -> (u16, String) {
+    let Some(state) = state else {
+        return (503, "the pool has stopped".into());
+    };
+    if state.stopping {
+        return (503, "draining".into());
+    }
+    let mut staying = state
+        .members
+        .iter()
+        .filter(|member| member.status != MemberStatus::Draining)
+        .peekable();
+    if staying.peek().is_none() {
+        return (503, "no workers".into());
+    }
+    for member in staying {
+        let (code, why) = match member.status {
+            MemberStatus::Running => readiness(member.worker.as_ref()),
+            _ => (503, "not running".into()),
+        };
+        if code != 200 {
+            return (code, format!("worker {}: {why}", member.name));
+        }
+    }
+    (200, "ready".into())
+}
+
+/// What a pool's `GET /worker` answers: each worker's [`worker_json`] with
+/// its name, labels, status and restarts, and the shared budget.
+pub fn pool_json(state: &PoolState) -> serde_json::Value {
+    let workers: Vec<_> = state
+        .members
+        .iter()
+        .map(|member| {
+            let status = match &member.status {
+                MemberStatus::Running => "running",
+                MemberStatus::Restarting => "restarting",
+                MemberStatus::Draining => "draining",
+                MemberStatus::Failed(_) => "failed",
+            };
+            let failure = match &member.status {
+                MemberStatus::Failed(why) => Some(why.as_str()),
+                _ => None,
+            };
+            json!({
+                "name": member.name,
+                "labels": member.labels,
+                "status": status,
+                "failure": failure,
+                "restarts": member.restarts,
+                "worker": member.worker.as_ref().map(worker_json),
+            })
+        })
+        .collect();
+    let active: usize = state
+        .members
+        .iter()
+        .filter_map(|member| member.worker.as_ref())
+        .map(|worker| worker.jobs.starting + worker.jobs.running)
+        .sum();
+    let budget = &state.budget;
+    json!({
+        "workers": workers,
+        "active_jobs": active,
+        "stopping": state.stopping,
+        "budget": {
+            "max_jobs": budget.limits.max_jobs,
+            "max_memory_mb": budget.limits.max_memory_mb,
+            "max_cpu_percent": budget.limits.max_cpu_percent,
+            "jobs_in_use": budget.in_use.jobs,
+            "memory_mb_in_use": budget.in_use.memory_mb,
+            "cpu_percent_in_use": budget.in_use.cpu_percent,
+            "used_share": budget.used_share,
+        },
+    })
+}
+
+async fn pool_live<S: PoolStateSource>(pool: web::Data<S>) -> HttpResponse {
+    respond(pool_liveness(pool.state().await.as_ref()))
+}
+
+async fn pool_ready<S: PoolStateSource>(pool: web::Data<S>) -> HttpResponse {
+    respond(pool_readiness(pool.state().await.as_ref()))
+}
+
+async fn pool_info<S: PoolStateSource>(pool: web::Data<S>) -> HttpResponse {
+    match pool.state().await {
+        Some(state) => HttpResponse::Ok().json(pool_json(&state)),
+        None => respond((503, "the pool has stopped".into())),
+    }
 }
 
 fn respond((status, body): (u16, String)) -> HttpResponse {
@@ -170,6 +307,7 @@ mod tests {
             agent_name: "support".into(),
             job_type: livekit_protocol::JobType::JtRoom,
             instance_id: "lkw-1".into(),
+            labels: [("region".to_owned(), "eu-west".to_owned())].into(),
             worker_id: Some("AW_1".into()),
             connected: true,
             registrations: 1,
@@ -193,6 +331,85 @@ mod tests {
             shutting_down: false,
             store_error: None,
         }
+    }
+
+    fn pool(statuses: &[(MemberStatus, Option<WorkerState>)]) -> PoolState {
+        PoolState {
+            members: statuses
+                .iter()
+                .enumerate()
+                .map(|(n, (status, worker))| crate::state::MemberState {
+                    name: format!("w{n}"),
+                    labels: Default::default(),
+                    status: status.clone(),
+                    restarts: 0,
+                    worker: worker.clone(),
+                })
+                .collect(),
+            budget: crate::state::BudgetState {
+                limits: crate::limits::ResourceLimits {
+                    max_jobs: 4,
+                    ..Default::default()
+                },
+                in_use: crate::limits::ResourceRequest::default(),
+                used_share: 0.25,
+            },
+            stopping: false,
+        }
+    }
+
+    #[test]
+    fn a_pool_is_live_while_restarting_and_not_once_a_worker_failed() {
+        let up = pool(&[
+            (MemberStatus::Running, Some(state())),
+            (MemberStatus::Restarting, None),
+        ]);
+        assert_eq!(pool_liveness(Some(&up)).0, 200);
+        let failed = pool(&[
+            (MemberStatus::Running, Some(state())),
+            (MemberStatus::Failed("stopped 4 times in 60 s".into()), None),
+        ]);
+        let (code, why) = pool_liveness(Some(&failed));
+        assert_eq!(code, 503);
+        assert!(why.contains("w1") && why.contains("4 times"), "{why}");
+        let unreachable = WorkerState {
+            unreachable: true,
+            ..state()
+        };
+        let down = pool(&[(MemberStatus::Running, Some(unreachable))]);
+        assert_eq!(pool_liveness(Some(&down)).0, 503);
+        assert_eq!(pool_liveness(None).0, 503);
+    }
+
+    #[test]
+    fn a_pool_is_ready_when_every_staying_worker_is() {
+        let ready = pool(&[
+            (MemberStatus::Running, Some(state())),
+            (MemberStatus::Draining, None),
+        ]);
+        assert_eq!(pool_readiness(Some(&ready)).0, 200);
+        let restarting = pool(&[
+            (MemberStatus::Running, Some(state())),
+            (MemberStatus::Restarting, None),
+        ]);
+        assert_eq!(pool_readiness(Some(&restarting)).0, 503);
+        assert_eq!(pool_readiness(Some(&pool(&[]))).0, 503);
+        let stopping = PoolState {
+            stopping: true,
+            ..ready
+        };
+        assert_eq!(pool_readiness(Some(&stopping)), (503, "draining".into()));
+    }
+
+    #[test]
+    fn the_pools_json_has_each_worker_and_the_budget() {
+        let json = pool_json(&pool(&[(MemberStatus::Running, Some(state()))]));
+        assert_eq!(json["workers"][0]["name"], "w0");
+        assert_eq!(json["workers"][0]["status"], "running");
+        assert_eq!(json["workers"][0]["worker"]["labels"]["region"], "eu-west");
+        assert_eq!(json["active_jobs"], 1);
+        assert_eq!(json["budget"]["max_jobs"], 4);
+        assert_eq!(json["budget"]["used_share"], 0.25);
     }
 
     #[test]

@@ -97,10 +97,11 @@ mod actors;
 #[cfg(feature = "fault-injection")]
 pub use actors::InjectFault;
 pub use actors::{
-    Drain, GetLoad, GetQueueStats, GetState, JobEvent, JobOrigin, JobOutcome, MAX_SUBSCRIBERS,
+    AddWorker, Drain, GetLoad, GetPoolState, GetPoolWorker, GetQueueStats, GetState, JobEvent,
+    JobOrigin, JobOutcome, MAX_SUBSCRIBERS, Pool, PoolError, PoolMember, RemoveWorker, Routing,
     Shutdown, SpawnJob, SpawnOutcome, SpawnRefusal, StartError, SubscribeJobEvents,
-    SubscribeWorkerEvents, Worker, WorkerActor, WorkerBuilder, WorkerEvent, WorkerExit,
-    WorkerState,
+    SubscribeWorkerEvents, Worker, WorkerActor, WorkerBuilder, WorkerEvent, WorkerExit, WorkerPool,
+    WorkerPoolBuilder, WorkerState,
 };
 pub use backoff::Backoff;
 pub use handler::{
@@ -110,11 +111,13 @@ pub use handler::{
 pub use limits::ResourceRequest;
 pub use options::{
     DEFAULT_HOOK_THREADS, DEFAULT_LIVENESS_TTL, DEFAULT_QUEUE_MAX_WAIT, ENV_AGENT_NAME,
-    ENV_API_KEY, ENV_API_SECRET, ENV_API_SECRET_FILE, ENV_URL, OptionsError, WorkerOptions,
+    ENV_API_KEY, ENV_API_SECRET, ENV_API_SECRET_FILE, ENV_URL, MAX_LABELS, OptionsError,
+    WorkerOptions,
 };
 pub use queue::JobPriority;
 pub use reconnect::ReconnectPolicy;
 pub use shutdown::{DEFAULT_HOOK_TIMEOUT, ShutdownHook, ShutdownPhase};
+pub use state::{BudgetState, MemberState, MemberStatus, PoolState};
 
 /// The LiveKit protocol types the public API speaks in.
 pub use livekit_protocol as proto;

@@ -252,6 +252,20 @@ impl Budget {
         )
     }
 
+    /// The largest share of a limited resource in use, `0.0..=1.0`; `0.0`
+    /// when nothing is limited.
+    fn used_share(&self) -> f32 {
+        let limits = &self.limits;
+        let share = |used: f64, max: f64| if max > 0.0 { (used / max) as f32 } else { 0.0 };
+        share(self.used.memory_mb as f64, limits.max_memory_mb as f64)
+            .max(share(
+                self.used.cpu_units as f64,
+                cpu_units(limits.max_cpu_percent) as f64,
+            ))
+            .max(share(self.used.jobs as f64, limits.max_jobs as f64))
+            .min(1.0)
+    }
+
     fn take(&mut self, request: &ResourceRequest) -> Result<Share, LimitError> {
         let share = Share::of(request);
         let (memory, cpu, jobs) = self.free();
@@ -349,6 +363,15 @@ impl ResourceLimiter {
             cpu_percent: cpu.map(cpu_percent),
             jobs,
         }
+    }
+
+    /// How full the budget is: the largest share of any limited resource
+    /// (memory, CPU, jobs) the live reservations hold, `0.0..=1.0`; `0.0`
+    /// when nothing is limited. Workers sharing one limiter (a
+    /// `WorkerPool`) report at least this load, so a job started by one
+    /// leaves visibly less room for the others.
+    pub fn used_share(&self) -> f32 {
+        self.budget().used_share()
     }
 
     /// What the live reservations hold, in all.
@@ -507,6 +530,19 @@ mod tests {
         assert_eq!(free.cpu_percent, None);
         assert_eq!(free.jobs, None);
         assert_eq!(limiter.in_use().jobs, 2);
+    }
+
+    #[test]
+    fn the_used_share_is_the_fullest_limited_resource() {
+        assert_eq!(ResourceLimiter::default().used_share(), 0.0);
+        let limiter = limiter(1000, 0.0, 4);
+        let a = limiter.reserve(request(100, 50.0)).unwrap();
+        // 1 of 4 jobs beats 100 of 1000 MiB; CPU is unlimited
+        assert_eq!(limiter.used_share(), 0.25);
+        let b = limiter.reserve(request(800, 0.0)).unwrap();
+        assert_eq!(limiter.used_share(), 0.9);
+        drop((a, b));
+        assert_eq!(limiter.used_share(), 0.0);
     }
 
     #[test]

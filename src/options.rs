@@ -6,6 +6,7 @@
 //! variables. Either way, [`WorkerOptions::validate`] runs before a worker
 //! starts, and its errors name the variable or option at fault.
 
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use livekit_protocol::JobType;
@@ -197,7 +198,26 @@ pub struct WorkerOptions {
     /// The longest gap between two `update_worker` reports; in between, a
     /// report goes out only when the load changed.
     pub load_report_interval: Duration,
+    /// Labels for the people who run it (`region`, `zone`, …): added to
+    /// every metric series the worker records and shown in `/worker`. At
+    /// most [`MAX_LABELS`]; names are Prometheus label names other than
+    /// `agent_name` and `worker`.
+    pub labels: BTreeMap<String, String>,
+    /// Takes new jobs only while the resource budget (shared by the workers
+    /// of a `WorkerPool`) is used below this share, `0.0..=1.0`; its
+    /// reported load reaches FULL there. For a worker that serves a remote
+    /// region: it helps only while the machine has room to spare, leaving
+    /// the rest to the local region's worker. `None`: up to the whole
+    /// budget.
+    pub accept_below: Option<f32>,
 }
+
+/// The most labels a worker may carry: each one multiplies nothing (one
+/// value per worker) but every series repeats them.
+pub const MAX_LABELS: usize = 16;
+
+/// The longest label value, in bytes.
+const MAX_LABEL_VALUE: usize = 128;
 
 impl WorkerOptions {
     /// Options for the server at `url` with the given key and secret, and
@@ -251,6 +271,8 @@ impl WorkerOptions {
             load_threshold: None,
             load_sample_interval: Duration::from_millis(500),
             load_report_interval: Duration::from_millis(2500),
+            labels: BTreeMap::new(),
+            accept_below: None,
         }
     }
 
@@ -339,6 +361,20 @@ impl WorkerOptions {
     /// registration (the worker keeps trying).
     pub fn reconnect_give_up_after(mut self, budget: Duration) -> Self {
         self.reconnect.give_up_after = Some(budget);
+        self
+    }
+
+    /// Adds a label (`region`, `zone`, …) to every metric series of the
+    /// worker and to `/worker`.
+    pub fn label(mut self, name: impl Into<String>, value: impl Into<String>) -> Self {
+        self.labels.insert(name.into(), value.into());
+        self
+    }
+
+    /// Takes new jobs only while the shared budget is used below `share`
+    /// (see [`accept_below`](Self#structfield.accept_below)).
+    pub fn accept_below(mut self, share: f32) -> Self {
+        self.accept_below = Some(share);
         self
     }
 
@@ -432,6 +468,15 @@ impl WorkerOptions {
         {
             return invalid("load_threshold", "must be above 0 and at most 1");
         }
+        if let Some(share) = self.accept_below
+            && !(share > 0.0 && share <= 1.0)
+        {
+            return invalid("accept_below", "must be above 0 and at most 1");
+        }
+        validate_labels(&self.labels).map_err(|reason| OptionsError::Invalid {
+            name: "labels",
+            reason,
+        })?;
         self.restart_policy
             .validate()
             .map_err(|reason| OptionsError::Invalid {
@@ -482,6 +527,34 @@ impl WorkerOptions {
                 reason,
             })
     }
+}
+
+/// Checks labels: Prometheus label names (`[a-zA-Z_][a-zA-Z0-9_]*`, not
+/// reserved, not the two every series already has), bounded in count and
+/// length.
+fn validate_labels(labels: &BTreeMap<String, String>) -> Result<(), String> {
+    if labels.len() > MAX_LABELS {
+        return Err(format!("at most {MAX_LABELS} labels"));
+    }
+    for (name, value) in labels {
+        let mut chars = name.chars();
+        let valid = chars
+            .next()
+            .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+            && chars.all(|c| c.is_ascii_alphanumeric() || c == '_');
+        if !valid || name.starts_with("__") {
+            return Err(format!("{name:?} is not a Prometheus label name"));
+        }
+        if name == "agent_name" || name == "worker" {
+            return Err(format!("{name:?} is set by the worker itself"));
+        }
+        if value.len() > MAX_LABEL_VALUE {
+            return Err(format!(
+                "the value of {name:?} is longer than {MAX_LABEL_VALUE} bytes"
+            ));
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -556,6 +629,35 @@ mod tests {
             "{err}"
         );
         assert!(err.to_string().contains("LIVEKIT_URL"));
+    }
+
+    #[test]
+    fn validate_checks_labels_and_the_budget_share() {
+        let base = WorkerOptions::new("ws://h", "k", "s");
+        base.clone()
+            .label("region", "eu-west")
+            .accept_below(0.5)
+            .validate()
+            .unwrap();
+        for bad in ["worker", "agent_name", "1st", "__x", "a-b", ""] {
+            let err = base.clone().label(bad, "v").validate().unwrap_err();
+            assert!(
+                matches!(err, OptionsError::Invalid { name: "labels", .. }),
+                "{bad}: {err}"
+            );
+        }
+        let long = "x".repeat(MAX_LABEL_VALUE + 1);
+        assert!(base.clone().label("zone", long).validate().is_err());
+        for bad in [0.0, 1.5, f32::NAN] {
+            let err = base.clone().accept_below(bad).validate().unwrap_err();
+            assert!(matches!(
+                err,
+                OptionsError::Invalid {
+                    name: "accept_below",
+                    ..
+                }
+            ));
+        }
     }
 
     #[test]

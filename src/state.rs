@@ -14,6 +14,8 @@ pub struct WorkerState {
     pub job_type: JobType,
     /// Its instance name (the `worker` label of its metrics).
     pub instance_id: String,
+    /// Its labels (`region`, `zone`, …: `WorkerOptions::labels`).
+    pub labels: std::collections::BTreeMap<String, String>,
     /// The id of the current registration, if registered now.
     pub worker_id: Option<String>,
     /// True while registered with the server.
@@ -59,4 +61,59 @@ pub struct WorkerState {
     /// full disk): jobs keep running, and checkpoint writes and heartbeats
     /// are retried with backoff. `None` once an operation succeeds.
     pub store_error: Option<String>,
+}
+
+/// A snapshot of a `WorkerPool`, as answered to `GetPoolState`: its
+/// workers and the budget they share. What the pool's `/`, `/ready` and
+/// `/worker` read.
+#[derive(Clone, Debug, PartialEq)]
+pub struct PoolState {
+    /// Every worker the pool holds, by name.
+    pub members: Vec<MemberState>,
+    /// The budget the workers share.
+    pub budget: BudgetState,
+    /// The pool is stopping: its workers drain or shut down.
+    pub stopping: bool,
+}
+
+/// One worker of a pool.
+#[derive(Clone, Debug, PartialEq)]
+pub struct MemberState {
+    /// Its name in the pool.
+    pub name: String,
+    /// Its labels (`region`, `zone`, …).
+    pub labels: std::collections::BTreeMap<String, String>,
+    /// Where it is in its life.
+    pub status: MemberStatus,
+    /// How many times the pool has started it again after it stopped.
+    pub restarts: u32,
+    /// Its current incarnation's state; `None` while it is being restarted,
+    /// or if it did not answer in time.
+    pub worker: Option<WorkerState>,
+}
+
+/// Where a pool's worker is in its life.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum MemberStatus {
+    /// Running (registered or connecting).
+    Running,
+    /// It stopped; a new incarnation starts after its restart policy's
+    /// backoff.
+    Restarting,
+    /// Removed from the pool: it drains, then leaves.
+    Draining,
+    /// It stopped more often than its restart policy allows; the pool no
+    /// longer restarts it (the pool's liveness fails).
+    Failed(String),
+}
+
+/// The budget a pool's workers share.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct BudgetState {
+    /// The limits (`max_jobs` is the process-wide job budget).
+    pub limits: crate::limits::ResourceLimits,
+    /// What the live reservations hold, in all.
+    pub in_use: crate::limits::ResourceRequest,
+    /// The fullest limited resource's share in use, `0.0..=1.0`.
+    pub used_share: f32,
 }

@@ -33,6 +33,16 @@ impl WorkerActor {
         if !self.admission.admits(self.load.load, priority) {
             return Err(SpawnRefusal::Admission(priority));
         }
+        if let Some(ceiling) = self.options.accept_below {
+            let used = self.limiter.used_share();
+            if used >= ceiling {
+                return Err(SpawnRefusal::Resources(format!(
+                    "the shared budget is {:.0}% used; this worker takes jobs only below {:.0}%",
+                    used * 100.0,
+                    ceiling * 100.0
+                )));
+            }
+        }
         Ok(())
     }
 

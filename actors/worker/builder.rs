@@ -123,6 +123,7 @@ impl Worker {
             priorities: None,
             shutdown_hooks: Default::default(),
             http: None,
+            limiter: None,
         }
     }
 }
@@ -157,6 +158,7 @@ pub struct WorkerBuilder {
     priorities: Option<Arc<dyn PriorityCalculator>>,
     shutdown_hooks: crate::shutdown::ShutdownHooks,
     http: Option<String>,
+    limiter: Option<ResourceLimiter>,
 }
 
 impl WorkerBuilder {
@@ -272,6 +274,36 @@ impl WorkerBuilder {
         self
     }
 
+    /// Reserves from this budget instead of one of its own (its limits
+    /// replace `resource_limits`): workers given clones of one limiter share
+    /// the budget, and each reports at least the load of the whole budget
+    /// in use. A `WorkerPool` gives its workers its own.
+    pub fn resource_limiter(mut self, limiter: ResourceLimiter) -> Self {
+        self.options.resource_limits = limiter.limits();
+        self.limiter = Some(limiter);
+        self
+    }
+
+    /// Adds a label (`region`, `zone`, …) to every metric series of the
+    /// worker and to `/worker` (see [`WorkerOptions::labels`]).
+    pub fn label(mut self, name: impl Into<String>, value: impl Into<String>) -> Self {
+        self.options = self.options.label(name, value);
+        self
+    }
+
+    /// Takes new jobs only while the (shared) budget is used below `share`
+    /// (see [`WorkerOptions::accept_below`]).
+    pub fn accept_below(mut self, share: f32) -> Self {
+        self.options = self.options.accept_below(share);
+        self
+    }
+
+    /// Drops the HTTP endpoints asked for: a pool serves its workers' own.
+    pub(crate) fn without_http(mut self) -> Self {
+        self.http = None;
+        self
+    }
+
     /// Sets the rate limits on accepted jobs.
     pub fn rate_limits(mut self, limits: RateLimits) -> Self {
         self.options.rate_limits = Some(limits);
@@ -319,7 +351,9 @@ impl WorkerBuilder {
             }
             None => None,
         };
-        let limiter = ResourceLimiter::new(self.options.resource_limits);
+        let limiter = self
+            .limiter
+            .unwrap_or_else(|| ResourceLimiter::new(self.options.resource_limits));
         let http_listener = match &self.http {
             Some(addr) => Some(
                 std::net::TcpListener::bind(addr.as_str()).map_err(|source| StartError::Http {

@@ -195,8 +195,11 @@ impl WorkerActor {
         let table = JobTable::new(options.max_jobs, options.queue_capacity);
         let load = LoadReport::new(table.slots(), 0.0, 1.0);
         let child_policy = options.child_restart_policy.clone();
-        let metrics =
-            crate::telemetry::WorkerMetrics::new(&options.agent_name, &options.instance_id);
+        let metrics = crate::telemetry::WorkerMetrics::labelled(
+            &options.agent_name,
+            &options.instance_id,
+            &options.labels,
+        );
         let span = tracing::info_span!(
             "worker",
             agent_name = options.agent_name.as_str(),

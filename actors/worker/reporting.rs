@@ -194,6 +194,7 @@ impl Handler<GetState> for WorkerActor {
             agent_name: self.options.agent_name.clone(),
             job_type: self.options.job_type,
             instance_id: self.options.instance_id.clone(),
+            labels: self.options.labels.clone(),
         })
     }
 }

@@ -68,6 +68,7 @@ impl WorkerActor {
             sample_interval: self.options.load_sample_interval,
             memory_check_interval: self.options.memory_check_interval,
             limiter: self.limiter.clone(),
+            budget_ceiling: self.options.accept_below.unwrap_or(1.0),
             metrics: self.metrics.clone(),
             slots: self.slots(),
             connected: self.connected(),

@@ -205,18 +205,32 @@ impl DeclineReason {
 /// call is a facade call (a no-op without a recorder).
 #[derive(Clone, Debug)]
 pub struct WorkerMetrics {
-    labels: Arc<[Label; 2]>,
+    labels: Arc<[Label]>,
 }
 
 impl WorkerMetrics {
     /// Metrics for the worker `instance` of agent `agent_name`.
     pub fn new(agent_name: &str, instance: &str) -> Self {
-        Self {
-            labels: Arc::new([
-                Label::new("agent_name", agent_name.to_owned()),
-                Label::new("worker", instance.to_owned()),
-            ]),
-        }
+        Self::labelled(agent_name, instance, &Default::default())
+    }
+
+    /// Metrics for the worker `instance` of agent `agent_name`, every series
+    /// also carrying `labels` (a pool member's `region`, `zone`, …).
+    pub fn labelled(
+        agent_name: &str,
+        instance: &str,
+        labels: &std::collections::BTreeMap<String, String>,
+    ) -> Self {
+        let mut all = vec![
+            Label::new("agent_name", agent_name.to_owned()),
+            Label::new("worker", instance.to_owned()),
+        ];
+        all.extend(
+            labels
+                .iter()
+                .map(|(name, value)| Label::new(name.clone(), value.clone())),
+        );
+        Self { labels: all.into() }
     }
 
     fn labels(&self) -> Vec<Label> {
@@ -359,6 +373,23 @@ mod tests {
         for name in [names::AVAILABILITY_SECONDS, names::JOB_DURATION_SECONDS] {
             assert!(name.ends_with("_seconds"), "{name}");
         }
+    }
+
+    #[test]
+    fn a_workers_own_labels_are_on_every_series() {
+        let recorder = PrometheusBuilder::new().build_recorder();
+        let handle = recorder.handle();
+        let labels = [("region".to_owned(), "eu-west".to_owned())].into();
+        metrics::with_local_recorder(&recorder, || {
+            WorkerMetrics::labelled("support", "w-1", &labels).offered();
+        });
+        let text = handle.render();
+        assert!(
+            text.contains(
+                r#"livekit_agent_jobs_offered_total{agent_name="support",worker="w-1",region="eu-west"} 1"#
+            ),
+            "{text}"
+        );
     }
 
     #[test]
