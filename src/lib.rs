@@ -40,6 +40,9 @@
 //! - [`recovery`]: `JobCheckpoint` and the handler's `Checkpoint`, the
 //!   `CheckpointStore`s (`MemoryStore`, `EmbeddedStore`), the
 //!   `RestartPolicy`, the `RecoveryHandler`.
+//! - [`scaling`]: the [`AutoScaler`](scaling::AutoScaler), a pure policy
+//!   that turns a fleet's loads and job counts into a replica count (up,
+//!   down or hold, with thresholds, cooldowns, stabilization and a trend).
 //! - [`demo`]: a demo agent driven by job metadata, for examples and tests.
 //!
 //! The actors (`actors/`, wired in here), which call into the core and do
@@ -87,6 +90,7 @@ pub mod protocol;
 pub mod queue;
 pub mod reconnect;
 pub mod recovery;
+pub mod scaling;
 mod shutdown;
 mod state;
 pub mod telemetry;
