@@ -22,7 +22,13 @@ def load(name):
 
 
 def main():
-    core = ["deployment.yaml", "service.yaml", "hpa.yaml", "prometheus-adapter.yaml"]
+    core = [
+        "deployment.yaml",
+        "service.yaml",
+        "hpa.yaml",
+        "hpa-recommended.yaml",
+        "prometheus-adapter.yaml",
+    ]
     subprocess.run(
         ["kubernetes-validate", "--strict", "--quiet", "-k", KUBERNETES]
         + [str(HERE / f) for f in core],
@@ -45,6 +51,15 @@ def main():
     assert all(e["port"] in service_ports for e in monitor["spec"]["endpoints"])
     hpa = load("hpa.yaml")
     assert hpa["spec"]["scaleTargetRef"]["name"] == deployment["metadata"]["name"]
+    recommended = load("hpa-recommended.yaml")
+    assert recommended["spec"]["scaleTargetRef"]["name"] == deployment["metadata"]["name"]
+    external = recommended["spec"]["metrics"][0]["external"]
+    adapter = yaml.safe_load(load("prometheus-adapter.yaml")["data"]["config.yaml"])
+    served = {rule["name"]["as"] for rule in adapter["externalRules"]}
+    assert external["metric"]["name"] in served, "the adapter serves the HPA's external metric"
+    assert external["target"] == {"type": "AverageValue", "averageValue": "1"}, (
+        "desired replicas = the recommended count"
+    )
     args = container["args"]
     drain = int(args[args.index("--drain-timeout") + 1])
     grace = pod["spec"]["terminationGracePeriodSeconds"]

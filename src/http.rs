@@ -123,6 +123,7 @@ pub fn worker_json(state: &WorkerState) -> serde_json::Value {
         "unreachable": state.unreachable,
         "supervision_failure": state.supervision_failure,
         "store_error": state.store_error,
+        "recommended_replicas": state.recommended_replicas,
     })
 }
 
@@ -330,6 +331,7 @@ mod tests {
             draining: false,
             shutting_down: false,
             store_error: None,
+            recommended_replicas: None,
         }
     }
 

@@ -149,6 +149,10 @@ pub struct WorkerOptions {
     /// before it may be re-delivered — only if the puller is gone by then
     /// and the job never started (default 30 s).
     pub fleet_visibility: Duration,
+    /// How often a worker given a fleet view (`WorkerBuilder::fleet_view`)
+    /// publishes its load there and recomputes the fleet's recommended
+    /// replica count (default 5 s; a published load lasts three of these).
+    pub fleet_view_interval: Duration,
     /// The most accepted jobs waiting for a slot; 0 turns queueing off.
     pub queue_capacity: usize,
     /// A queued job that waits longer than this is failed (default 5 min).
@@ -248,6 +252,7 @@ impl WorkerOptions {
             checkpoint_interval: Duration::from_secs(1),
             fleet_pull_interval: Duration::from_millis(250),
             fleet_visibility: Duration::from_secs(30),
+            fleet_view_interval: Duration::from_secs(5),
             queue_capacity: DEFAULT_QUEUE_CAPACITY,
             queue_max_wait: DEFAULT_QUEUE_MAX_WAIT,
             resource_limits: ResourceLimits::default(),
@@ -487,6 +492,7 @@ impl WorkerOptions {
             ("checkpoint_interval", self.checkpoint_interval),
             ("fleet_pull_interval", self.fleet_pull_interval),
             ("fleet_visibility", self.fleet_visibility),
+            ("fleet_view_interval", self.fleet_view_interval),
             ("memory_check_interval", self.memory_check_interval),
             ("liveness_ttl", self.liveness_ttl),
             ("load_sample_interval", self.load_sample_interval),

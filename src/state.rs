@@ -61,6 +61,10 @@ pub struct WorkerState {
     /// full disk): jobs keep running, and checkpoint writes and heartbeats
     /// are retried with backoff. `None` once an operation succeeds.
     pub store_error: Option<String>,
+    /// The replica count the fleet should have, as this worker last
+    /// computed it from the fleet's view (`WorkerBuilder::fleet_view`);
+    /// `None` without one, or before the first round.
+    pub recommended_replicas: Option<u32>,
 }
 
 /// A snapshot of a `WorkerPool`, as answered to `GetPoolState`: its

@@ -119,6 +119,7 @@ impl Worker {
             load_calculator: None,
             store: None,
             fleet: None,
+            fleet_view: None,
             recovery: None,
             priorities: None,
             shutdown_hooks: Default::default(),
@@ -154,6 +155,10 @@ pub struct WorkerBuilder {
     load_calculator: Option<Arc<dyn LoadCalculator>>,
     store: Option<Arc<dyn CheckpointStore>>,
     fleet: Option<Arc<dyn crate::fleet::FleetQueue>>,
+    fleet_view: Option<(
+        Arc<dyn crate::fleet::FleetView>,
+        crate::scaling::ScalingPolicy,
+    )>,
     recovery: Option<Arc<dyn RecoveryHandler>>,
     priorities: Option<Arc<dyn PriorityCalculator>>,
     shutdown_hooks: crate::shutdown::ShutdownHooks,
@@ -250,6 +255,19 @@ impl WorkerBuilder {
     /// job's record lives there, and dropping it acknowledges the job.
     pub fn fleet_queue(mut self, queue: impl crate::fleet::FleetQueue) -> Self {
         self.fleet = Some(Arc::new(queue));
+        self
+    }
+
+    /// Publishes the worker's load to the fleet's view and, from every
+    /// worker's there, computes the replica count the fleet should have
+    /// under `policy`: exported as `livekit_agent_recommended_replicas` for
+    /// an HPA or KEDA (see [`crate::fleet`] and `deploy/`).
+    pub fn fleet_view(
+        mut self,
+        view: impl crate::fleet::FleetView,
+        policy: crate::scaling::ScalingPolicy,
+    ) -> Self {
+        self.fleet_view = Some((Arc::new(view), policy));
         self
     }
 
@@ -351,6 +369,17 @@ impl WorkerBuilder {
             }
             None => None,
         };
+        let scaling = match self.fleet_view {
+            Some((view, policy)) => {
+                let scaler =
+                    crate::scaling::AutoScaler::new(policy).map_err(|e| OptionsError::Invalid {
+                        name: "scaling_policy",
+                        reason: e.to_string(),
+                    })?;
+                Some(super::scaling::FleetScaling::new(view, scaler))
+            }
+            None => None,
+        };
         let limiter = self
             .limiter
             .unwrap_or_else(|| ResourceLimiter::new(self.options.resource_limits));
@@ -379,6 +408,7 @@ impl WorkerBuilder {
             load_calculator: calculator,
             store: self.store.unwrap_or_else(|| Arc::new(MemoryStore::new())),
             fleet: self.fleet,
+            scaling,
             recovery: self
                 .recovery
                 .unwrap_or_else(|| Arc::new(DefaultRecovery::default())),

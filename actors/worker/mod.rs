@@ -31,6 +31,7 @@ mod lifecycle;
 mod local;
 mod recovery;
 mod reporting;
+mod scaling;
 mod shutdown;
 mod supervision;
 mod threads;
@@ -156,6 +157,9 @@ pub struct WorkerActor {
     store_health: crate::recovery::health::StoreHealth,
     /// A scan for orphaned jobs is in flight (one at a time).
     orphan_scan_pending: bool,
+    /// The fleet's view and the scaling decision, if given one
+    /// (`scaling.rs`).
+    scaling: Option<scaling::FleetScaling>,
 }
 
 /// What a worker is made of, as the builder hands it over.
@@ -167,6 +171,7 @@ struct WorkerParts {
     load_calculator: Arc<dyn LoadCalculator>,
     store: Arc<dyn CheckpointStore>,
     fleet: Option<Arc<dyn crate::fleet::FleetQueue>>,
+    scaling: Option<scaling::FleetScaling>,
     recovery: Arc<dyn RecoveryHandler>,
     priorities: Arc<dyn PriorityCalculator>,
     admission: AdmissionPolicy,
@@ -185,6 +190,7 @@ impl WorkerActor {
             load_calculator,
             store,
             fleet,
+            scaling,
             recovery,
             priorities,
             admission,
@@ -242,6 +248,7 @@ impl WorkerActor {
             watchers: Vec::new(),
             store,
             fleet,
+            scaling,
             fleet_pull_pending: false,
             store_health: Default::default(),
             recovery,
@@ -418,12 +425,18 @@ impl Actor for WorkerActor {
                 act.pull_from_fleet(ctx)
             });
         }
+        if self.scaling.is_some() {
+            ctx.run_interval(self.options.fleet_view_interval, |act, ctx| {
+                act.fleet_view_round(ctx)
+            });
+        }
     }
 
     fn stopped(&mut self, _ctx: &mut Self::Context) {
         // kept trivial: dropping the threads (with the actor) stops every
         // child still running on them
         warn_if_jobs_left(&self.table);
+        self.retire_from_fleet_view();
         // whatever it still holds (checkpoints a drain kept) is an orphan
         // for the fleet at once, not when the heartbeat lapses; the store
         // takes the call now, the reply is not waited for

@@ -195,6 +195,7 @@ impl Handler<GetState> for WorkerActor {
             job_type: self.options.job_type,
             instance_id: self.options.instance_id.clone(),
             labels: self.options.labels.clone(),
+            recommended_replicas: self.scaling.as_ref().and_then(|s| s.recommended),
         })
     }
 }

@@ -15,6 +15,20 @@
 //! takeover instead. The item is acknowledged when the job's record is
 //! dropped at its end. Job ids are unique in the fleet's queue: enqueueing
 //! an id already queued, taken or running is refused as a duplicate.
+//!
+//! ## The fleet's view of its load
+//!
+//! A worker given a [`FleetView`] (`WorkerBuilder::fleet_view`;
+//! `RedisFleetView` with the `redis` feature) publishes its load and job
+//! counts there at every `WorkerOptions::fleet_view_interval`, each entry
+//! lapsing after three intervals unless published again, and reads every
+//! live entry back. From them it runs the
+//! [`AutoScaler`](crate::scaling::AutoScaler) and exports the replica
+//! count the fleet should have as `livekit_agent_recommended_replicas`: a
+//! Kubernetes HPA scales on it as an external metric (`deploy/`). Every
+//! worker computes it from the same view, so any one of them (or their
+//! `max`) will do. It costs two Redis commands per worker per interval, and
+//! a read is O(workers).
 
 #[cfg(feature = "redis")]
 mod redis;
@@ -22,9 +36,9 @@ mod redis;
 use std::time::Duration;
 
 #[cfg(feature = "redis")]
-pub use self::redis::RedisJobQueue;
-#[cfg(feature = "redis")]
 pub(crate) use self::redis::scripts as redis_scripts;
+#[cfg(feature = "redis")]
+pub use self::redis::{RedisFleetView, RedisJobQueue};
 
 /// The most jobs one pull takes, whatever the free slots.
 pub const MAX_PULL: usize = 64;
@@ -52,6 +66,48 @@ pub trait FleetQueue: Send + Sync + 'static {
     /// Puts back the taken jobs whose worker is gone and whose visibility
     /// timeout has passed, if they never started; their number.
     fn redeliver(&self) -> StoreFuture<usize>;
+}
+
+/// One worker's load as the fleet sees it: what it publishes to the
+/// [`FleetView`].
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct FleetLoad {
+    /// The worker's instance name.
+    pub worker: String,
+    /// Its reported load, `0.0..=1.0`.
+    pub load: f32,
+    /// Jobs it runs (starting or running).
+    pub jobs: usize,
+    /// Jobs it runs at most.
+    pub max_jobs: usize,
+    /// It drains: on its way out, not counted as a replica.
+    pub draining: bool,
+}
+
+/// Where a fleet's workers publish their loads and read each other's
+/// (implemented by `RedisFleetView`; tests may provide their own).
+pub trait FleetView: Send + Sync + 'static {
+    /// Publishes `load`; it lapses after `ttl` unless published again.
+    fn publish(&self, load: &FleetLoad, ttl: Duration) -> StoreFuture<()>;
+
+    /// Every load published and not lapsed, in no particular order.
+    fn loads(&self) -> StoreFuture<Vec<FleetLoad>>;
+
+    /// Withdraws `worker`'s load at once (it stopped).
+    fn retire(&self, worker: &str) -> StoreFuture<()>;
+}
+
+/// The sample the [`AutoScaler`](crate::scaling::AutoScaler) takes from the
+/// fleet's loads: draining workers are leaving and count as neither
+/// replicas nor load; their jobs still count.
+pub fn fleet_sample(loads: &[FleetLoad]) -> crate::scaling::FleetSample {
+    let staying: Vec<f32> = loads
+        .iter()
+        .filter(|load| !load.draining)
+        .map(|load| load.load)
+        .collect();
+    let jobs = loads.iter().map(|load| load.jobs as u64).sum();
+    crate::scaling::FleetSample::from_loads(&staying, jobs)
 }
 
 /// How many jobs are in a fleet's queue.
@@ -127,6 +183,26 @@ pub(crate) fn rank(priority: Option<crate::JobPriority>) -> u64 {
 mod tests {
     use super::*;
     use crate::JobPriority;
+
+    #[test]
+    fn draining_workers_are_not_replicas_but_their_jobs_count() {
+        let load = |worker: &str, load: f32, jobs: usize, draining: bool| FleetLoad {
+            worker: worker.into(),
+            load,
+            jobs,
+            max_jobs: 4,
+            draining,
+        };
+        let sample = fleet_sample(&[
+            load("a", 0.5, 2, false),
+            load("b", 1.0, 4, false),
+            load("c", 0.25, 1, true),
+        ]);
+        assert_eq!(sample.replicas, 2);
+        assert_eq!(sample.mean_load, 0.75);
+        assert_eq!(sample.jobs, 7);
+        assert_eq!(fleet_sample(&[]).replicas, 0);
+    }
 
     #[test]
     fn urgent_work_sorts_first_and_no_priority_is_normal() {

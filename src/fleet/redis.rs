@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use redis::{Script, ToRedisArgs as _};
 
-use super::{Enqueued, FleetQueue, MAX_PULL, QueueDepth, QueueError};
+use super::{Enqueued, FleetLoad, FleetQueue, FleetView, MAX_PULL, QueueDepth, QueueError};
 use crate::SpawnJob;
 use crate::recovery::{RedisCheckpointStore, StoreError, StoreFuture};
 
@@ -125,8 +125,128 @@ return n
 });
 
 /// The queue's scripts, for the store to load when it connects.
-pub(crate) fn scripts() -> [&'static Script; 5] {
-    [&ENQUEUE, &PULL, &RELEASE, &ACKNOWLEDGE, &REDELIVER]
+pub(crate) fn scripts() -> [&'static Script; 7] {
+    [
+        &ENQUEUE,
+        &PULL,
+        &RELEASE,
+        &ACKNOWLEDGE,
+        &REDELIVER,
+        &PUBLISH_LOAD,
+        &LIVE_LOADS,
+    ]
+}
+
+/// KEYS loads; ARGV worker, ttl in ms, the load (JSON). Stamped with its
+/// expiry by Redis's clock, so every worker judges lapses by one clock.
+static PUBLISH_LOAD: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(&format!(
+        "{NOW}{}",
+        r"
+redis.call('HSET', KEYS[1], ARGV[1], (now + tonumber(ARGV[2])) .. '|' .. ARGV[3])
+return 1
+"
+    ))
+});
+
+/// KEYS loads. The loads not lapsed; the lapsed ones are dropped.
+static LIVE_LOADS: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(&format!(
+        "{NOW}{}",
+        r"
+local all = redis.call('HGETALL', KEYS[1])
+local live = {}
+for i = 1, #all, 2 do
+  local entry = all[i + 1]
+  local sep = string.find(entry, '|', 1, true)
+  local expiry = sep and tonumber(string.sub(entry, 1, sep - 1))
+  if expiry and expiry > now then
+    table.insert(live, string.sub(entry, sep + 1))
+  else
+    redis.call('HDEL', KEYS[1], all[i])
+  end
+end
+return live
+"
+    ))
+});
+
+/// The fleet's view of its workers' loads on Redis (feature `redis`; see
+/// the [module docs](super)): one hash, each entry stamped with its expiry
+/// by Redis's clock. A worker shares its checkpoint store's connection
+/// ([`of_store`](Self::of_store)). Cheap to clone.
+#[derive(Clone, Debug)]
+pub struct RedisFleetView {
+    store: RedisCheckpointStore,
+}
+
+impl RedisFleetView {
+    /// The view of the fleet `store` belongs to, on its connection.
+    pub fn of_store(store: &RedisCheckpointStore) -> Self {
+        Self {
+            store: store.clone(),
+        }
+    }
+
+    /// Connects to the view of the fleet under `prefix` at `url`.
+    pub async fn connect(url: &str, prefix: &str) -> Result<Self, StoreError> {
+        Ok(Self::of_store(
+            &RedisCheckpointStore::connect(url, prefix).await?,
+        ))
+    }
+}
+
+impl FleetView for RedisFleetView {
+    fn publish(&self, load: &FleetLoad, ttl: Duration) -> StoreFuture<()> {
+        let worker = load.worker.clone();
+        let entry = match serde_json::to_string(load) {
+            Ok(entry) => entry,
+            Err(err) => return Box::pin(std::future::ready(Err(StoreError::backend(err)))),
+        };
+        let ttl_ms = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).max(1);
+        self.store.run(move |mut conn| async move {
+            PUBLISH_LOAD
+                .key(&conn.keys.loads)
+                .arg(worker)
+                .arg(ttl_ms)
+                .arg(entry)
+                .invoke_async::<i64>(&mut conn.connection)
+                .await
+                .map(drop)
+                .map_err(StoreError::backend)
+        })
+    }
+
+    fn loads(&self) -> StoreFuture<Vec<FleetLoad>> {
+        let entries = self.store.run(|mut conn| async move {
+            LIVE_LOADS
+                .key(&conn.keys.loads)
+                .invoke_async::<Vec<String>>(&mut conn.connection)
+                .await
+                .map_err(StoreError::backend)
+        });
+        Box::pin(async move {
+            Ok(entries
+                .await?
+                .iter()
+                // an entry something else wrote is not a worker's load
+                .filter_map(|entry| serde_json::from_str(entry).ok())
+                .collect())
+        })
+    }
+
+    fn retire(&self, worker: &str) -> StoreFuture<()> {
+        let worker = worker.to_owned();
+        self.store.run(move |mut conn| async move {
+            redis::cmd("HDEL")
+                .arg(&conn.keys.loads)
+                .arg(worker)
+                .query_async::<i64>(&mut conn.connection)
+                .await
+                .map(drop)
+                .map_err(StoreError::backend)
+        })
+    }
 }
 
 /// The fleet's queue on Redis (feature `redis`): see the [module

@@ -15,6 +15,7 @@
 //! | `{prefix}:queue:items` | hash | job id → the queued job, from enqueue to its end |
 //! | `{prefix}:queue:processing` | sorted set | taken job ids, by the end of their visibility timeout |
 //! | `{prefix}:queue:taken` | hash | taken job id → `score|worker` |
+//! | `{prefix}:loads` | hash | worker → `expiry-ms|load` (the fleet's view, `fleet::RedisFleetView`); lapsed entries are dropped as they are read |
 //!
 //! Whose clock counts: Redis's. A heartbeat is `SET … PX ttl`, and it is
 //! live exactly while Redis still has the key; no worker's clock is read.
@@ -161,6 +162,8 @@ pub(crate) struct Keys {
     /// Taken job id → `score|worker` (its place in the queue if it goes
     /// back, and who took it).
     pub queue_taken: String,
+    /// Worker → `expiry-ms|FleetLoad JSON` (`fleet::RedisFleetView`).
+    pub loads: String,
 }
 
 impl Keys {
@@ -174,6 +177,7 @@ impl Keys {
             queue_items: format!("{tag}:queue:items"),
             queue_processing: format!("{tag}:queue:processing"),
             queue_taken: format!("{tag}:queue:taken"),
+            loads: format!("{tag}:loads"),
         }
     }
 
@@ -824,6 +828,7 @@ mod tests {
             keys.queue_items.clone(),
             keys.queue_processing.clone(),
             keys.queue_taken.clone(),
+            keys.loads.clone(),
         ] {
             assert_eq!(tag(&key), "fleet-a", "{key}");
         }

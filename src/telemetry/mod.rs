@@ -58,6 +58,10 @@ pub mod names {
     pub const QUEUED_JOBS: &str = "livekit_agent_queued_jobs";
     /// The load last computed, 0 to 1.
     pub const WORKER_LOAD: &str = "livekit_agent_worker_load";
+    /// The replica count the fleet should have, from the fleet's view and
+    /// the AutoScaler (only with `WorkerBuilder::fleet_view`): an HPA's
+    /// external metric.
+    pub const RECOMMENDED_REPLICAS: &str = "livekit_agent_recommended_replicas";
     /// 1 while the worker reports FULL, else 0.
     pub const WORKER_FULL: &str = "livekit_agent_worker_full";
     /// 1 while the worker drains (or shuts down), else 0.
@@ -144,6 +148,10 @@ fn describe() {
     describe_gauge!(names::ACTIVE_JOBS, "jobs running now");
     describe_gauge!(names::QUEUED_JOBS, "jobs waiting in the queue, by priority");
     describe_gauge!(names::WORKER_LOAD, "the load last computed, 0 to 1");
+    describe_gauge!(
+        names::RECOMMENDED_REPLICAS,
+        "the replica count the fleet should have (AutoScaler over the fleet's view)"
+    );
     describe_gauge!(names::WORKER_FULL, "1 while the worker reports FULL");
     describe_gauge!(names::WORKER_DRAINING, "1 while the worker drains");
     describe_gauge!(names::CONNECTED, "1 while registered with the server");
@@ -241,6 +249,12 @@ impl WorkerMetrics {
         let mut labels = self.labels();
         labels.push(Label::new(key, value));
         labels
+    }
+
+    /// The replica count the fleet should have, as this worker computed it
+    /// from the fleet's view.
+    pub fn recommended_replicas(&self, replicas: u32) {
+        gauge!(names::RECOMMENDED_REPLICAS, self.labels()).set(f64::from(replicas));
     }
 
     /// An offer arrived.
