@@ -2,6 +2,8 @@
 //! what survives what.
 //!
 //! ```text
+//! WorkerPool   (optional, `pool.rs`: several workers — servers, regions,
+//! │             agent names — one budget; restarts a worker that stops)
 //! WorkerActor  (supervisor; owns the job table — every job and its state —
 //! │             the reconnect state and the child restart limits)
 //! ├── ConnectionActor   one per connection, on its own arbiter (no user code
@@ -44,6 +46,14 @@
 //! - **The worker itself**: if it stops — shut down, or a panic in its own
 //!   code — dropping it stops every arbiter above, and every child with them:
 //!   no connection is left registered that would never take a job.
+//! - **A pool's worker** (`pool.rs`): the pool watches each worker's end.
+//!   One that stops without being removed is built again from its factory
+//!   after its `RestartPolicy`'s backoff (a new incarnation: a new
+//!   registration; with a durable store and the same instance name it
+//!   resumes the jobs the last one held); past the limit it is marked
+//!   failed and the pool's liveness fails. A removed worker drains and
+//!   leaves. The workers share the pool's `ResourceLimiter`, and each
+//!   reports at least the load of the whole budget in use.
 //!
 //! Messages (all in `messages.rs`):
 //! - Server → worker: the ConnectionActor decodes frames and sends

@@ -144,8 +144,15 @@ impl PoolMember {
         &self.name
     }
 
-    /// Makes a builder and starts a worker from it, on the pool's budget.
-    fn launch(&self, limiter: &ResourceLimiter) -> Result<Worker, PoolError> {
+    /// Makes a builder and starts a worker from it, on the pool's budget,
+    /// unless its instance name is `taken` (another member's: the `worker`
+    /// label of the metrics and the identity in a checkpoint store must be
+    /// unique). Answers the worker and its instance name.
+    fn launch(
+        &self,
+        limiter: &ResourceLimiter,
+        taken: impl Fn(&str) -> Option<String>,
+    ) -> Result<(Worker, String), PoolError> {
         let made = std::panic::catch_unwind(AssertUnwindSafe(|| (self.factory)()));
         let mut builder = made
             .map_err(|panic| PoolError::FactoryPanicked {
@@ -160,10 +167,19 @@ impl PoolMember {
         if let Routing::BelowLoad(share) = self.routing {
             builder = builder.accept_below(share);
         }
-        builder.start().map_err(|source| PoolError::Start {
+        let instance = builder.instance_id().to_owned();
+        if let Some(other) = taken(&instance) {
+            return Err(PoolError::SameInstance {
+                name: self.name.clone(),
+                other,
+                instance,
+            });
+        }
+        let worker = builder.start().map_err(|source| PoolError::Start {
             name: self.name.clone(),
             source,
-        })
+        })?;
+        Ok((worker, instance))
     }
 }
 
@@ -207,6 +223,20 @@ pub enum PoolError {
         addr: String,
         /// Why.
         source: std::io::Error,
+    },
+    /// Two workers of the pool have one instance name (options cloned from
+    /// one `WorkerOptions` share its random one): give each its own
+    /// `WorkerOptions::instance_id`.
+    #[error(
+        "worker {name:?} has the instance name {instance:?} of worker {other:?}: give each its own WorkerOptions::instance_id"
+    )]
+    SameInstance {
+        /// The worker refused.
+        name: String,
+        /// The worker that has the name.
+        other: String,
+        /// The instance name.
+        instance: String,
     },
     /// The pool is stopping and takes no new worker.
     #[error("the pool is stopping")]
@@ -277,11 +307,11 @@ impl WorkerPoolBuilder {
                     true => Err(PoolError::Duplicate(member.name.clone())),
                     false => Ok(()),
                 })
-                .and_then(|()| member.launch(&limiter));
+                .and_then(|()| member.launch(&limiter, |id| instance_of(&members, id, "")));
             match launched {
-                Ok(worker) => {
+                Ok((worker, instance)) => {
                     started.push(worker.clone());
-                    members.insert(member.name.clone(), Member::new(member, worker));
+                    members.insert(member.name.clone(), Member::new(member, worker, instance));
                 }
                 Err(err) => {
                     for worker in started {
@@ -315,6 +345,15 @@ impl WorkerPoolBuilder {
         }
         Ok(pool)
     }
+}
+
+/// The name of the member (other than `except`) whose instance name is
+/// `instance`.
+fn instance_of(members: &BTreeMap<String, Member>, instance: &str, except: &str) -> Option<String> {
+    members
+        .iter()
+        .find(|(name, member)| name.as_str() != except && member.instance == instance)
+        .map(|(name, _)| name.clone())
 }
 
 /// Checks a member's own settings.
@@ -395,15 +434,18 @@ struct Member {
     /// Counts incarnations: the end of one already replaced is ignored.
     generation: u64,
     status: MemberStatus,
+    /// The instance name of its last incarnation.
+    instance: String,
 }
 
 impl Member {
-    fn new(spec: PoolMember, worker: Worker) -> Self {
+    fn new(spec: PoolMember, worker: Worker, instance: String) -> Self {
         Self {
             spec,
             worker: Some(worker),
             generation: 1,
             status: MemberStatus::Running,
+            instance,
         }
     }
 }
@@ -503,16 +545,22 @@ impl WorkerPool {
             self.members.remove(name);
             return self.stop_if_empty(ctx);
         }
-        let limiter = self.limiter.clone();
-        let Some(member) = self.members.get_mut(name) else {
+        let Some(member) = self.members.get(name) else {
             return;
         };
         if member.generation != generation || member.status != MemberStatus::Restarting {
             return;
         }
+        let launched = member
+            .spec
+            .launch(&self.limiter, |id| instance_of(&self.members, id, name));
+        let Some(member) = self.members.get_mut(name) else {
+            return;
+        };
         member.generation += 1;
-        match member.spec.launch(&limiter) {
-            Ok(worker) => {
+        match launched {
+            Ok((worker, instance)) => {
+                member.instance = instance;
                 info!(
                     worker = name,
                     generation = member.generation,
@@ -578,11 +626,12 @@ impl Handler<AddWorker> for WorkerPool {
         if self.members.contains_key(&member.name) {
             return Err(PoolError::Duplicate(member.name));
         }
-        let worker = member.launch(&self.limiter)?;
+        let (worker, instance) =
+            member.launch(&self.limiter, |id| instance_of(&self.members, id, ""))?;
         let name = member.name.clone();
         info!(worker = name, "worker added to the pool");
         self.members
-            .insert(name.clone(), Member::new(member, worker));
+            .insert(name.clone(), Member::new(member, worker, instance));
         self.watch(&name, ctx);
         Ok(())
     }

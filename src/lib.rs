@@ -49,7 +49,9 @@
 //! the I/O: [`WorkerActor`] supervises a `ConnectionActor` (the websocket), a
 //! `LoadReporterActor` (samples and reports the load), a `QueueActor`
 //! (accepted jobs waiting for a slot) and one `JobActor` per job. Start one
-//! with [`Worker::builder`].
+//! with [`Worker::builder`]. A [`WorkerPool`] runs several workers in one
+//! process — one per server, region or agent name, each with its labels and
+//! [`Routing`] — restarting any that stops, on one shared budget.
 //!
 //! ```no_run
 //! use lkagent::{JobContext, JobError, JobHandler, Worker, WorkerOptions};

@@ -11,8 +11,8 @@ use std::time::Duration;
 use common::*;
 use lkagent::proto::JobStatus;
 use lkagent::{
-    GetPoolState, GetPoolWorker, JobContext, JobError, JobHandler, MemberStatus, Pool, PoolMember,
-    PoolState, RemoveWorker, Routing, Worker, WorkerPool,
+    AddWorker, GetPoolState, GetPoolWorker, JobContext, JobError, JobHandler, MemberStatus, Pool,
+    PoolMember, PoolState, RemoveWorker, Routing, Worker, WorkerPool,
 };
 use lkagent_devserver::{DevServer, DispatchError, DispatchRequest};
 use tokio::sync::watch;
@@ -263,6 +263,27 @@ async fn removing_a_worker_drains_it_and_its_job_finishes() {
         })
         .await
         .expect("the removed worker disconnected");
+
+    // added at run time: a name in use is refused, a new one serves
+    let again = pool
+        .send(AddWorker(member(&server, "stay", 2, held.clone())))
+        .await
+        .unwrap();
+    assert!(
+        matches!(again, Err(lkagent::PoolError::Duplicate(_))),
+        "{again:?}"
+    );
+    pool.send(AddWorker(member(&server, "late", 2, held.clone())))
+        .await
+        .unwrap()
+        .expect("added");
+    wait_pool(&pool, "the added worker registered", |state| {
+        registered_member(state, "late")
+    })
+    .await;
+    let job = dispatch(&server, "late", "late-job").await.expect("placed");
+    let done = wait_final(&server, &job).await;
+    assert_eq!(statuses(&done).last(), Some(&JobStatus::JsSuccess));
     pool.stop().await;
 }
 
@@ -445,6 +466,77 @@ async fn a_worker_that_panics_is_restarted_until_its_policy_gives_up() {
 }
 
 #[actix_rt::test]
+async fn a_worker_restarted_by_the_pool_resumes_its_running_job() {
+    use lkagent::recovery::{CheckpointStore as _, EmbeddedStore};
+    let server = devserver().await;
+    let (held, release) = Held::new();
+    let dir = tempfile::tempdir().unwrap();
+    // one durable store across incarnations, and one identity: a new
+    // incarnation finds the jobs the last one held
+    let store = Arc::new(EmbeddedStore::open(dir.path()).unwrap());
+    let mut options = options(&server).max_jobs(2);
+    options.instance_id = "pool-durable".into();
+    let factory = {
+        let (store, held) = (store.clone(), held.clone());
+        move || {
+            Worker::builder(options.clone())
+                .agent_name("durable")
+                .checkpoint_store(store.clone())
+                .handler(held.clone())
+        }
+    };
+    let pool = WorkerPool::builder()
+        .worker(PoolMember::new("durable", factory))
+        .start()
+        .expect("pool starts");
+    let state = wait_pool(&pool, "registered", |state| {
+        registered_member(state, "durable")
+    })
+    .await;
+    let first = worker_id(&state, "durable");
+    let job = dispatch(&server, "durable", "survives")
+        .await
+        .expect("placed");
+    wait_until(
+        "the job's checkpoint stored",
+        || async { store.list().await.unwrap_or_default() },
+        |records| records.iter().any(|record| record.job_id() == job),
+    )
+    .await;
+
+    // the worker dies mid-job; the pool starts it again
+    pool.send(GetPoolWorker("durable".into()))
+        .await
+        .unwrap()
+        .expect("runs")
+        .do_send(lkagent::InjectFault::Worker);
+    let state = wait_pool(&pool, "restarted", |state| {
+        registered_member(state, "durable")
+            && member_of(state, "durable").unwrap().restarts == 1
+            && member_of(state, "durable")
+                .unwrap()
+                .worker
+                .as_ref()
+                .is_some_and(|w| w.running_jobs.contains(&job))
+    })
+    .await;
+    let second = worker_id(&state, "durable");
+    assert_ne!(first, second);
+
+    // the new incarnation claimed the job and finishes it: one final status
+    release.send_replace(true);
+    let done = wait_final(&server, &job).await;
+    let finals: Vec<_> = done
+        .updates
+        .iter()
+        .filter(|u| is_final(u.status))
+        .map(|u| (u.status, u.worker_id.clone()))
+        .collect();
+    assert_eq!(finals, [(JobStatus::JsSuccess, second)], "{done:?}");
+    pool.stop().await;
+}
+
+#[actix_rt::test]
 async fn a_pool_refuses_bad_members_and_stops_what_it_started() {
     let server = devserver().await;
     let (held, _release) = Held::new();
@@ -464,7 +556,24 @@ async fn a_pool_refuses_bad_members_and_stops_what_it_started() {
         .start()
         .unwrap_err();
     assert!(panicking.to_string().contains("no config"), "{panicking}");
-    // the first "same" was started, then stopped when the second was refused
+    // options cloned from one share its random instance name
+    let shared = options(&server);
+    let (a, b) = (shared.clone(), shared);
+    let (ha, hb) = (held.clone(), held.clone());
+    let twins = WorkerPool::builder()
+        .worker(PoolMember::new("a", move || {
+            Worker::builder(a.clone()).handler(ha.clone())
+        }))
+        .worker(PoolMember::new("b", move || {
+            Worker::builder(b.clone()).handler(hb.clone())
+        }))
+        .start()
+        .unwrap_err();
+    assert!(
+        matches!(twins, lkagent::PoolError::SameInstance { ref name, ref other, .. } if name == "b" && other == "a"),
+        "{twins}"
+    );
+    // the first of each was started, then stopped when the next was refused
     server
         .wait_workers(DEADLINE, |workers| workers.iter().all(|w| !w.connected))
         .await

@@ -316,6 +316,11 @@ impl WorkerBuilder {
         self
     }
 
+    /// The instance name the worker will have.
+    pub(crate) fn instance_id(&self) -> &str {
+        &self.options.instance_id
+    }
+
     /// Drops the HTTP endpoints asked for: a pool serves its workers' own.
     pub(crate) fn without_http(mut self) -> Self {
         self.http = None;
