@@ -130,5 +130,5 @@ pub use messages::{
     JobOrigin, JobOutcome, RemoveWorker, Shutdown, SpawnJob, SpawnOutcome, SpawnRefusal,
     SubscribeJobEvents, SubscribeWorkerEvents, WorkerEvent, WorkerExit, WorkerState,
 };
-pub use pool::{Pool, PoolError, PoolMember, Routing, WorkerPool, WorkerPoolBuilder};
+pub use pool::{Pool, PoolError, PoolMember, Routing, ScaledGroup, WorkerPool, WorkerPoolBuilder};
 pub use worker::{MAX_SUBSCRIBERS, StartError, Worker, WorkerActor, WorkerBuilder};

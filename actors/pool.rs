@@ -36,6 +36,7 @@
 
 use std::collections::BTreeMap;
 use std::panic::AssertUnwindSafe;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use actix::prelude::*;
@@ -74,6 +75,8 @@ pub struct PoolMember {
     labels: BTreeMap<String, String>,
     routing: Routing,
     restart: RestartPolicy,
+    /// The scaled group it belongs to (its index in the pool), if any.
+    group: Option<usize>,
 }
 
 impl std::fmt::Debug for PoolMember {
@@ -116,6 +119,7 @@ impl PoolMember {
             labels: BTreeMap::new(),
             routing: Routing::Preferred,
             restart: Self::default_restart_policy(),
+            group: None,
         }
     }
 
@@ -247,11 +251,19 @@ pub enum PoolError {
 #[derive(Debug, Default)]
 pub struct WorkerPoolBuilder {
     members: Vec<PoolMember>,
+    groups: Vec<ScaledGroup>,
     limits: ResourceLimits,
     http: Option<String>,
 }
 
 impl WorkerPoolBuilder {
+    /// Adds a group of like workers whose number the pool scales itself
+    /// (see [`ScaledGroup`]): `min_replicas` of them start with the pool.
+    pub fn scaled(mut self, group: ScaledGroup) -> Self {
+        self.groups.push(group);
+        self
+    }
+
     /// Adds a worker.
     pub fn worker(mut self, member: PoolMember) -> Self {
         self.members.push(member);
@@ -299,9 +311,19 @@ impl WorkerPoolBuilder {
             ),
             None => None,
         };
+        let mut groups = Vec::new();
+        let mut planned = self.members;
+        for spec in self.groups {
+            let index = groups.len();
+            let mut group = Group::new(spec)?;
+            for _ in 0..group.scaler.policy().min_replicas {
+                planned.push(group.next_member(index));
+            }
+            groups.push(group);
+        }
         let mut members = BTreeMap::new();
         let mut started = Vec::new();
-        for member in self.members {
+        for member in planned {
             let launched = check(&member)
                 .and_then(|()| match members.contains_key(&member.name) {
                     true => Err(PoolError::Duplicate(member.name.clone())),
@@ -325,6 +347,7 @@ impl WorkerPoolBuilder {
         let addr = WorkerPool {
             limiter,
             members,
+            groups,
             stopping: false,
             _exit: exit,
         }
@@ -454,6 +477,8 @@ impl Member {
 pub struct WorkerPool {
     limiter: ResourceLimiter,
     members: BTreeMap<String, Member>,
+    /// The groups the pool scales itself, by index.
+    groups: Vec<Group>,
     stopping: bool,
     /// Dropped with the actor: how [`Pool::stopped`] learns it has.
     _exit: tokio::sync::watch::Sender<()>,
@@ -574,6 +599,22 @@ impl WorkerPool {
         }
     }
 
+    /// Starts `member` and adds it to the pool.
+    fn add(&mut self, member: PoolMember, ctx: &mut Context<Self>) -> Result<(), PoolError> {
+        check(&member)?;
+        if self.members.contains_key(&member.name) {
+            return Err(PoolError::Duplicate(member.name));
+        }
+        let (worker, instance) =
+            member.launch(&self.limiter, |id| instance_of(&self.members, id, ""))?;
+        let name = member.name.clone();
+        info!(worker = name, "worker added to the pool");
+        self.members
+            .insert(name.clone(), Member::new(member, worker, instance));
+        self.watch(&name, ctx);
+        Ok(())
+    }
+
     fn stop_if_empty(&mut self, ctx: &mut Context<Self>) {
         if self.stopping && self.members.is_empty() {
             ctx.stop();
@@ -607,6 +648,9 @@ impl Actor for WorkerPool {
         for name in &names {
             self.watch(name, ctx);
         }
+        for (index, group) in self.groups.iter().enumerate() {
+            ctx.run_interval(group.spec.interval, move |act, ctx| act.scale(index, ctx));
+        }
         info!(workers = names.len(), "worker pool started");
     }
 
@@ -622,18 +666,7 @@ impl Handler<AddWorker> for WorkerPool {
         if self.stopping {
             return Err(PoolError::Stopping);
         }
-        check(&member)?;
-        if self.members.contains_key(&member.name) {
-            return Err(PoolError::Duplicate(member.name));
-        }
-        let (worker, instance) =
-            member.launch(&self.limiter, |id| instance_of(&self.members, id, ""))?;
-        let name = member.name.clone();
-        info!(worker = name, "worker added to the pool");
-        self.members
-            .insert(name.clone(), Member::new(member, worker, instance));
-        self.watch(&name, ctx);
-        Ok(())
+        self.add(member, ctx)
     }
 }
 
@@ -644,15 +677,15 @@ impl Handler<RemoveWorker> for WorkerPool {
         let Some(member) = self.members.get_mut(&msg.name) else {
             return Box::pin(async move { Err(PoolError::Unknown(msg.name)) });
         };
-        let Some(worker) = member.worker.clone() else {
+        if member.worker.is_none() {
             // restarting or failed: nothing runs, it just leaves
             self.members.remove(&msg.name);
             self.stop_if_empty(ctx);
             return Box::pin(async { Ok(()) });
+        }
+        let Some(worker) = self.drain_member(&msg.name, msg.timeout) else {
+            return Box::pin(async { Ok(()) });
         };
-        info!(worker = msg.name, timeout = ?msg.timeout, "removing a worker from the pool: draining it");
-        member.status = MemberStatus::Draining;
-        worker.do_send(Drain::with_timeout(msg.timeout));
         Box::pin(async move {
             worker.stopped().await;
             Ok(())
@@ -731,6 +764,233 @@ impl Handler<Drain> for WorkerPool {
     fn handle(&mut self, msg: Drain, ctx: &mut Self::Context) {
         info!(timeout = ?msg.timeout, "draining the worker pool");
         self.stop_all(msg, ctx);
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Scaling in process: a group of like workers whose number the pool decides
+
+/// A group of like workers — e.g. several connections to one server for
+/// one agent — whose number the pool decides itself with the
+/// [`AutoScaler`](crate::scaling::AutoScaler): at every `interval` it asks
+/// the group's workers for their loads and jobs, and starts workers
+/// (`{prefix}-1`, `{prefix}-2`, …, each built by `factory(n)`, its instance
+/// name suffixed with `-n`) or drains the least busy, between the policy's
+/// `min_replicas` and `max_replicas`. The pool's budget bounds them
+/// together like any of its workers.
+pub struct ScaledGroup {
+    prefix: String,
+    factory: Arc<dyn Fn(usize) -> WorkerBuilder + Send + Sync>,
+    policy: crate::scaling::ScalingPolicy,
+    interval: Duration,
+    drain_timeout: Duration,
+    labels: BTreeMap<String, String>,
+}
+
+impl std::fmt::Debug for ScaledGroup {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ScaledGroup")
+            .field("prefix", &self.prefix)
+            .field("policy", &self.policy)
+            .field("interval", &self.interval)
+            .finish_non_exhaustive()
+    }
+}
+
+impl ScaledGroup {
+    /// How often the group is sampled by default.
+    pub const DEFAULT_INTERVAL: Duration = Duration::from_secs(5);
+
+    /// How long a worker the group sheds may take to finish its jobs, by
+    /// default (as a pod's drain).
+    pub const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(600);
+
+    /// A group whose workers are named `{prefix}-n` and built by
+    /// `factory(n)`, scaled under `policy`.
+    pub fn new(
+        prefix: impl Into<String>,
+        policy: crate::scaling::ScalingPolicy,
+        factory: impl Fn(usize) -> WorkerBuilder + Send + Sync + 'static,
+    ) -> Self {
+        Self {
+            prefix: prefix.into(),
+            factory: Arc::new(factory),
+            policy,
+            interval: Self::DEFAULT_INTERVAL,
+            drain_timeout: Self::DEFAULT_DRAIN_TIMEOUT,
+            labels: BTreeMap::new(),
+        }
+    }
+
+    /// Sets how often the group is sampled and decided on.
+    pub fn interval(mut self, interval: Duration) -> Self {
+        self.interval = interval;
+        self
+    }
+
+    /// Sets how long a shed worker's jobs may take to finish.
+    pub fn drain_timeout(mut self, timeout: Duration) -> Self {
+        self.drain_timeout = timeout;
+        self
+    }
+
+    /// Adds a label to every worker of the group.
+    pub fn label(mut self, name: impl Into<String>, value: impl Into<String>) -> Self {
+        self.labels.insert(name.into(), value.into());
+        self
+    }
+}
+
+/// A scaled group as the pool holds it.
+struct Group {
+    spec: ScaledGroup,
+    scaler: crate::scaling::AutoScaler,
+    /// The scaler's clock starts here.
+    since: Instant,
+    /// The number the next worker gets.
+    next: usize,
+    /// A sampling round is in flight.
+    pending: bool,
+}
+
+impl Group {
+    fn new(spec: ScaledGroup) -> Result<Self, PoolError> {
+        if spec.interval.is_zero() {
+            return Err(PoolError::Invalid {
+                name: "interval",
+                reason: format!("group {:?}: must be non-zero", spec.prefix),
+            });
+        }
+        let scaler =
+            crate::scaling::AutoScaler::new(spec.policy).map_err(|e| PoolError::Invalid {
+                name: "scaling_policy",
+                reason: format!("group {:?}: {e}", spec.prefix),
+            })?;
+        Ok(Self {
+            spec,
+            scaler,
+            since: Instant::now(),
+            next: 1,
+            pending: false,
+        })
+    }
+
+    /// The group's next worker, as a member of group `index`.
+    fn next_member(&mut self, index: usize) -> PoolMember {
+        let n = self.next;
+        self.next += 1;
+        let factory = self.spec.factory.clone();
+        let mut member = PoolMember::new(format!("{}-{n}", self.spec.prefix), move || {
+            factory(n).instance_suffix(&format!("-{n}"))
+        });
+        member.labels = self.spec.labels.clone();
+        member.group = Some(index);
+        member
+    }
+}
+
+impl WorkerPool {
+    /// One round for group `index`: sample its workers, decide, apply.
+    fn scale(&mut self, index: usize, ctx: &mut Context<Self>) {
+        if self.stopping || self.groups[index].pending {
+            return;
+        }
+        // replicas are the group's workers running or coming back, not
+        // those draining out
+        let asks: Vec<_> = self
+            .members
+            .iter()
+            .filter(|(_, member)| {
+                member.spec.group == Some(index)
+                    && matches!(
+                        member.status,
+                        MemberStatus::Running | MemberStatus::Restarting
+                    )
+            })
+            .map(|(name, member)| {
+                let ask = member
+                    .worker
+                    .as_ref()
+                    .map(|worker| worker.send(GetState).timeout(STATE_TIMEOUT));
+                let name = name.clone();
+                async move {
+                    let state = match ask {
+                        Some(ask) => ask.await.ok(),
+                        None => None,
+                    };
+                    (name, state)
+                }
+            })
+            .collect();
+        self.groups[index].pending = true;
+        ctx.spawn(
+            futures_util::future::join_all(asks)
+                .into_actor(self)
+                .map(move |states, act, ctx| act.scaled(index, states, ctx)),
+        );
+    }
+
+    /// Decides for group `index` on its workers' `states` and applies it.
+    fn scaled(
+        &mut self,
+        index: usize,
+        states: Vec<(String, Option<WorkerState>)>,
+        ctx: &mut Context<Self>,
+    ) {
+        let group = &mut self.groups[index];
+        group.pending = false;
+        if self.stopping {
+            return;
+        }
+        // a worker that does not answer (restarting) counts, idle
+        let loads: Vec<f32> = states
+            .iter()
+            .map(|(_, state)| state.as_ref().map_or(0.0, |s| s.load))
+            .collect();
+        let busy = |state: &Option<WorkerState>| {
+            state
+                .as_ref()
+                .map_or(0, |s| s.jobs.starting + s.jobs.running + s.jobs.queued)
+        };
+        let jobs = states.iter().map(|(_, state)| busy(state) as u64).sum();
+        let sample = crate::scaling::FleetSample::from_loads(&loads, jobs);
+        let decision = group.scaler.observe(group.since.elapsed(), sample);
+        let prefix = group.spec.prefix.clone();
+        match decision {
+            crate::scaling::ScaleDecision::Up { from, to } => {
+                info!(group = prefix, %decision, "scaling the group up");
+                for _ in from..to {
+                    let member = self.groups[index].next_member(index);
+                    if let Err(err) = self.add(member, ctx) {
+                        warn!(group = prefix, %err, "cannot start a worker for the group");
+                    }
+                }
+            }
+            crate::scaling::ScaleDecision::Down { from, to } => {
+                info!(group = prefix, %decision, "scaling the group down");
+                let timeout = self.groups[index].spec.drain_timeout;
+                let mut idlest: Vec<_> = states.iter().collect();
+                idlest.sort_by_key(|(name, state)| (busy(state), std::cmp::Reverse(name.clone())));
+                for (name, _) in idlest.into_iter().take((from - to) as usize) {
+                    self.drain_member(name, timeout);
+                }
+            }
+            crate::scaling::ScaleDecision::Hold { .. } => {}
+        }
+    }
+
+    /// Drains `name` out of the pool; the handle of the worker draining.
+    fn drain_member(&mut self, name: &str, timeout: Duration) -> Option<Worker> {
+        let member = self.members.get_mut(name)?;
+        let worker = member.worker.clone()?;
+        info!(
+            worker = name,
+            ?timeout,
+            "removing a worker from the pool: draining it"
+        );
+        member.status = MemberStatus::Draining;
+        worker.do_send(Drain::with_timeout(timeout));
+        Some(worker)
     }
 }
 

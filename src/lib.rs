@@ -105,7 +105,7 @@ pub use actors::InjectFault;
 pub use actors::{
     AddWorker, Drain, GetLoad, GetPoolState, GetPoolWorker, GetQueueStats, GetState, JobEvent,
     JobOrigin, JobOutcome, MAX_SUBSCRIBERS, Pool, PoolError, PoolMember, RemoveWorker, Routing,
-    Shutdown, SpawnJob, SpawnOutcome, SpawnRefusal, StartError, SubscribeJobEvents,
+    ScaledGroup, Shutdown, SpawnJob, SpawnOutcome, SpawnRefusal, StartError, SubscribeJobEvents,
     SubscribeWorkerEvents, Worker, WorkerActor, WorkerBuilder, WorkerEvent, WorkerExit, WorkerPool,
     WorkerPoolBuilder, WorkerState,
 };

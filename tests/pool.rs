@@ -537,6 +537,88 @@ async fn a_worker_restarted_by_the_pool_resumes_its_running_job() {
 }
 
 #[actix_rt::test]
+async fn a_scaled_group_grows_with_its_load_and_drains_back() {
+    let server = devserver().await;
+    let (held, release) = Held::new();
+    let policy = lkagent::scaling::ScalingPolicy {
+        min_replicas: 1,
+        max_replicas: 3,
+        target_load: 0.5,
+        scale_up_threshold: 0.7,
+        scale_down_threshold: 0.3,
+        up_cooldown: Duration::ZERO,
+        down_cooldown: Duration::ZERO,
+        stabilization: Duration::ZERO,
+        ..Default::default()
+    };
+    let options = options(&server).max_jobs(2);
+    let handler = held.clone();
+    let group = lkagent::ScaledGroup::new("conn", policy, move |_| {
+        Worker::builder(options.clone())
+            .agent_name("scaled")
+            .handler(handler.clone())
+    })
+    .interval(Duration::from_millis(100))
+    .drain_timeout(Duration::from_secs(30));
+    let pool = WorkerPool::builder()
+        .scaled(group)
+        .start()
+        .expect("pool starts");
+    let count = |state: &PoolState| {
+        state
+            .members
+            .iter()
+            .filter(|m| m.status == MemberStatus::Running)
+            .count()
+    };
+    wait_pool(&pool, "the minimum registered", |state| {
+        count(state) == 1 && registered_member(state, "conn-1")
+    })
+    .await;
+
+    // fill what there is: the group grows to its maximum
+    let mut jobs = Vec::new();
+    for n in 0..6 {
+        let room = format!("room-{n}");
+        let placed = wait_until(
+            "a worker of the group to take the job",
+            || dispatch(&server, "scaled", &room),
+            Result::is_ok,
+        )
+        .await;
+        jobs.push(placed.unwrap());
+    }
+    let state = wait_pool(&pool, "three workers", |state| count(state) == 3).await;
+    let instances: std::collections::BTreeSet<_> = state
+        .members
+        .iter()
+        .filter_map(|m| m.worker.as_ref().map(|w| w.instance_id.clone()))
+        .collect();
+    assert_eq!(
+        instances.len(),
+        3,
+        "each worker its own instance: {instances:?}"
+    );
+    assert!(held.most.load(Ordering::SeqCst) <= 6);
+
+    // the jobs end: it drains back to one, and no job was cut
+    release.send_replace(true);
+    for job in &jobs {
+        let done = wait_final(&server, job).await;
+        assert_eq!(
+            statuses(&done).last(),
+            Some(&JobStatus::JsSuccess),
+            "{done:?}"
+        );
+    }
+    wait_pool(&pool, "back to the minimum", |state| {
+        state.members.len() == 1 && count(state) == 1
+    })
+    .await;
+    pool.stop().await;
+}
+
+#[actix_rt::test]
 async fn a_pool_refuses_bad_members_and_stops_what_it_started() {
     let server = devserver().await;
     let (held, _release) = Held::new();

@@ -321,6 +321,13 @@ impl WorkerBuilder {
         &self.options.instance_id
     }
 
+    /// Appends `suffix` to the instance name (a pool's scaled workers, built
+    /// by one factory, each get their own).
+    pub(crate) fn instance_suffix(mut self, suffix: &str) -> Self {
+        self.options.instance_id.push_str(suffix);
+        self
+    }
+
     /// Drops the HTTP endpoints asked for: a pool serves its workers' own.
     pub(crate) fn without_http(mut self) -> Self {
         self.http = None;
