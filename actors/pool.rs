@@ -926,12 +926,12 @@ impl WorkerPool {
         ctx.spawn(
             futures_util::future::join_all(asks)
                 .into_actor(self)
-                .map(move |states, act, ctx| act.scaled(index, states, ctx)),
+                .map(move |states, act, ctx| act.apply_scaling(index, states, ctx)),
         );
     }
 
     /// Decides for group `index` on its workers' `states` and applies it.
-    fn scaled(
+    fn apply_scaling(
         &mut self,
         index: usize,
         states: Vec<(String, Option<WorkerState>)>,
