@@ -40,6 +40,11 @@
 //! - [`recovery`]: `JobCheckpoint` and the handler's `Checkpoint`, the
 //!   `CheckpointStore`s (`MemoryStore`, `EmbeddedStore`), the
 //!   `RestartPolicy`, the `RecoveryHandler`.
+//! - [`connections`]: the [`ConnectionPool`] jobs reach through
+//!   [`JobContext::connections`] — websockets to STT/TTS providers checked
+//!   out and returned under per-host and total caps, health-checked before
+//!   reuse and closed when idle; one shared HTTP client. It does its own
+//!   I/O (no actors), around a pure ledger of what the caps allow.
 //! - [`demo`]: a demo agent driven by job metadata, for examples and tests.
 //!
 //! The actors (`actors/`, wired in here), which call into the core and do
@@ -73,6 +78,7 @@
 
 pub mod auth;
 mod backoff;
+pub mod connections;
 mod deadlines;
 pub mod demo;
 pub mod fleet;
@@ -103,6 +109,7 @@ pub use actors::{
     WorkerState,
 };
 pub use backoff::Backoff;
+pub use connections::ConnectionPool;
 pub use handler::{
     Acceptance, Decision, DynHandler, JobContext, JobError, JobHandler, JobRequest, Participant,
     TokenWatch,
