@@ -156,6 +156,8 @@ pub struct WorkerActor {
     store_health: crate::recovery::health::StoreHealth,
     /// A scan for orphaned jobs is in flight (one at a time).
     orphan_scan_pending: bool,
+    /// The connections its jobs share (`JobContext::connections`).
+    connections: crate::connections::ConnectionPool,
 }
 
 /// What a worker is made of, as the builder hands it over.
@@ -173,6 +175,7 @@ struct WorkerParts {
     limiter: ResourceLimiter,
     rate_limiter: Option<JobRateLimiter>,
     threshold: f32,
+    connections: crate::connections::ConnectionPool,
 }
 
 impl WorkerActor {
@@ -191,6 +194,7 @@ impl WorkerActor {
             limiter,
             rate_limiter,
             threshold,
+            connections,
         } = parts;
         let table = JobTable::new(options.max_jobs, options.queue_capacity);
         let load = LoadReport::new(table.slots(), 0.0, 1.0);
@@ -244,6 +248,7 @@ impl WorkerActor {
             recovery,
             phase: Phase::Serving,
             supervision_failure: None,
+            connections,
         }
     }
 
