@@ -23,6 +23,7 @@ use livekit_protocol::{Job, JobType, ParticipantInfo};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
+use crate::connections::ConnectionPool;
 use crate::limits::{ResourceRequest, UsageState};
 use crate::queue::JobPriority;
 use crate::recovery::{Checkpoint, JobCheckpoint};
@@ -224,6 +225,9 @@ pub struct JobContext {
     attempt: u32,
     checkpoint: Checkpoint,
     recovered: bool,
+    /// The worker's pool; `None`: the process-wide one, looked up (and
+    /// built) only when a handler asks for it.
+    connections: Option<ConnectionPool>,
 }
 
 impl JobContext {
@@ -249,7 +253,26 @@ impl JobContext {
             attempt: 1,
             checkpoint,
             recovered: false,
+            connections: None,
         }
+    }
+
+    /// Uses this pool (the worker's) for [`connections`](Self::connections).
+    pub(crate) fn with_connections(mut self, connections: ConnectionPool) -> Self {
+        self.connections = Some(connections);
+        self
+    }
+
+    /// Connections to the services the job streams to (an STT or TTS
+    /// websocket, an LLM's HTTP API), shared by every job of the worker —
+    /// and by default of every worker in the process — so that jobs reuse
+    /// warm connections instead of each opening its own. Outside a worker
+    /// (a context built with [`new`](Self::new)), the process-wide
+    /// [`ConnectionPool::shared`].
+    pub fn connections(&self) -> &ConnectionPool {
+        self.connections
+            .as_ref()
+            .unwrap_or_else(|| ConnectionPool::shared())
     }
 
     /// Uses this checkpoint (the runtime's, kept in its store) and takes the
@@ -544,6 +567,19 @@ mod tests {
         let next = futures_util::FutureExt::now_or_never(watch.changed());
         assert_eq!(next, Some(Some("second".to_owned())));
         assert!(!format!("{watch:?}").contains("second"));
+    }
+
+    #[test]
+    fn a_context_outside_a_worker_uses_the_process_wide_pool() {
+        let ctx = JobContext::new(job("AJ_1"), "ws://h", "t");
+        assert!(std::ptr::eq(ctx.connections(), ConnectionPool::shared()));
+        let own = ConnectionPool::new(Default::default()).unwrap();
+        let ctx = ctx.with_connections(own);
+        assert!(!std::ptr::eq(ctx.connections(), ConnectionPool::shared()));
+        assert!(!std::ptr::eq(
+            ctx.next_attempt().connections(),
+            ConnectionPool::shared()
+        ));
     }
 
     #[test]

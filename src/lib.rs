@@ -43,6 +43,11 @@
 //! - [`scaling`]: the [`AutoScaler`](scaling::AutoScaler), a pure policy
 //!   that turns a fleet's loads and job counts into a replica count (up,
 //!   down or hold, with thresholds, cooldowns, stabilization and a trend).
+//! - [`connections`]: the [`ConnectionPool`] jobs reach through
+//!   [`JobContext::connections`] — websockets to STT/TTS providers checked
+//!   out and returned under per-host and total caps, health-checked before
+//!   reuse and closed when idle; one shared HTTP client. It does its own
+//!   I/O (no actors), around a pure ledger of what the caps allow.
 //! - [`demo`]: a demo agent driven by job metadata, for examples and tests.
 //!
 //! The actors (`actors/`, wired in here), which call into the core and do
@@ -78,6 +83,7 @@
 
 pub mod auth;
 mod backoff;
+pub mod connections;
 mod deadlines;
 pub mod demo;
 pub mod fleet;
@@ -110,6 +116,7 @@ pub use actors::{
     WorkerPoolBuilder, WorkerState,
 };
 pub use backoff::Backoff;
+pub use connections::ConnectionPool;
 pub use handler::{
     Acceptance, Decision, DynHandler, JobContext, JobError, JobHandler, JobRequest, Participant,
     TokenWatch,

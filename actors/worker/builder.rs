@@ -125,6 +125,7 @@ impl Worker {
             shutdown_hooks: Default::default(),
             http: None,
             limiter: None,
+            connections: None,
         }
     }
 }
@@ -164,6 +165,7 @@ pub struct WorkerBuilder {
     shutdown_hooks: crate::shutdown::ShutdownHooks,
     http: Option<String>,
     limiter: Option<ResourceLimiter>,
+    connections: Option<crate::connections::ConnectionPool>,
 }
 
 impl WorkerBuilder {
@@ -346,6 +348,16 @@ impl WorkerBuilder {
         self
     }
 
+    /// Gives the worker's jobs this pool for
+    /// [`JobContext::connections`](crate::JobContext::connections) (default:
+    /// [`ConnectionPool::shared`](crate::ConnectionPool::shared), one pool
+    /// for every worker in the process). Give several workers clones of one
+    /// pool to share it among them only.
+    pub fn connection_pool(mut self, pool: crate::connections::ConnectionPool) -> Self {
+        self.connections = Some(pool);
+        self
+    }
+
     /// Sets the handler that runs every job.
     pub fn handler<H: JobHandler>(mut self, handler: H) -> Self {
         self.handler = Some(Arc::new(handler));
@@ -424,6 +436,9 @@ impl WorkerBuilder {
             recovery: self
                 .recovery
                 .unwrap_or_else(|| Arc::new(DefaultRecovery::default())),
+            connections: self
+                .connections
+                .unwrap_or_else(|| crate::connections::ConnectionPool::shared().clone()),
         };
         let mut worker = Worker {
             addr: WorkerActor::create(|_| WorkerActor::new(parts)),

@@ -113,7 +113,8 @@ impl WorkerActor {
             }
             _ => None,
         };
-        let mut context = JobContext::new((*job).clone(), url, token);
+        let mut context =
+            JobContext::new((*job).clone(), url, token).with_connections(self.connections.clone());
         if let Some(identity) = identity {
             context = context.with_identity(&identity);
         }

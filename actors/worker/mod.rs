@@ -160,6 +160,8 @@ pub struct WorkerActor {
     /// The fleet's view and the scaling decision, if given one
     /// (`scaling.rs`).
     scaling: Option<scaling::FleetScaling>,
+    /// The connections its jobs share (`JobContext::connections`).
+    connections: crate::connections::ConnectionPool,
 }
 
 /// What a worker is made of, as the builder hands it over.
@@ -178,6 +180,7 @@ struct WorkerParts {
     limiter: ResourceLimiter,
     rate_limiter: Option<JobRateLimiter>,
     threshold: f32,
+    connections: crate::connections::ConnectionPool,
 }
 
 impl WorkerActor {
@@ -197,6 +200,7 @@ impl WorkerActor {
             limiter,
             rate_limiter,
             threshold,
+            connections,
         } = parts;
         let table = JobTable::new(options.max_jobs, options.queue_capacity);
         let load = LoadReport::new(table.slots(), 0.0, 1.0);
@@ -254,6 +258,7 @@ impl WorkerActor {
             recovery,
             phase: Phase::Serving,
             supervision_failure: None,
+            connections,
         }
     }
 
