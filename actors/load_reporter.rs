@@ -143,7 +143,11 @@ impl LoadReporterActor {
             };
         // the budget may be shared (a pool's workers): however idle this
         // worker's own slots, it is as loaded as the budget it draws from
-        let budget = (self.limiter.used_share() / self.budget_ceiling).min(1.0);
+        let budget = crate::load::budget_load(
+            self.limiter.used_share(),
+            self.budget_ceiling,
+            self.threshold,
+        );
         LoadReport::new(self.slots, load.max(budget), self.threshold)
     }
 

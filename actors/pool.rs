@@ -20,8 +20,10 @@
 //!   up, a `Shutdown` sent to it directly — is started again from its
 //!   factory after its [`RestartPolicy`]'s backoff; past the policy's limit
 //!   it is marked failed (the pool's `/` answers 503) and left stopped.
-//!   Its jobs are the old incarnation's to end: each ended with one final
-//!   status before it stopped (see the worker's own supervision).
+//!   A worker that stopped in order ended each of its jobs with one final
+//!   status; one that died (a panic in its own code) left its jobs to
+//!   recovery: with a durable store and the same instance name, the new
+//!   incarnation resumes them, else the server fails them.
 //! - **Changed at run time.** [`AddWorker`] starts a member; [`RemoveWorker`]
 //!   drains it — no new job, its jobs finish (up to the timeout) — and it
 //!   leaves once stopped. `Drain` and `Shutdown` go to every worker, and
@@ -40,7 +42,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use actix::prelude::*;
-use tracing::{error, info, warn};
+use tracing::{debug, error, info, warn};
 
 use super::messages::*;
 use super::worker::{StartError, Worker, WorkerBuilder};
@@ -60,10 +62,11 @@ pub enum Routing {
     /// Takes jobs as long as the shared budget has room: the local region's
     /// worker.
     Preferred,
-    /// Takes jobs only while the shared budget is used below this share
-    /// (`0.0..=1.0`), and reports FULL from there: a remote region's worker,
-    /// which helps while the machine has room to spare and leaves the rest
-    /// to the local one.
+    /// Takes the server's offers only while the shared budget is used below
+    /// this share (`0.0..=1.0`), and reports FULL from there: a remote
+    /// region's worker, which helps while the machine has room to spare and
+    /// leaves the rest to the local one. (A `SpawnJob` sent to it is the
+    /// application's own call and is not held to it.)
     BelowLoad(f32),
 }
 
@@ -379,6 +382,14 @@ fn instance_of(members: &BTreeMap<String, Member>, instance: &str, except: &str)
         .map(|(name, _)| name.clone())
 }
 
+/// A number for a new incarnation, unique in the process: a timer or an
+/// exit of an incarnation already replaced — or of a member removed and
+/// added again under its name — never matches the current one.
+fn next_generation() -> u64 {
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+    NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+}
+
 /// Checks a member's own settings.
 fn check(member: &PoolMember) -> Result<(), PoolError> {
     if member.name.trim().is_empty() {
@@ -466,7 +477,7 @@ impl Member {
         Self {
             spec,
             worker: Some(worker),
-            generation: 1,
+            generation: next_generation(),
             status: MemberStatus::Running,
             instance,
         }
@@ -566,15 +577,15 @@ impl WorkerPool {
     /// Starts a new incarnation of `name`, unless it was removed or
     /// replaced meanwhile.
     fn restart(&mut self, name: &str, generation: u64, ctx: &mut Context<Self>) {
-        if self.stopping {
-            self.members.remove(name);
-            return self.stop_if_empty(ctx);
-        }
         let Some(member) = self.members.get(name) else {
             return;
         };
         if member.generation != generation || member.status != MemberStatus::Restarting {
             return;
+        }
+        if self.stopping {
+            self.members.remove(name);
+            return self.stop_if_empty(ctx);
         }
         let launched = member
             .spec
@@ -582,7 +593,7 @@ impl WorkerPool {
         let Some(member) = self.members.get_mut(name) else {
             return;
         };
-        member.generation += 1;
+        member.generation = next_generation();
         match launched {
             Ok((worker, instance)) => {
                 member.instance = instance;
@@ -958,6 +969,18 @@ impl WorkerPool {
         let prefix = group.spec.prefix.clone();
         match decision {
             crate::scaling::ScaleDecision::Up { from, to } => {
+                // more workers cannot help while the budget they would
+                // share is used up, nor while the group's workers fail
+                // (each new one would fail too, and pile up)
+                if self.limiter.used_share() >= 1.0 {
+                    return debug!(group = prefix, %decision, "the budget is full: not scaling up");
+                }
+                if self.members.values().any(|member| {
+                    member.spec.group == Some(index)
+                        && matches!(member.status, MemberStatus::Failed(_))
+                }) {
+                    return warn!(group = prefix, %decision, "a worker of the group failed: not scaling up");
+                }
                 info!(group = prefix, %decision, "scaling the group up");
                 for _ in from..to {
                     let member = self.groups[index].next_member(index);
@@ -969,7 +992,16 @@ impl WorkerPool {
             crate::scaling::ScaleDecision::Down { from, to } => {
                 info!(group = prefix, %decision, "scaling the group down");
                 let timeout = self.groups[index].spec.drain_timeout;
-                let mut idlest: Vec<_> = states.iter().collect();
+                // only workers that run can drain; one restarting is not
+                // picked (it would come back)
+                let mut idlest: Vec<_> = states
+                    .iter()
+                    .filter(|(name, _)| {
+                        self.members.get(name).is_some_and(|member| {
+                            member.status == MemberStatus::Running && member.worker.is_some()
+                        })
+                    })
+                    .collect();
                 idlest.sort_by_key(|(name, state)| (busy(state), std::cmp::Reverse(name.clone())));
                 for (name, _) in idlest.into_iter().take((from - to) as usize) {
                     self.drain_member(name, timeout);

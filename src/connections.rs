@@ -27,7 +27,15 @@
 //!   Close frame, then the socket), by a reaper task that runs while idle
 //!   connections exist, and on every checkout.
 //! - **HTTP** goes through one shared `reqwest::Client`
-//!   ([`ConnectionPool::http`]) that keeps connections alive per host.
+//!   ([`ConnectionPool::http`]) that keeps connections alive per host; send
+//!   with [`ConnectionPool::send`].
+//! - **One I/O thread per pool.** Jobs run on several arbiters, and workers
+//!   of one process come and go (a `WorkerPool` restarts, removes, scales
+//!   them). A socket is driven by the runtime that opened it, so the pool
+//!   opens every websocket, runs its reaper, and sends every HTTP request
+//!   ([`ConnectionPool::send`]) on a thread of its own: a connection
+//!   outlives the job, the arbiter and the worker that first used it, and a
+//!   job that blocks its thread stalls no other job's connection.
 //!
 //! The bookkeeping — what the caps allow, which idle connection to take,
 //! to close to make room, or to expire — is a pure ledger that takes `now`
@@ -35,7 +43,9 @@
 //! I/O around it.
 //!
 //! URLs to STT and TTS providers often carry an API key in their query.
-//! Errors, logs and `Debug` show a connection's `scheme://host:port` only.
+//! The pool's errors, logs and `Debug` show a connection's
+//! `scheme://host:port` only. A `reqwest::Error` shows its URL: log
+//! `err.without_url()` when the query holds a secret.
 
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
@@ -282,6 +292,9 @@ pub struct ConnectionPool {
 /// What every clone of a pool shares.
 struct Shared {
     options: ConnectionPoolOptions,
+    /// The pool's I/O thread: connections are opened (and so driven), idle
+    /// ones reaped and HTTP requests sent there.
+    io: Io,
     /// TLS for both kinds of connection: ring and the webpki roots, so that
     /// no process-wide crypto provider is needed.
     tls: Arc<rustls::ClientConfig>,
@@ -314,8 +327,13 @@ impl ConnectionPool {
                 reason: format!("the HTTP client cannot be built: {err}"),
             })?;
         let ledger = Ledger::new(options.max_per_host, options.max_total);
+        let io = Io::start().map_err(|err| OptionsError::Invalid {
+            name: "ConnectionPoolOptions",
+            reason: format!("the pool's I/O thread cannot start: {err}"),
+        })?;
         Ok(Self {
             shared: Arc::new(Shared {
+                io,
                 options,
                 tls,
                 http,
@@ -350,10 +368,30 @@ impl ConnectionPool {
     }
 
     /// The shared HTTP client: connections kept alive per host, for up to
-    /// `idle_timeout`, at most `max_per_host` of them idle per host. Clone it
-    /// freely (clones share its connections).
+    /// `idle_timeout`, at most `max_per_host` of them idle per host. Build
+    /// requests with it and send them with [`send`](Self::send): a request
+    /// sent directly opens its connection on the caller's arbiter, which
+    /// stops with its worker (and breaks the requests of other workers'
+    /// jobs that reuse it).
     pub fn http(&self) -> &reqwest::Client {
         &self.shared.http
+    }
+
+    /// Sends a request built with [`http`](Self::http) on the pool's I/O
+    /// thread, so that its connection outlives this job's arbiter and
+    /// worker; the response (and its body) is read from the caller as
+    /// usual. Its error shows the URL: log `err.without_url()` if the
+    /// query holds a secret.
+    pub async fn send(
+        &self,
+        request: reqwest::RequestBuilder,
+    ) -> Result<reqwest::Response, reqwest::Error> {
+        match self.shared.io.handle.spawn(request.send()).await {
+            Ok(answer) => answer,
+            // the I/O thread lives as long as the pool, which `self` holds:
+            // only a panic inside reqwest ends the task early
+            Err(err) => std::panic::resume_unwind(err.into_panic()),
+        }
     }
 
     /// A websocket connection to `url` (`ws://` or `wss://`), reused if an
@@ -397,7 +435,10 @@ impl ConnectionPool {
             };
             if !expired.is_empty() {
                 self.shared.room.notify_waiters();
-                close_later(expired.into_iter().map(|idle| idle.conn).collect());
+                close_later(
+                    &self.shared.io,
+                    expired.into_iter().map(|idle| idle.conn).collect(),
+                );
             }
             match step {
                 Step::Check(idle) => {
@@ -416,7 +457,7 @@ impl ConnectionPool {
                 Step::Evict(idle) => {
                     let claim = Claim::new(&self.shared, &key, Claimed::Opening);
                     tracing::debug!(host = %key.host, "closing an idle websocket to another URL to make room");
-                    close_later(vec![idle.conn]);
+                    close_later(&self.shared.io, vec![idle.conn]);
                     return self.open(request, claim).await;
                 }
                 Step::Wait { in_use, cap } => {
@@ -444,7 +485,19 @@ impl ConnectionPool {
         let connecting =
             tokio_tungstenite::connect_async_tls_with_config(request, None, true, Some(connector));
         let timeout = self.shared.options.connect_timeout;
-        match tokio::time::timeout(timeout, connecting).await {
+        // opened on the pool's I/O thread, whose runtime then drives it
+        let opened = self
+            .shared
+            .io
+            .handle
+            .spawn(tokio::time::timeout(timeout, connecting))
+            .await;
+        let opened = match opened {
+            Ok(opened) => opened,
+            Err(err) if err.is_panic() => std::panic::resume_unwind(err.into_panic()),
+            Err(_) => Ok(Err(WsError::AlreadyClosed)),
+        };
+        match opened {
             Ok(Ok((ws, _response))) => {
                 tracing::debug!(host = %key.host, "opened a websocket");
                 Ok(claim.hand_out(ws))
@@ -496,17 +549,13 @@ impl Shared {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    /// Starts the reaper on the current runtime; without one, idle
-    /// connections expire on the next checkout instead.
+    /// Starts the reaper on the pool's I/O thread.
     fn start_reaper(self: &Arc<Self>) {
         let guard = ReaperGuard {
             pool: Arc::downgrade(self),
             armed: true,
         };
-        match Handle::try_current() {
-            Ok(runtime) => drop(runtime.spawn(reap(guard))),
-            Err(_) => drop(guard), // clears the flag: the next return tries again
-        }
+        drop(self.io.handle.spawn(reap(guard)));
     }
 }
 
@@ -561,14 +610,51 @@ impl Drop for ReaperGuard {
     }
 }
 
-/// Closes connections in the background, on the current runtime; without
-/// one they are dropped (the socket closes without a Close frame).
-fn close_later(conns: Vec<WebSocket>) {
+/// Closes connections in the background, on the pool's I/O thread.
+fn close_later(io: &Io, conns: Vec<WebSocket>) {
     if conns.is_empty() {
         return;
     }
-    if let Ok(runtime) = Handle::try_current() {
-        drop(runtime.spawn(close_all(conns)));
+    drop(io.handle.spawn(close_all(conns)));
+}
+
+/// A thread running a runtime of the pool's own, until the pool is dropped.
+struct Io {
+    handle: Handle,
+    /// Dropped with the pool: the thread's runtime then stops.
+    _stop: tokio::sync::oneshot::Sender<()>,
+}
+
+impl Io {
+    fn start() -> std::io::Result<Self> {
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let (ready, started) = std::sync::mpsc::channel();
+        std::thread::Builder::new()
+            .name("lkagent-connections".into())
+            .spawn(move || {
+                match tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                {
+                    Ok(runtime) => {
+                        let _ = ready.send(Ok(runtime.handle().clone()));
+                        // runs the pool's connections until the pool is gone
+                        runtime.block_on(async {
+                            let _ = stopped.await;
+                        });
+                    }
+                    Err(err) => {
+                        let _ = ready.send(Err(err));
+                    }
+                }
+            })?;
+        let handle = started
+            .recv()
+            .map_err(|_| std::io::Error::other("the I/O thread ended at once"))??;
+        Ok(Self {
+            handle,
+            _stop: stop,
+        })
     }
 }
 
@@ -784,7 +870,7 @@ impl Drop for PooledWebSocket {
         } else {
             self.shared.lock().ledger.discard(&self.key.host);
             tracing::debug!(host = %self.key.host, "a websocket was not given back: closed");
-            close_later(vec![ws]);
+            close_later(&self.shared.io, vec![ws]);
         }
         self.shared.room.notify_waiters();
     }

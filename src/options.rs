@@ -207,9 +207,11 @@ pub struct WorkerOptions {
     /// most [`MAX_LABELS`]; names are Prometheus label names other than
     /// `agent_name` and `worker`.
     pub labels: BTreeMap<String, String>,
-    /// Takes new jobs only while the resource budget (shared by the workers
-    /// of a `WorkerPool`) is used below this share, `0.0..=1.0`; its
-    /// reported load reaches FULL there. For a worker that serves a remote
+    /// Takes the server's offers only while the resource budget (shared by
+    /// the workers of a `WorkerPool`) is used below this share,
+    /// `0.0..=1.0`; its reported load reaches FULL there. Jobs the
+    /// application spawns itself (`SpawnJob`) are its own call and are not
+    /// held to it. For a worker that serves a remote
     /// region: it helps only while the machine has room to spare, leaving
     /// the rest to the local region's worker. `None`: up to the whole
     /// budget.

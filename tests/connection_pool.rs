@@ -489,6 +489,33 @@ async fn a_waiter_gets_the_connection_given_back_before_its_deadline() {
 }
 
 #[actix_rt::test]
+async fn a_connection_outlives_the_arbiter_that_opened_it() {
+    let echo = EchoServer::start().await;
+    let pool = pool(ConnectionPoolOptions::default());
+    let url = echo.url("/a");
+    // a job on another arbiter opens one, uses it and gives it back; then
+    // its arbiter stops (its worker was removed from a pool)
+    let arbiter = actix_rt::Arbiter::new();
+    let (done, used) = tokio::sync::oneshot::channel();
+    let (on_arbiter, first_url) = (pool.clone(), url.clone());
+    arbiter.spawn(async move {
+        let mut ws = on_arbiter.websocket(&first_url).await.unwrap();
+        let _ = done.send(round_trip(&mut ws, "job-1 done").await);
+    });
+    used.await.unwrap().expect("the first job's round trip");
+    arbiter.stop();
+    arbiter.join().unwrap();
+    wait_until("given back", || async { pool.stats() }, |s| s.idle == 1).await;
+
+    // the next job, here, gets that very connection, and it works
+    let mut ws = pool.websocket(&url).await.unwrap();
+    round_trip(&mut ws, "job-2 done").await.unwrap();
+    let stats = pool.stats();
+    assert_eq!((stats.opened, stats.reused), (1, 1), "{stats:?}");
+    assert_eq!(echo.record().opened, 1);
+}
+
+#[actix_rt::test]
 async fn an_idle_connection_to_another_url_makes_room_under_the_cap() {
     let echo = EchoServer::start().await;
     let pool = pool(ConnectionPoolOptions {
@@ -600,15 +627,28 @@ async fn http_requests_share_a_kept_alive_connection() {
     actix_rt::spawn(server);
 
     let pool = pool(ConnectionPoolOptions::default());
-    for _ in 0..10 {
-        let answer = pool
+    let ask = move |pool: ConnectionPool| async move {
+        let request = pool
             .http()
             .post(format!("http://{addr}/v1/complete"))
-            .body("prompt")
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(answer.text().await.unwrap(), "done: prompt");
+            .body("prompt");
+        let answer = pool.send(request).await.unwrap();
+        answer.text().await.unwrap()
+    };
+    // the first request comes from a job's arbiter that then stops (its
+    // worker went away): the connection it opened lives on, on the pool's
+    // own thread, for the requests after it
+    let arbiter = actix_rt::Arbiter::new();
+    let (answered, first) = tokio::sync::oneshot::channel();
+    let on_arbiter = pool.clone();
+    arbiter.spawn(async move {
+        let _ = answered.send(ask(on_arbiter).await);
+    });
+    assert_eq!(first.await.unwrap(), "done: prompt");
+    arbiter.stop();
+    arbiter.join().unwrap();
+    for _ in 0..9 {
+        assert_eq!(ask(pool.clone()).await, "done: prompt");
     }
     let peers: BTreeSet<_> = peers.lock().unwrap().iter().copied().collect();
     assert_eq!(peers.len(), 1, "one connection for ten requests: {peers:?}");

@@ -2,6 +2,7 @@
 //! with a short TTL, each computes the fleet's recommended replica count
 //! with the AutoScaler, and exports it as a metric; a worker that stops
 //! leaves the view at once, one that dies leaves it when its entry lapses.
+//! (Rounds are 1 s apart: the test takes some seconds.)
 //!
 //! `cargo test --workspace --features lkagent/redis`; needs `redis-server`.
 #![cfg(feature = "redis")]
@@ -70,7 +71,9 @@ async fn every_worker_computes_the_fleets_replica_count_from_the_shared_view() {
     let mut workers = Vec::new();
     for n in 0..3 {
         let mut options = options(&server).max_jobs(2);
-        options.fleet_view_interval = Duration::from_millis(100);
+        // entries last three intervals: long enough that a live worker's
+        // never lapses on a busy machine
+        options.fleet_view_interval = Duration::from_secs(1);
         options.instance_id = format!("scaling-w{n}");
         let worker = Worker::builder(options)
             .fleet_view(view.clone(), eager())
@@ -146,16 +149,15 @@ async fn every_worker_computes_the_fleets_replica_count_from_the_shared_view() {
     // ... one that dies without stopping leaves when its entry lapses (three
     // intervals), and the others never lapse meanwhile
     workers.pop().unwrap().do_send(lkagent::InjectFault::Worker);
-    let loads = wait_until(
-        "the dead worker's load lapsed",
-        || async { view.loads().await.unwrap_or_default() },
-        |loads| loads.iter().all(|load| load.worker != "scaling-w1"),
+    wait_until(
+        "the dead worker's load lapsed, the live one's kept",
+        || async {
+            let loads = view.loads().await.unwrap_or_default();
+            loads.into_iter().map(|l| l.worker).collect::<Vec<_>>()
+        },
+        |workers| workers == &["scaling-w0"],
     )
     .await;
-    assert_eq!(
-        loads.iter().map(|l| l.worker.as_str()).collect::<Vec<_>>(),
-        ["scaling-w0"]
-    );
     workers.pop().unwrap().stop().await;
 }
 

@@ -403,7 +403,6 @@ async fn a_remote_region_worker_takes_jobs_only_below_its_share() {
     let third = dispatch(&server, "local", "local-2")
         .await
         .expect("local takes more");
-    assert!(held.most.load(Ordering::SeqCst) <= 3);
 
     release.send_replace(true);
     for job in [first, second, third] {
@@ -536,10 +535,38 @@ async fn a_worker_restarted_by_the_pool_resumes_its_running_job() {
     pool.stop().await;
 }
 
+/// Holds a job until its room's release: rooms named `long-…` wait for
+/// `long`, the others for `short`.
+#[derive(Clone)]
+struct ByRoom {
+    short: watch::Receiver<bool>,
+    long: watch::Receiver<bool>,
+}
+
+impl JobHandler for ByRoom {
+    async fn on_job(&self, ctx: JobContext) -> Result<(), JobError> {
+        let mut release = if ctx.room_name().starts_with("long-") {
+            self.long.clone()
+        } else {
+            self.short.clone()
+        };
+        tokio::select! {
+            _ = release.wait_for(|released| *released) => {}
+            _ = ctx.cancelled() => {}
+        }
+        Ok(())
+    }
+}
+
 #[actix_rt::test]
-async fn a_scaled_group_grows_with_its_load_and_drains_back() {
+async fn a_scaled_group_grows_with_its_load_and_sheds_its_idle_workers() {
     let server = devserver().await;
-    let (held, release) = Held::new();
+    let (short, short_released) = watch::channel(false);
+    let (long, long_released) = watch::channel(false);
+    let handler = ByRoom {
+        short: short_released,
+        long: long_released,
+    };
     let policy = lkagent::scaling::ScalingPolicy {
         min_replicas: 1,
         max_replicas: 3,
@@ -552,7 +579,6 @@ async fn a_scaled_group_grows_with_its_load_and_drains_back() {
         ..Default::default()
     };
     let options = options(&server).max_jobs(2);
-    let handler = held.clone();
     let group = lkagent::ScaledGroup::new("conn", policy, move |_| {
         Worker::builder(options.clone())
             .agent_name("scaled")
@@ -564,7 +590,7 @@ async fn a_scaled_group_grows_with_its_load_and_drains_back() {
         .scaled(group)
         .start()
         .expect("pool starts");
-    let count = |state: &PoolState| {
+    let running = |state: &PoolState| {
         state
             .members
             .iter()
@@ -572,14 +598,18 @@ async fn a_scaled_group_grows_with_its_load_and_drains_back() {
             .count()
     };
     wait_pool(&pool, "the minimum registered", |state| {
-        count(state) == 1 && registered_member(state, "conn-1")
+        running(state) == 1 && registered_member(state, "conn-1")
     })
     .await;
 
     // fill what there is: the group grows to its maximum
     let mut jobs = Vec::new();
     for n in 0..6 {
-        let room = format!("room-{n}");
+        let room = if n == 0 {
+            "long-call".to_owned()
+        } else {
+            format!("short-{n}")
+        };
         let placed = wait_until(
             "a worker of the group to take the job",
             || dispatch(&server, "scaled", &room),
@@ -588,7 +618,8 @@ async fn a_scaled_group_grows_with_its_load_and_drains_back() {
         .await;
         jobs.push(placed.unwrap());
     }
-    let state = wait_pool(&pool, "three workers", |state| count(state) == 3).await;
+    let long_job = jobs[0].clone();
+    let state = wait_pool(&pool, "three workers", |state| running(state) == 3).await;
     let instances: std::collections::BTreeSet<_> = state
         .members
         .iter()
@@ -599,11 +630,11 @@ async fn a_scaled_group_grows_with_its_load_and_drains_back() {
         3,
         "each worker its own instance: {instances:?}"
     );
-    assert!(held.most.load(Ordering::SeqCst) <= 6);
 
-    // the jobs end: it drains back to one, and no job was cut
-    release.send_replace(true);
-    for job in &jobs {
+    // the short jobs end: the group sheds its idle workers and keeps the
+    // one still running the long call, which is not cut
+    short.send_replace(true);
+    for job in &jobs[1..] {
         let done = wait_final(&server, job).await;
         assert_eq!(
             statuses(&done).last(),
@@ -611,10 +642,31 @@ async fn a_scaled_group_grows_with_its_load_and_drains_back() {
             "{done:?}"
         );
     }
-    wait_pool(&pool, "back to the minimum", |state| {
-        state.members.len() == 1 && count(state) == 1
+    let state = wait_pool(&pool, "back to one worker", |state| {
+        state.members.len() == 1
     })
     .await;
+    let kept = state.members[0]
+        .worker
+        .as_ref()
+        .expect("the kept worker runs");
+    assert!(
+        kept.running_jobs.contains(&long_job),
+        "the worker with the long call is kept: {state:?}"
+    );
+    assert!(
+        !server
+            .job(&long_job)
+            .await
+            .unwrap()
+            .updates
+            .iter()
+            .any(|u| is_final(u.status)),
+        "the long call was not cut"
+    );
+    long.send_replace(true);
+    let done = wait_final(&server, &long_job).await;
+    assert_eq!(statuses(&done).last(), Some(&JobStatus::JsSuccess));
     pool.stop().await;
 }
 

@@ -441,6 +441,7 @@ impl Actor for WorkerActor {
         // kept trivial: dropping the threads (with the actor) stops every
         // child still running on them
         warn_if_jobs_left(&self.table);
+        self.metrics.stopped();
         self.retire_from_fleet_view();
         // whatever it still holds (checkpoints a drain kept) is an orphan
         // for the fleet at once, not when the heartbeat lapses; the store

@@ -50,7 +50,8 @@ impl WorkerActor {
         let load = FleetLoad {
             worker: self.options.instance_id.clone(),
             load: self.load.load,
-            jobs: counts.starting + counts.running,
+            // queued jobs are demand too: the replicas should cover them
+            jobs: counts.queued + counts.starting + counts.running,
             max_jobs: self.options.max_jobs,
             draining: self.shutting_down(),
         };
@@ -93,6 +94,8 @@ impl WorkerActor {
         let Some(scaling) = &self.scaling else {
             return;
         };
+        // its last recommendation must not pin a `max` across the fleet
+        self.metrics.recommended_replicas(0);
         let retire = scaling.view.retire(&self.options.instance_id);
         actix_rt::spawn(async move {
             if let Err(err) = retire.await {

@@ -76,7 +76,7 @@ pub struct FleetLoad {
     pub worker: String,
     /// Its reported load, `0.0..=1.0`.
     pub load: f32,
-    /// Jobs it runs (starting or running).
+    /// Jobs it holds: queued, starting or running.
     pub jobs: usize,
     /// Jobs it runs at most.
     pub max_jobs: usize,

@@ -348,9 +348,50 @@ impl ReportPolicy {
     }
 }
 
+/// The least load a worker reports for the budget it draws from (a
+/// `ResourceLimiter`, shared by the workers of a pool): the share in use
+/// (`used_share`) against the share this worker may fill (`ceiling`, 1.0 or
+/// its `accept_below`), mapped onto `threshold`, so the worker turns FULL
+/// exactly when that share is used up — not earlier for a resource-based
+/// threshold of 0.7 — and a job another worker starts raises its load in
+/// proportion.
+pub fn budget_load(used_share: f32, ceiling: f32, threshold: f32) -> f32 {
+    // a NaN or non-positive ceiling is no budget to report
+    if ceiling.is_nan() || ceiling <= 0.0 {
+        return 0.0;
+    }
+    clamp01(used_share / ceiling) * clamp01(threshold)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_budget_reaches_full_exactly_at_its_ceiling() {
+        let slots = Slots {
+            active: 0,
+            reserved: 0,
+            max: 10,
+        };
+        // the job-slot threshold: the share itself
+        assert_eq!(budget_load(0.5, 1.0, 1.0), 0.5);
+        let full = LoadReport::new(slots, budget_load(1.0, 1.0, 1.0), 1.0);
+        assert_eq!(full.status, WorkerStatus::WsFull);
+        // a resource threshold of 0.7: half the budget is half the way
+        let half = LoadReport::new(slots, budget_load(0.5, 1.0, 0.7), 0.7);
+        assert_eq!(half.status, WorkerStatus::WsAvailable);
+        assert!((half.load - 0.35).abs() < 1e-6);
+        let full = LoadReport::new(slots, budget_load(1.0, 1.0, 0.7), 0.7);
+        assert_eq!(full.status, WorkerStatus::WsFull);
+        // a remote region's worker at 0.5: full at half the budget
+        let remote = LoadReport::new(slots, budget_load(0.5, 0.5, 0.7), 0.7);
+        assert_eq!(remote.status, WorkerStatus::WsFull);
+        let below = LoadReport::new(slots, budget_load(0.49, 0.5, 0.7), 0.7);
+        assert_eq!(below.status, WorkerStatus::WsAvailable);
+        assert_eq!(budget_load(0.5, 0.0, 1.0), 0.0);
+        assert_eq!(budget_load(0.0, 1.0, 1.0), 0.0);
+    }
 
     fn metrics(active: usize, max: usize) -> LoadMetrics {
         LoadMetrics {

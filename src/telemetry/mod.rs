@@ -251,6 +251,16 @@ impl WorkerMetrics {
         labels
     }
 
+    /// The worker has stopped: its gauges drop to what a stopped worker
+    /// holds (no jobs, no load, not connected), so a series left behind — a
+    /// pool's removed worker, an old incarnation — does not go on counting
+    /// in a sum or an average across the fleet.
+    pub fn stopped(&self) {
+        self.jobs(&JobCounts::default(), [0; 4]);
+        self.load(0.0, false);
+        self.connected(false);
+    }
+
     /// The replica count the fleet should have, as this worker computed it
     /// from the fleet's view.
     pub fn recommended_replicas(&self, replicas: u32) {
