@@ -31,7 +31,7 @@ use super::messages::*;
 use super::supervision::Link;
 use super::worker::WorkerActor;
 use crate::options::WorkerOptions;
-use crate::protocol::{self, FrameError, MAX_FRAME_SIZE, PartialError, PartialMessageBuffer};
+use crate::protocol::{self, FrameError, MAX_FRAME_SIZE, PartialMessageBuffer};
 
 type WsSink = SplitSink<actix_codec::Framed<BoxedSocket, Codec>, WsMessage>;
 
@@ -416,12 +416,12 @@ impl StreamHandler<Result<Frame, WsProtocolError>> for ConnectionActor {
         match self.partial.feed(frame) {
             Ok(Some(frame)) => self.on_frame(frame, ctx),
             Ok(None) => {} // a fragment: wait for the rest
-            Err(err @ PartialError::Overflow { .. }) => {
-                // that one message is dropped; the stream itself is intact
-                warn!(%err, "dropping an oversized fragmented message");
-            }
             Err(err) => {
-                warn!(%err, "fragments out of order: reconnecting");
+                // an oversized message is a protocol error like a malformed
+                // one: dropping it and going on could lose an assignment
+                // without a word, so the connection is renewed (the server
+                // forgets its offers, the worker claims its jobs again)
+                warn!(%err, "a fragmented message the server should not send: reconnecting");
                 self.end(ConnectionExit::Failed(err.to_string()), ctx);
             }
         }

@@ -233,7 +233,7 @@ impl JobActor {
         ctx.spawn(
             actix::fut::wrap_future(run).map(|result, act: &mut Self, ctx| {
                 if let Some(outcome) = act.ending.clone() {
-                    return act.exit(outcome, ctx);
+                    return act.exit(ending_outcome(outcome, &result), ctx);
                 }
                 let failure = match result {
                     Ok(Ok(())) => return act.exit(JobOutcome::Succeeded, ctx),
@@ -466,6 +466,28 @@ impl Handler<MemoryPressure> for JobActor {
 
 /// Runs one of the user's hooks for a job; a panic in it is logged and
 /// becomes `None`, never an unwound arbiter.
+/// How a job being ended from outside ends, once its handler has returned
+/// `result`: a job the server terminated is a success if its handler
+/// returned `Ok` (the dispatch was deleted: there was nothing left to do),
+/// but one whose handler failed or panicked on its way out ends FAILED with
+/// that error, not as a success that hides it. A job stopped by the
+/// worker's shutdown keeps that reason.
+fn ending_outcome(
+    outcome: JobOutcome,
+    result: &Result<Result<(), JobError>, Box<dyn Any + Send>>,
+) -> JobOutcome {
+    match (outcome, result) {
+        (JobOutcome::Terminated, Ok(Err(JobError::Failed(reason)))) => {
+            JobOutcome::Failed(reason.clone())
+        }
+        (JobOutcome::Terminated, Ok(Err(JobError::Retryable { reason, .. }))) => {
+            JobOutcome::Failed(reason.clone())
+        }
+        (JobOutcome::Terminated, Err(panic)) => JobOutcome::Panicked(panic_message(&**panic)),
+        (outcome, _) => outcome,
+    }
+}
+
 pub(crate) fn guard<T>(hook: &str, job_id: &str, call: impl FnOnce() -> T) -> Option<T> {
     match std::panic::catch_unwind(AssertUnwindSafe(call)) {
         Ok(value) => Some(value),

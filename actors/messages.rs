@@ -239,8 +239,9 @@ pub enum JobOutcome {
     Failed(String),
     /// The handler panicked, with the panic's message.
     Panicked(String),
-    /// The server terminated the job and the handler wound down (or its grace
-    /// period ran out).
+    /// The server terminated the job and the handler wound down with `Ok`
+    /// (or its grace period ran out); a handler that returned an error or
+    /// panicked on its way out ends `Failed` or `Panicked` instead.
     Terminated,
     /// The worker stopped the job (it is shutting down), with why.
     Stopped(String),

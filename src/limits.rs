@@ -287,9 +287,11 @@ impl Budget {
                 available: free,
             });
         }
-        self.used.memory_mb += share.memory_mb;
-        self.used.cpu_units += share.cpu_units;
-        self.used.jobs += share.jobs;
+        // saturating: requests are the handler's numbers, and an overflow
+        // here would panic in the worker's own code
+        self.used.memory_mb = self.used.memory_mb.saturating_add(share.memory_mb);
+        self.used.cpu_units = self.used.cpu_units.saturating_add(share.cpu_units);
+        self.used.jobs = self.used.jobs.saturating_add(share.jobs);
         Ok(share)
     }
 
@@ -543,6 +545,21 @@ mod tests {
         assert_eq!(limiter.used_share(), 0.9);
         drop((a, b));
         assert_eq!(limiter.used_share(), 0.0);
+    }
+
+    #[test]
+    fn huge_requests_without_limits_saturate_rather_than_overflow() {
+        let limiter = ResourceLimiter::default();
+        let huge = ResourceRequest {
+            memory_mb: u64::MAX,
+            cpu_percent: f32::MAX,
+            jobs: usize::MAX,
+        };
+        let a = limiter.reserve(huge).unwrap();
+        let b = limiter.reserve(huge).unwrap();
+        assert_eq!(limiter.in_use().jobs, usize::MAX);
+        drop((a, b));
+        assert_eq!(limiter.in_use().jobs, 0);
     }
 
     #[test]

@@ -480,6 +480,12 @@ impl WorkerOptions {
         {
             return invalid("accept_below", "must be above 0 and at most 1");
         }
+        self.resource_limits
+            .validate()
+            .map_err(|reason| OptionsError::Invalid {
+                name: "resource_limits",
+                reason,
+            })?;
         validate_labels(&self.labels).map_err(|reason| OptionsError::Invalid {
             name: "labels",
             reason,
@@ -654,6 +660,15 @@ mod tests {
                 "{bad}: {err}"
             );
         }
+        let mut nan_cpu = base.clone();
+        nan_cpu.resource_limits.max_cpu_percent = f32::NAN;
+        assert!(matches!(
+            nan_cpu.validate().unwrap_err(),
+            OptionsError::Invalid {
+                name: "resource_limits",
+                ..
+            }
+        ));
         let long = "x".repeat(MAX_LABEL_VALUE + 1);
         assert!(base.clone().label("zone", long).validate().is_err());
         for bad in [0.0, 1.5, f32::NAN] {

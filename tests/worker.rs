@@ -327,7 +327,7 @@ async fn a_server_that_stops_answering_pings_is_left_for_a_new_connection() {
 }
 
 #[actix_rt::test]
-async fn a_fragmented_message_is_reassembled_and_an_oversized_one_dropped() {
+async fn a_fragmented_message_is_reassembled_and_an_oversized_one_renews_the_connection() {
     let server = devserver().await;
     let worker = worker(options(&server), DemoAgent);
     let worker_id = registered(&worker).await;
@@ -366,13 +366,27 @@ async fn a_fragmented_message_is_reassembled_and_an_oversized_one_dropped() {
         JobStatus::JsSuccess
     );
 
-    // 3 MiB in 1 MiB fragments: over the bound, dropped, the stream stays
-    let huge = RawFrame::Fragmented(vec![vec![0x0a; 1 << 20]; 3]);
-    server.inject_frame(&worker_id, huge).await.unwrap();
+    // an assignment of 3 MiB in 1 MiB fragments: over the bound, a protocol
+    // error — the connection is renewed rather than the job lost in silence
+    let mut oversized = room_job("AJ_oversized", "big");
+    oversized.metadata = "x".repeat(3 << 20);
+    let frame = lkagent::protocol::encode_server(proto::server_message::Message::Assignment(
+        proto::JobAssignment {
+            job: Some(oversized),
+            ..Default::default()
+        },
+    ));
+    let fragments = frame.chunks(1 << 20).map(<[u8]>::to_vec).collect();
+    server
+        .inject_frame(&worker_id, RawFrame::Fragmented(fragments))
+        .await
+        .unwrap();
+    let state = wait_worker(&worker, "a new connection", |s| {
+        s.connected && s.registrations == 2
+    })
+    .await;
+    assert_ne!(state.worker_id.as_deref(), Some(worker_id.as_str()));
     serve_quick_job(&server, "after").await;
-    let state = wait_worker(&worker, "idle", |s| s.running_jobs.is_empty()).await;
-    assert_eq!(state.registrations, 1, "the same connection throughout");
-    assert_eq!(state.worker_id.as_deref(), Some(worker_id.as_str()));
 }
 
 #[actix_rt::test]
@@ -454,4 +468,61 @@ async fn the_dev_server_answers_a_bad_token_with_401() {
             Ok(_) => panic!("token {token:?} was accepted"),
         }
     }
+}
+
+/// Runs until cancelled, then fails on its way out (a stream that broke as
+/// it was torn down) — or, for a room named `clean`, returns `Ok`.
+struct FailsOnTheWayOut;
+
+impl JobHandler for FailsOnTheWayOut {
+    async fn on_job(&self, ctx: JobContext) -> Result<(), JobError> {
+        ctx.cancelled().await;
+        if ctx.room_name() == "clean" {
+            Ok(())
+        } else {
+            Err(JobError::failed("the transcript could not be flushed"))
+        }
+    }
+}
+
+#[actix_rt::test]
+async fn a_terminated_job_whose_handler_fails_is_failed_with_its_error() {
+    let server = devserver().await;
+    let worker = worker(options(&server), FailsOnTheWayOut);
+    registered(&worker).await;
+    let log = EventLog::start(&worker).await;
+    let mut ids = Vec::new();
+    for room in ["broken", "clean"] {
+        let job = server.dispatch(DispatchRequest::room(room)).await.unwrap();
+        ids.push(job.id.clone());
+        wait_worker(&worker, "the job running", |s| {
+            s.running_jobs.contains(&job.id)
+        })
+        .await;
+        server.terminate_job(&job.id).await.unwrap();
+    }
+    let final_of = |events: &[lkagent::JobEvent], id: &str| {
+        events
+            .iter()
+            .filter(|e| e.job_id == id && is_final(e.status))
+            .map(|e| (e.status, e.error.clone()))
+            .collect::<Vec<_>>()
+    };
+    let events = wait_events(&log, "both final", |events| {
+        ids.iter().all(|id| !final_of(events, id).is_empty())
+    })
+    .await;
+    assert_eq!(
+        final_of(&events, &ids[0]),
+        [(
+            JobStatus::JsFailed,
+            "the transcript could not be flushed".to_owned()
+        )],
+        "the handler's error is reported, once"
+    );
+    assert_eq!(
+        final_of(&events, &ids[1]),
+        [(JobStatus::JsSuccess, String::new())],
+        "a handler that returns Ok after a termination succeeded"
+    );
 }

@@ -7,8 +7,10 @@
 //! fragment, not to the message, so without a bound of its own a peer could
 //! grow the buffer without end. This one refuses a message that would grow
 //! past `max` bytes: it reports [`PartialError::Overflow`] once, frees what
-//! it held, and skips the rest of that message, so the next message is read
-//! normally.
+//! it held, and skips the rest of that message, so the next message could
+//! be read normally. The worker's connection treats it as a protocol error
+//! all the same and renews the connection: the message dropped may have
+//! been an assignment, which must not vanish without a word.
 //!
 //! Control frames (ping, pong, close) may come between fragments (RFC 6455
 //! §5.4); they pass through [`feed`](PartialMessageBuffer::feed) untouched
@@ -50,7 +52,7 @@ impl CompleteMessage {
 pub enum PartialError {
     /// The message would exceed the bound; it is dropped, and its remaining
     /// fragments are skipped. The connection can go on.
-    #[error("fragmented message of at least {size} bytes exceeds the {max}-byte limit; dropped")]
+    #[error("a fragmented message of at least {size} bytes exceeds the {max}-byte limit")]
     Overflow {
         /// The size the message reached with the refused fragment.
         size: usize,
