@@ -10,8 +10,8 @@
 //! at the next tick. Every computed report goes to the WorkerActor
 //! ([`LoadChanged`]), for admission, for `GetLoad`, and — when marked — for
 //! the server as `update_worker`. On its own timer it checks the process's
-//! memory against the limits and tells the worker when that changes
-//! ([`MemoryChanged`]).
+//! memory and open file descriptors against the limits and tells the worker
+//! when that changes ([`MemoryChanged`], [`OpenFilesChanged`]).
 //!
 //! It runs on the worker's background arbiter: the sampling (sysinfo, `/proc`)
 //! and the user's load calculator never run on the connection's thread.
@@ -48,6 +48,7 @@ pub struct LoadReporterActor {
     budget_ceiling: f32,
     memory_check_interval: Duration,
     memory: UsageState,
+    open_files: UsageState,
     metrics: crate::telemetry::WorkerMetrics,
     slots: Slots,
     /// When each running job began, as last pulled from the worker.
@@ -80,6 +81,8 @@ pub(crate) struct ReporterConfig {
     /// The memory state the worker acts on now (a restarted reporter tells
     /// it when that changes, not when it differs from a fresh start).
     pub memory: UsageState,
+    /// The open-file state the worker acts on now (likewise).
+    pub open_files: UsageState,
 }
 
 impl LoadReporterActor {
@@ -96,6 +99,7 @@ impl LoadReporterActor {
             budget_ceiling: config.budget_ceiling,
             memory_check_interval: config.memory_check_interval,
             memory: config.memory,
+            open_files: config.open_files,
             metrics: config.metrics,
             slots: config.slots,
             running_since: Vec::new(),
@@ -185,6 +189,14 @@ impl LoadReporterActor {
         if state != self.memory {
             self.memory = state;
             self.link.worker().do_send(MemoryChanged(state));
+        }
+        // the descriptors too: a job's sockets and files count against
+        // `max_open_files` (or RLIMIT_NOFILE), and a worker out of them
+        // fails every job it would start
+        let state = self.limiter.check_open_files();
+        if state != self.open_files {
+            self.open_files = state;
+            self.link.worker().do_send(OpenFilesChanged(state));
         }
     }
 }

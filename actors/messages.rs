@@ -398,6 +398,12 @@ pub(crate) struct LoadChanged {
 #[rtype(result = "()")]
 pub(crate) struct MemoryChanged(pub UsageState);
 
+/// The process's open file descriptors crossed their limit
+/// (`max_open_files` or `RLIMIT_NOFILE`), or fell back below it.
+#[derive(Message, Debug)]
+#[rtype(result = "()")]
+pub(crate) struct OpenFilesChanged(pub UsageState);
+
 // ---------------------------------------------------------------------------
 // WorkerActor → any child, for tests only
 

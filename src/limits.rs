@@ -57,7 +57,8 @@ pub struct ResourceLimits {
     /// counted apart; this one caps jobs by what they declared.
     pub max_jobs: usize,
     /// Open file descriptors, for [`ResourceLimiter::check_open_files`]; the
-    /// process's `RLIMIT_NOFILE` applies too.
+    /// process's `RLIMIT_NOFILE` applies too. The worker checks them with
+    /// its memory, and admits no new job at or above 90 % of the smaller.
     pub max_open_files: u64,
 }
 

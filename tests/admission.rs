@@ -360,3 +360,47 @@ async fn memory_over_the_limit_reaches_running_jobs_and_stops_admissions() {
         "{declined:?}"
     );
 }
+
+#[actix_rt::test]
+async fn a_worker_at_its_open_file_limit_admits_no_job() {
+    let server = devserver().await;
+    let mut options = options(&server);
+    options.memory_check_interval = Duration::from_millis(100);
+    // this process has far more than one descriptor open: the first check
+    // finds it over the limit
+    let worker = Worker::builder(options)
+        .resource_limits(ResourceLimits {
+            max_open_files: 1,
+            ..ResourceLimits::default()
+        })
+        .handler(lkagent::demo::DemoAgent)
+        .start()
+        .unwrap();
+    let worker_id = registered(&worker).await;
+    let refused = wait_until(
+        "a refusal for the open files",
+        || async {
+            worker
+                .send(SpawnJob::new("r").metadata(r#"{"duration_ms": 1}"#))
+                .await
+                .unwrap()
+        },
+        |outcome| matches!(outcome, SpawnOutcome::Refused { .. }),
+    )
+    .await;
+    let SpawnOutcome::Refused {
+        reason: SpawnRefusal::Resources(why),
+    } = refused
+    else {
+        panic!("{refused:?}");
+    };
+    assert!(why.contains("open-file limit"), "{why}");
+    let declined = server
+        .dispatch(DispatchRequest::room("r2").to_worker(worker_id))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(declined, DispatchError::Declined { .. }),
+        "{declined:?}"
+    );
+}

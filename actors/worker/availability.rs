@@ -46,14 +46,20 @@ impl WorkerActor {
         Ok(())
     }
 
-    /// The last checks, once the job is to be accepted: its resources fit
-    /// the limits, and the rate limits allow one more job (only accepted
-    /// jobs count against them). On success, the job's reservation.
+    /// The last checks, once the job is to be accepted: the process is not
+    /// near its open-file limit, the job's resources fit the limits, and the
+    /// rate limits allow one more job (only accepted jobs count against
+    /// them). On success, the job's reservation.
     pub(super) fn reserve(
         &mut self,
         room: &str,
         resources: ResourceRequest,
     ) -> Result<Reservation, SpawnRefusal> {
+        if matches!(self.open_files, UsageState::Pressure | UsageState::Exceeded) {
+            return Err(SpawnRefusal::Resources(
+                "the process is near its open-file limit (max_open_files or RLIMIT_NOFILE)".into(),
+            ));
+        }
         let reservation = self
             .limiter
             .reserve(resources)

@@ -110,6 +110,8 @@ pub struct WorkerActor {
     limiter: ResourceLimiter,
     rate_limiter: Option<JobRateLimiter>,
     memory: UsageState,
+    /// The open-file state last reported: at pressure no job is admitted.
+    open_files: UsageState,
     load_calculator: Arc<dyn LoadCalculator>,
     /// The load at which the worker reports FULL (options, else the
     /// calculator's default), decided once at start.
@@ -243,6 +245,7 @@ impl WorkerActor {
             limiter,
             rate_limiter,
             memory: UsageState::Ok,
+            open_files: UsageState::Ok,
             load_calculator,
             threshold,
             load,

@@ -162,6 +162,21 @@ impl Handler<MemoryChanged> for WorkerActor {
     }
 }
 
+impl Handler<OpenFilesChanged> for WorkerActor {
+    type Result = ();
+
+    fn handle(&mut self, msg: OpenFilesChanged, _ctx: &mut Self::Context) {
+        let state = msg.0;
+        match state {
+            UsageState::Pressure | UsageState::Exceeded => {
+                warn!(?state, "near the open-file limit: admitting no job")
+            }
+            _ => info!(?state, "open files back under the limit"),
+        }
+        self.open_files = state;
+    }
+}
+
 impl Handler<GetState> for WorkerActor {
     type Result = MessageResult<GetState>;
 

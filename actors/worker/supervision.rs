@@ -73,6 +73,7 @@ impl WorkerActor {
             slots: self.slots(),
             connected: self.connected(),
             memory: self.memory,
+            open_files: self.open_files,
         };
         let addr = LoadReporterActor::start_in_arbiter(&self.threads.background(), move |_| {
             LoadReporterActor::new(config, link)
