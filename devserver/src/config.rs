@@ -60,6 +60,32 @@ pub struct DevServerConfig {
     /// (default [`MAX_JOBS`](crate::MAX_JOBS); raise it to hold more jobs
     /// running at once, as a benchmark does).
     pub max_jobs: usize,
+    /// Listen beyond loopback with the well-known [`DEV_KEY`] all the same.
+    /// Off by default: anyone who can reach the port knows that secret, so
+    /// [`DevServer::start`](crate::DevServer::start) refuses it.
+    pub insecure: bool,
+}
+
+impl DevServerConfig {
+    /// Why this configuration must not start: listening beyond loopback
+    /// while [`DEV_KEY`] (whose secret everyone knows) is accepted, unless
+    /// [`insecure`](Self::insecure) says so.
+    pub fn refusal(&self) -> Option<String> {
+        let public = !self.bind.ip().is_loopback();
+        let dev_key = self
+            .keys
+            .iter()
+            .any(|(key, secret)| (key.as_str(), secret.as_str()) == DEV_KEY);
+        (public && dev_key && !self.insecure).then(|| {
+            format!(
+                "refusing to listen on {} with the default key {}:{} that anyone can use: \
+                 set your own keys (--keys, LIVEKIT_KEYS), or pass --insecure",
+                self.bind.ip(),
+                DEV_KEY.0,
+                DEV_KEY.1
+            )
+        })
+    }
 }
 
 impl Default for DevServerConfig {
@@ -77,6 +103,7 @@ impl Default for DevServerConfig {
             reconnect_grace: DEFAULT_RECONNECT_GRACE,
             max_job_attempts: DEFAULT_MAX_JOB_ATTEMPTS,
             max_jobs: crate::MAX_JOBS,
+            insecure: false,
         }
     }
 }
@@ -98,12 +125,46 @@ impl fmt::Debug for DevServerConfig {
             .field("reconnect_grace", &self.reconnect_grace)
             .field("max_job_attempts", &self.max_job_attempts)
             .field("max_jobs", &self.max_jobs)
+            .field("insecure", &self.insecure)
             .finish()
     }
 }
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn the_default_key_is_refused_beyond_loopback_unless_insecure() {
+        let public = DevServerConfig {
+            bind: SocketAddr::from(([0, 0, 0, 0], 7880)),
+            ..DevServerConfig::default()
+        };
+        let why = public.refusal().expect("refused");
+        assert!(
+            why.contains("--insecure") && why.contains("0.0.0.0"),
+            "{why}"
+        );
+        let insecure = DevServerConfig {
+            insecure: true,
+            ..public.clone()
+        };
+        assert_eq!(insecure.refusal(), None);
+        let own_keys = DevServerConfig {
+            keys: vec![("prod".into(), "a-long-secret".into())],
+            ..public.clone()
+        };
+        assert_eq!(own_keys.refusal(), None);
+        assert_eq!(
+            DevServerConfig::default().refusal(),
+            None,
+            "loopback is fine"
+        );
+        let ipv6_loopback = DevServerConfig {
+            bind: "[::1]:7880".parse().unwrap(),
+            ..DevServerConfig::default()
+        };
+        assert_eq!(ipv6_loopback.refusal(), None);
+    }
+
     use super::*;
 
     #[test]

@@ -1,7 +1,7 @@
 //! `lkagent-devserver`: run a local LiveKit-compatible agent dispatcher.
 //!
 //! ```text
-//! lkagent-devserver [serve] [--port 7880] [--bind 127.0.0.1] [--keys devkey:secret]
+//! lkagent-devserver [serve] [--port 7880] [--bind 127.0.0.1] [--keys devkey:secret] [--insecure]
 //! lkagent-devserver dispatch create ROOM [AGENT] [METADATA]
 //! lkagent-devserver dispatch list ROOM
 //! lkagent-devserver dispatch delete ROOM DISPATCH_ID
@@ -24,7 +24,7 @@ use tracing_subscriber::EnvFilter;
 
 const DEFAULT_PORT: u16 = 7880;
 const USAGE: &str =
-    "usage: lkagent-devserver [serve] [--port PORT] [--bind ADDR] [--keys KEY:SECRET[,KEY:SECRET...]]
+    "usage: lkagent-devserver [serve] [--port PORT] [--bind ADDR] [--keys KEY:SECRET[,KEY:SECRET...]] [--insecure]
        lkagent-devserver dispatch create ROOM [AGENT] [METADATA] | dispatch list ROOM
        lkagent-devserver dispatch delete ROOM DISPATCH_ID
        lkagent-devserver room create ROOM | room list | room delete ROOM
@@ -35,20 +35,28 @@ const USAGE: &str =
   --port  PORT   port to listen on (env LKAGENT_DEVSERVER_PORT, default 7880)
   --bind  ADDR   address to listen on (env LKAGENT_DEVSERVER_BIND, default 127.0.0.1)
   --keys  LIST   API keys as key:secret,... or livekit-server's \"key: secret\" lines
-                 (env LIVEKIT_KEYS, default devkey:secret)";
+                 (env LIVEKIT_KEYS, default devkey:secret)
+  --insecure     listen beyond loopback with the default devkey:secret all
+                 the same (refused otherwise: everyone knows that secret)";
 
 struct Args {
     port: u16,
     bind: IpAddr,
     keys: Vec<(String, String)>,
+    insecure: bool,
 }
 
 fn parse_args() -> Result<Args, String> {
     let mut port = std::env::var("LKAGENT_DEVSERVER_PORT").ok();
     let mut bind = std::env::var("LKAGENT_DEVSERVER_BIND").ok();
     let mut keys = std::env::var("LIVEKIT_KEYS").ok();
+    let mut insecure = false;
     let mut args = std::env::args().skip(1).skip_while(|a| a == "serve");
     while let Some(arg) = args.next() {
+        if arg == "--insecure" {
+            insecure = true;
+            continue;
+        }
         let (flag, inline) = match arg.split_once('=') {
             Some((f, v)) => (f.to_owned(), Some(v.to_owned())),
             None => (arg.clone(), None),
@@ -78,7 +86,12 @@ fn parse_args() -> Result<Args, String> {
         Some(k) => parse_keys(&k).map_err(|e| format!("bad keys: {e}"))?,
         None => vec![(DEV_KEY.0.to_owned(), DEV_KEY.1.to_owned())],
     };
-    Ok(Args { port, bind, keys })
+    Ok(Args {
+        port,
+        bind,
+        keys,
+        insecure,
+    })
 }
 
 fn main() -> ExitCode {
@@ -111,12 +124,13 @@ async fn run(args: Args) -> ExitCode {
     let config = DevServerConfig {
         bind: SocketAddr::new(args.bind, args.port),
         keys: args.keys,
+        insecure: args.insecure,
         ..Default::default()
     };
     let server = match DevServer::start(config).await {
         Ok(s) => s,
         Err(e) => {
-            eprintln!("error: cannot listen on {}:{}: {e}", args.bind, args.port);
+            eprintln!("error: cannot serve on {}:{}: {e}", args.bind, args.port);
             return ExitCode::FAILURE;
         }
     };

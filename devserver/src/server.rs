@@ -95,6 +95,9 @@ impl DevServer {
                 "no API keys configured",
             ));
         }
+        if let Some(why) = config.refusal() {
+            return Err(io::Error::new(io::ErrorKind::PermissionDenied, why));
+        }
         let listener = std::net::TcpListener::bind(config.bind)?;
         let addr = listener.local_addr()?;
         let (version_tx, version_rx) = watch::channel(0u64);

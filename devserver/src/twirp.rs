@@ -128,14 +128,14 @@ pub(crate) fn claims(req: &HttpRequest, state: &AppState) -> Result<Claims, ApiE
         .headers()
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok());
-    let token = auth::extract_token(authorization, None)
-        .ok_or_else(|| ApiError::unauthenticated("permissions denied"))?;
+    let token = auth::extract_token(authorization, None).ok_or_else(denied)?;
     match auth::verify(token, &state.keys) {
         Ok((_, claims)) => Ok(claims),
         Err(e) => {
-            // The reason only: never the token.
+            // The reason goes to the log only (never the token): told to the
+            // caller, it would say which key names exist
             tracing::info!(peer = ?req.peer_addr(), reason = %e, "API call refused");
-            Err(ApiError::unauthenticated(e.to_string()))
+            Err(denied())
         }
     }
 }

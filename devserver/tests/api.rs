@@ -420,3 +420,73 @@ async fn json_bodies_are_served_in_json() {
         "malformed"
     );
 }
+
+/// A token for key `devkey` (secret `secret`) valid from `nbf` to `exp`
+/// (seconds since the epoch), signed here: the access-token builder only
+/// makes tokens valid from now.
+fn token_valid(nbf: u64, exp: u64) -> String {
+    use base64::Engine as _;
+    use hmac::Mac as _;
+    let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    let header = b64.encode(r#"{"alg":"HS256","typ":"JWT"}"#);
+    let claims = serde_json::json!({
+        "iss": "devkey",
+        "nbf": nbf,
+        "exp": exp,
+        "video": {"roomList": true},
+    });
+    let payload = b64.encode(claims.to_string());
+    let signed = format!("{header}.{payload}");
+    let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(b"secret").unwrap();
+    mac.update(signed.as_bytes());
+    let signature = b64.encode(mac.finalize().into_bytes());
+    format!("{signed}.{signature}")
+}
+
+#[actix_rt::test]
+async fn expired_and_not_yet_valid_tokens_are_refused_without_detail() {
+    let server = server().await;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    // past the verifier's leeway (60 s) either way
+    let cases = [
+        ("valid", token_valid(now - 10, now + 3600), 200),
+        ("expired", token_valid(now - 7200, now - 3600), 401),
+        ("not yet valid", token_valid(now + 3600, now + 7200), 401),
+        (
+            "unknown key",
+            livekit_api::access_token::AccessToken::with_api_key("nokey", "secret")
+                .with_grants(VideoGrants {
+                    room_list: true,
+                    ..Default::default()
+                })
+                .to_jwt()
+                .unwrap(),
+            401,
+        ),
+    ];
+    for (what, token, expected) in cases {
+        let (status, _, body) = post(
+            &server,
+            "/twirp/livekit.RoomService/ListRooms",
+            "application/json",
+            Some(&token),
+            b"{}".to_vec(),
+        )
+        .await;
+        assert_eq!(
+            status,
+            expected,
+            "{what}: {}",
+            String::from_utf8_lossy(&body)
+        );
+        if expected == 401 {
+            let err: serde_json::Value = serde_json::from_slice(&body).unwrap();
+            assert_eq!(err["code"], "unauthenticated", "{what}");
+            // no hint of why: which keys exist, what was wrong
+            assert_eq!(err["msg"], "permissions denied", "{what}");
+        }
+    }
+}

@@ -71,3 +71,18 @@ async fn second_key_from_the_list_is_accepted() {
     let t = token("k2", "s2", true);
     assert!(status(try_connect(&server, Some(&t)).await).is_none());
 }
+
+#[actix_rt::test]
+async fn a_public_bind_with_the_default_key_is_refused() {
+    // refused before anything listens: no socket is opened beyond loopback
+    let config = lkagent_devserver::DevServerConfig {
+        bind: std::net::SocketAddr::from(([0, 0, 0, 0], 0)),
+        ..Default::default()
+    };
+    let err = lkagent_devserver::DevServer::start(config)
+        .await
+        .err()
+        .expect("refused");
+    assert_eq!(err.kind(), std::io::ErrorKind::PermissionDenied);
+    assert!(err.to_string().contains("--insecure"), "{err}");
+}
