@@ -1026,23 +1026,13 @@ impl WorkerPool {
     }
 }
 
-/// Serves the pool's endpoints on `listener`, on actix-web's own thread.
+/// Serves the pool's endpoints on `listener`.
 #[cfg(feature = "http")]
 fn serve_http(
     listener: std::net::TcpListener,
     pool: Pool,
 ) -> std::io::Result<std::net::SocketAddr> {
-    let addr = listener.local_addr()?;
-    let server = actix_web::HttpServer::new(move || {
-        actix_web::App::new().configure(crate::http::configure_pool(pool.clone()))
-    })
-    .workers(1)
-    .disable_signals()
-    .listen(listener)?
-    .run();
-    actix_rt::spawn(server);
-    info!(%addr, "serving the pool's /, /ready, /worker and /metrics");
-    Ok(addr)
+    crate::http::serve(listener, crate::http::configure_pool(pool))
 }
 
 #[cfg(not(feature = "http"))]

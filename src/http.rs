@@ -49,6 +49,28 @@ pub fn configure<S: StateSource>(worker: S) -> impl FnOnce(&mut web::ServiceConf
     }
 }
 
+/// Serves the endpoints `configure` mounts (a worker's or a pool's) on
+/// `listener`, on actix-web's own thread (one worker thread: these are
+/// probes and scrapes); the bound address.
+pub(crate) fn serve<C>(
+    listener: std::net::TcpListener,
+    configure: C,
+) -> std::io::Result<std::net::SocketAddr>
+where
+    C: FnOnce(&mut web::ServiceConfig) + Clone + Send + 'static,
+{
+    let addr = listener.local_addr()?;
+    let server =
+        actix_web::HttpServer::new(move || actix_web::App::new().configure(configure.clone()))
+            .workers(1)
+            .disable_signals()
+            .listen(listener)?
+            .run();
+    actix_rt::spawn(server);
+    tracing::info!(%addr, "serving /, /ready, /worker and /metrics");
+    Ok(addr)
+}
+
 /// What `GET /` answers: 200 and `OK`, or 503 and why.
 pub fn liveness(state: Option<&WorkerState>) -> (u16, String) {
     match state {

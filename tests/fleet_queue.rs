@@ -181,15 +181,7 @@ async fn a_fleet_job_cut_by_its_workers_shutdown_is_taken_over_and_then_acknowle
         *handler.recovered_with.lock().unwrap() == [Some(7)]
     })
     .await;
-    let done = wait_events(&events, "the job's end", |seen| {
-        seen.iter()
-            .any(|e| e.job_id == job_id && is_final(e.status))
-    })
-    .await;
-    let end = done
-        .iter()
-        .find(|e| e.job_id == job_id && is_final(e.status))
-        .unwrap();
+    let end = final_event(&events, &job_id).await;
     assert_eq!(end.origin, JobOrigin::Fleet);
     assert_eq!(end.status, lkagent::proto::JobStatus::JsSuccess);
     let claimed_from_server = server
@@ -247,15 +239,7 @@ async fn a_fleet_jobs_crashed_actor_restarts_from_the_jobs_checkpoint() {
         *handler.recovered_with.lock().unwrap() == [Some(7)]
     })
     .await;
-    let done = wait_events(&events, "the job's end", |seen| {
-        seen.iter()
-            .any(|e| e.job_id == job_id && is_final(e.status))
-    })
-    .await;
-    let end = done
-        .iter()
-        .find(|e| e.job_id == job_id && is_final(e.status))
-        .unwrap();
+    let end = final_event(&events, &job_id).await;
     assert_eq!(
         (end.origin, end.status),
         (JobOrigin::Fleet, lkagent::proto::JobStatus::JsSuccess)

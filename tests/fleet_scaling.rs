@@ -35,22 +35,6 @@ impl JobHandler for Held {
     }
 }
 
-/// Scales on every sample: no cooldown, no stabilization, so the test sees
-/// the decision follow the load.
-fn eager() -> ScalingPolicy {
-    ScalingPolicy {
-        min_replicas: 1,
-        max_replicas: 10,
-        target_load: 0.5,
-        scale_up_threshold: 0.7,
-        scale_down_threshold: 0.3,
-        up_cooldown: Duration::ZERO,
-        down_cooldown: Duration::ZERO,
-        stabilization: Duration::ZERO,
-        ..ScalingPolicy::default()
-    }
-}
-
 async fn recommended(worker: &Worker) -> Option<u32> {
     worker
         .send(lkagent::GetState)
@@ -76,7 +60,7 @@ async fn every_worker_computes_the_fleets_replica_count_from_the_shared_view() {
         options.fleet_view_interval = Duration::from_secs(1);
         options.instance_id = format!("scaling-w{n}");
         let worker = Worker::builder(options)
-            .fleet_view(view.clone(), eager())
+            .fleet_view(view.clone(), eager_policy(10))
             .handler(Held(released.clone()))
             .start()
             .expect("worker starts");

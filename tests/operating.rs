@@ -20,18 +20,7 @@ use lkagent_devserver::{DevServer, DevServerConfig, DispatchError, DispatchReque
 
 /// GETs `path` from the worker's endpoints: the status and the body.
 async fn get(worker: &Worker, path: &str) -> (u16, String) {
-    let _ = rustls::crypto::ring::default_provider().install_default();
-    let addr = worker.http_addr().expect("the worker serves HTTP");
-    let mut response = awc::Client::new()
-        .get(format!("http://{addr}{path}"))
-        .send()
-        .await
-        .expect("the endpoint answers");
-    let body = response.body().await.expect("a body");
-    (
-        response.status().as_u16(),
-        String::from_utf8_lossy(&body).into_owned(),
-    )
+    http_get(worker.http_addr().expect("the worker serves HTTP"), path).await
 }
 
 /// Waits until `path` answers `status`; the last body.

@@ -172,7 +172,7 @@ async fn a_pool_worker_that_stops_is_restarted_and_registers_again() {
 
     // the pool's endpoints: live, ready, every worker with its labels
     let http = pool.http_addr().expect("serving");
-    let (code, body) = get(http, "/worker").await;
+    let (code, body) = http_get(http, "/worker").await;
     assert_eq!(code, 200, "{body}");
     let json: serde_json::Value = serde_json::from_str(&body).unwrap();
     let beta_json = json["workers"]
@@ -185,8 +185,8 @@ async fn a_pool_worker_that_stops_is_restarted_and_registers_again() {
     assert_eq!(beta_json["labels"]["region"], "us-east");
     assert_eq!(beta_json["restarts"], 1);
     assert_eq!(beta_json["worker"]["connected"], true);
-    assert_eq!(get(http, "/").await.0, 200);
-    assert_eq!(get(http, "/ready").await.0, 200);
+    assert_eq!(http_get(http, "/").await.0, 200);
+    assert_eq!(http_get(http, "/ready").await.0, 200);
 
     pool.stop().await;
     server
@@ -567,17 +567,7 @@ async fn a_scaled_group_grows_with_its_load_and_sheds_its_idle_workers() {
         short: short_released,
         long: long_released,
     };
-    let policy = lkagent::scaling::ScalingPolicy {
-        min_replicas: 1,
-        max_replicas: 3,
-        target_load: 0.5,
-        scale_up_threshold: 0.7,
-        scale_down_threshold: 0.3,
-        up_cooldown: Duration::ZERO,
-        down_cooldown: Duration::ZERO,
-        stabilization: Duration::ZERO,
-        ..Default::default()
-    };
+    let policy = eager_policy(3);
     let options = options(&server).max_jobs(2);
     let group = lkagent::ScaledGroup::new("conn", policy, move |_| {
         Worker::builder(options.clone())
@@ -712,18 +702,4 @@ async fn a_pool_refuses_bad_members_and_stops_what_it_started() {
         .wait_workers(DEADLINE, |workers| workers.iter().all(|w| !w.connected))
         .await
         .expect("nothing left registered");
-}
-
-/// GETs `path` from `addr`: (status, body).
-async fn get(addr: std::net::SocketAddr, path: &str) -> (u16, String) {
-    let mut response = awc::Client::new()
-        .get(format!("http://{addr}{path}"))
-        .send()
-        .await
-        .expect("the endpoint answers");
-    let body = response.body().await.expect("a body");
-    (
-        response.status().as_u16(),
-        String::from_utf8_lossy(&body).into_owned(),
-    )
 }

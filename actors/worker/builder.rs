@@ -474,17 +474,7 @@ fn serve_http(
     listener: std::net::TcpListener,
     worker: Worker,
 ) -> std::io::Result<std::net::SocketAddr> {
-    let addr = listener.local_addr()?;
-    let server = actix_web::HttpServer::new(move || {
-        actix_web::App::new().configure(crate::http::configure(worker.clone()))
-    })
-    .workers(1)
-    .disable_signals()
-    .listen(listener)?
-    .run();
-    actix_rt::spawn(server);
-    tracing::info!(%addr, "serving /, /ready, /worker and /metrics");
-    Ok(addr)
+    crate::http::serve(listener, crate::http::configure(worker))
 }
 
 #[cfg(not(feature = "http"))]

@@ -546,3 +546,43 @@ impl Drop for TestRedis {
         self.kill();
     }
 }
+
+/// GETs `path` from the HTTP endpoints at `addr`: the status and the body.
+pub async fn http_get(addr: std::net::SocketAddr, path: &str) -> (u16, String) {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let mut response = awc::Client::new()
+        .get(format!("http://{addr}{path}"))
+        .send()
+        .await
+        .expect("the endpoint answers");
+    let body = response.body().await.expect("a body");
+    (
+        response.status().as_u16(),
+        String::from_utf8_lossy(&body).into_owned(),
+    )
+}
+
+/// Waits until the log holds `job_id`'s final event (SUCCESS or FAILED),
+/// and returns the first one.
+pub async fn final_event(log: &Addr<EventLog>, job_id: &str) -> lkagent::JobEvent {
+    let is_end = |e: &lkagent::JobEvent| e.job_id == job_id && is_final(e.status);
+    let events = wait_events(log, "the job's end", |seen| seen.iter().any(is_end)).await;
+    events.into_iter().find(is_end).expect("waited for it")
+}
+
+/// A scaling policy that follows the load at every sample — no cooldowns,
+/// no stabilization — so a test sees a decision follow its cause: a target
+/// of 0.5, up above 0.7, down below 0.3, between 1 and `max_replicas`.
+pub fn eager_policy(max_replicas: u32) -> lkagent::scaling::ScalingPolicy {
+    lkagent::scaling::ScalingPolicy {
+        min_replicas: 1,
+        max_replicas,
+        target_load: 0.5,
+        scale_up_threshold: 0.7,
+        scale_down_threshold: 0.3,
+        up_cooldown: Duration::ZERO,
+        down_cooldown: Duration::ZERO,
+        stabilization: Duration::ZERO,
+        ..Default::default()
+    }
+}
