@@ -472,6 +472,41 @@ pub struct JobTable<A = ()> {
     connected: bool,
     next_seq: u64,
     evicted: u64,
+    /// Server jobs that ended here and left the table: a repeated offer or
+    /// assignment of one (a duplicate on the wire) is not a new job.
+    ended: RecentlyEnded,
+}
+
+/// Server jobs whose rows left the table, the newest [`RECENTLY_ENDED`]
+/// remembered.
+#[derive(Debug, Default)]
+struct RecentlyEnded {
+    order: std::collections::VecDeque<String>,
+    ids: std::collections::HashSet<String>,
+}
+
+/// How many ended server jobs a worker remembers, to know a repeated offer
+/// or assignment of one for what it is. A repeat arrives within moments of
+/// the original; this covers thousands of jobs ending in between, for a few
+/// tens of kilobytes.
+pub const RECENTLY_ENDED: usize = 4096;
+
+impl RecentlyEnded {
+    fn note(&mut self, id: &str) {
+        if !self.ids.insert(id.to_owned()) {
+            return;
+        }
+        self.order.push_back(id.to_owned());
+        if self.order.len() > RECENTLY_ENDED
+            && let Some(oldest) = self.order.pop_front()
+        {
+            self.ids.remove(&oldest);
+        }
+    }
+
+    fn contains(&self, id: &str) -> bool {
+        self.ids.contains(id)
+    }
 }
 
 /// Moves a row to `state`, keeping the tally in step.
@@ -509,6 +544,7 @@ impl<A: Default> JobTable<A> {
             connected: false,
             next_seq: 0,
             evicted: 0,
+            ended: RecentlyEnded::default(),
         }
     }
 
@@ -560,7 +596,7 @@ impl<A: Default> JobTable<A> {
         may_queue: bool,
         now: Instant,
     ) -> Result<u64, Refusal> {
-        if self.rows.contains_key(id) {
+        if self.rows.contains_key(id) || self.ended.contains(id) {
             return Err(Refusal::Duplicate(id.to_owned()));
         }
         let over_capacity = self.slots_full();
@@ -688,6 +724,7 @@ impl<A: Default> JobTable<A> {
                 }
                 _ => Assignment::Duplicate,
             },
+            None if self.ended.contains(id) => Assignment::Duplicate,
             None => {
                 let room = crate::handler::room_name(&spec.job).to_owned();
                 if can_start {
@@ -735,7 +772,7 @@ impl<A: Default> JobTable<A> {
             spec,
             checkpoint,
         } = admission;
-        if self.rows.contains_key(&id) {
+        if self.rows.contains_key(&id) || (origin.is_servers() && self.ended.contains(&id)) {
             return Err(Refusal::Duplicate(id));
         }
         let (state, placement) = if self.can_start() {
@@ -987,6 +1024,7 @@ impl<A: Default> JobTable<A> {
             .min_by_key(|(_, row)| row.seq)
             .map(|(id, _)| id.clone())?;
         self.take(&oldest);
+        self.ended.note(&oldest);
         self.evicted += 1;
         Some(oldest)
     }
@@ -1002,6 +1040,7 @@ impl<A: Default> JobTable<A> {
                 .is_some_and(|row| row.state == JobState::Finishing)
             {
                 self.take(id);
+                self.ended.note(id);
                 confirmed += 1;
             }
         }

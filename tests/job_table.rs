@@ -256,6 +256,64 @@ async fn a_repeated_offer_or_assignment_of_a_queued_job_is_refused() {
 }
 
 #[actix_rt::test]
+async fn a_repeated_assignment_of_a_job_that_ended_runs_nothing_and_reports_nothing_again() {
+    let server = devserver().await;
+    let probe = Probe::new();
+    let worker = worker(options(&server).max_jobs(2), probe.clone());
+    let worker_id = registered(&worker).await;
+    let job = server
+        .dispatch(DispatchRequest::room("once"))
+        .await
+        .unwrap();
+    probe.finish.add_permits(1);
+    wait_final(&server, &job.id).await;
+    // the server confirmed the final: the job has left the worker's table
+    wait_worker(&worker, "the final confirmed", |s| {
+        s.outbox == 0 && s.running_jobs.is_empty()
+    })
+    .await;
+
+    // the same assignment again (a duplicate on the wire), twice
+    for _ in 0..2 {
+        let assignment = lkagent::protocol::encode_server(
+            proto::server_message::Message::Assignment(proto::JobAssignment {
+                job: Some(room_job(&job.id, "once")),
+                token: "a-token".into(),
+                ..Default::default()
+            }),
+        );
+        server
+            .inject_frame(&worker_id, RawFrame::Binary(assignment))
+            .await
+            .unwrap();
+    }
+    // frames are handled in order: an offer answered after them means the
+    // repeats were handled
+    inject_offer(&server, &worker_id, room_job("AJ_barrier", "b")).await;
+    server
+        .wait_workers(DEADLINE, |ws| {
+            ws.iter().any(|w| {
+                w.id == worker_id
+                    && w.availability_answers
+                        .iter()
+                        .any(|(id, _)| id == "AJ_barrier")
+            })
+        })
+        .await
+        .expect("the offer after the repeats is answered");
+    assert_eq!(probe.started(), std::slice::from_ref(&job.id), "ran once");
+    let state = worker.send(lkagent::GetState).await.unwrap();
+    assert!(state.running_jobs.is_empty(), "{state:?}");
+    assert_eq!(state.outbox, 0, "no final owed again: {state:?}");
+    let record = server.job(&job.id).await.unwrap();
+    assert_eq!(
+        statuses(&record),
+        [JobStatus::JsRunning, JobStatus::JsSuccess],
+        "one RUNNING, one final"
+    );
+}
+
+#[actix_rt::test]
 async fn jobs_recovered_past_capacity_wait_in_the_queue_or_are_refused_when_it_is_full() {
     let server = devserver().await;
     let gone = worker(

@@ -304,18 +304,13 @@ impl Handler<JobAssigned> for WorkerActor {
                 self.place(&job_id, placement, ctx);
             }
             Assignment::Duplicate => {
+                // nothing more is sent: a final status still owed goes out
+                // until the server confirms it (again after a reconnect), so
+                // a repeat of it here would only reach the server twice
                 warn!(
                     job_id,
-                    "ignoring a repeated assignment of a job the worker has"
+                    "ignoring a repeated assignment of a job the worker has or had"
                 );
-                if self.connected()
-                    && let Some(owed) = self.table.final_status(&job_id).cloned()
-                {
-                    // the server may have missed how it ended: say it again
-                    self.send(vec![livekit_protocol::worker_message::Message::UpdateJob(
-                        owed,
-                    )]);
-                }
             }
             Assignment::Refused(report) => {
                 warn!(

@@ -64,6 +64,10 @@ pub struct DevServerConfig {
     /// Off by default: anyone who can reach the port knows that secret, so
     /// [`DevServer::start`](crate::DevServer::start) refuses it.
     pub insecure: bool,
+    /// Fault mode for soak tests (off by default): drops connections,
+    /// terminates jobs and repeats messages at random moments drawn from a
+    /// seed. See [`FaultConfig`](crate::FaultConfig).
+    pub faults: Option<crate::FaultConfig>,
 }
 
 impl DevServerConfig {
@@ -104,6 +108,7 @@ impl Default for DevServerConfig {
             max_job_attempts: DEFAULT_MAX_JOB_ATTEMPTS,
             max_jobs: crate::MAX_JOBS,
             insecure: false,
+            faults: None,
         }
     }
 }

@@ -23,12 +23,13 @@ use tokio::sync::{oneshot, watch};
 
 use crate::auth::{self, RoomTokenSpec};
 use crate::balance;
+use crate::faults::{FaultConfig, FaultKind, FaultReport, Faults};
 use crate::ids;
 use crate::messages::{
-    AvailabilityAnswer, BenchTimings, Deliver, Dispatch, DropConnections, GetJob, Inject,
-    InjectFrame, JobProgress, JobStatusUpdate, Kill, ListJobs, ListWorkers, MigrateJobs, Progress,
-    Shutdown, SimulateJob, TerminateAll, TerminateJob, WorkerGone, WorkerPinged, WorkerRegistered,
-    WorkerStatusUpdate,
+    AvailabilityAnswer, BenchTimings, Deliver, Dispatch, DropConnections, GetFaultReport, GetJob,
+    Inject, InjectFrame, JobProgress, JobStatusUpdate, Kill, ListJobs, ListWorkers, MigrateJobs,
+    Progress, Shutdown, SimulateJob, TerminateAll, TerminateJob, WorkerGone, WorkerPinged,
+    WorkerRegistered, WorkerStatusUpdate,
 };
 use crate::model::{DevServerError, DispatchError, JobInfo, StatusUpdate, WorkerInfo};
 use crate::session::Session;
@@ -60,6 +61,8 @@ pub struct DispatcherConfig {
     pub max_job_attempts: u32,
     /// Job records kept (the oldest finished are evicted first).
     pub max_jobs: usize,
+    /// Fault mode (see `faults`), if on.
+    pub faults: Option<FaultConfig>,
 }
 
 struct WorkerEntry {
@@ -138,6 +141,8 @@ pub struct Dispatcher {
     version: watch::Sender<u64>,
     /// Round trips measured from the server's side, for benchmarks.
     timings: Timings,
+    /// Fault mode's schedule and ledger, if on.
+    faults: Option<Faults>,
 }
 
 /// Latencies measured from the server's side (microseconds), kept for a
@@ -170,7 +175,6 @@ impl Dispatcher {
     /// A dispatcher that bumps `version` on every state change.
     pub fn new(config: Arc<DispatcherConfig>, version: watch::Sender<u64>) -> Self {
         Self {
-            config,
             workers: HashMap::new(),
             worker_seq: 0,
             disconnected: VecDeque::new(),
@@ -180,6 +184,8 @@ impl Dispatcher {
             rooms: rooms::Rooms::default(),
             version,
             timings: Timings::default(),
+            faults: config.faults.clone().map(Faults::new),
+            config,
         }
     }
 
@@ -203,7 +209,10 @@ impl Dispatcher {
                 });
             let Some(pos) = victim else { break };
             if let Some(id) = self.job_order.remove(pos) {
-                self.jobs.remove(&id);
+                let evicted = self.jobs.remove(&id);
+                if let (Some(faults), Some(record)) = (self.faults.as_mut(), evicted) {
+                    faults.evicted(&id, record.ended);
+                }
             }
         }
     }
@@ -234,6 +243,11 @@ impl Dispatcher {
             restart_of: launch.restart_of,
         };
         let job_id = job.id.clone();
+        let policy = if self.faults.is_some() {
+            JobRestartPolicy::JrpOnFailure // fault mode restarts what fails
+        } else {
+            launch.policy
+        };
         self.pending.insert(
             job_id.clone(),
             Pending {
@@ -247,7 +261,7 @@ impl Dispatcher {
             info,
             proto: job,
             ended: false,
-            policy: launch.policy,
+            policy,
             any_namespace: launch.any_namespace,
             assigned: false,
             accepted: None,
@@ -386,8 +400,20 @@ impl Dispatcher {
         let Some(session) = self.workers.get(worker_id).and_then(|w| w.session.as_ref()) else {
             return false;
         };
+        let repeatable = matches!(
+            msg.message,
+            Some(server_message::Message::Availability(_) | server_message::Message::Assignment(_))
+        );
+        let twice = repeatable && self.faults.as_ref().is_some_and(Faults::duplicate);
+        let again = twice.then(|| msg.clone());
         match session.try_send(Deliver(msg)) {
-            Ok(()) => true,
+            Ok(()) => {
+                if let Some(msg) = again {
+                    tracing::warn!(worker_id, "fault: sending the same message twice");
+                    let _ = session.try_send(Deliver(msg));
+                }
+                true
+            }
             Err(SendError::Full(_)) => {
                 tracing::warn!(worker_id, "dispatch: the worker's send queue is full");
                 false
@@ -505,6 +531,9 @@ impl Dispatcher {
         };
         if self.deliver(worker_id, msg) {
             tracing::info!(job_id, worker_id, "dispatch: assignment sent");
+            if let Some(faults) = self.faults.as_mut() {
+                faults.assigned(job_id);
+            }
             self.finish(job_id, Ok(()));
         } else {
             self.finish(
@@ -678,6 +707,87 @@ impl Dispatcher {
 
 impl Actor for Dispatcher {
     type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Context<Self>) {
+        if let Some(faults) = &self.faults {
+            tracing::warn!(
+                seed = faults.seed(),
+                "fault mode: dropping connections, terminating jobs and repeating messages \
+                 at random; the same seed replays the same schedule"
+            );
+            self.schedule_fault(ctx);
+        }
+    }
+}
+
+impl Dispatcher {
+    /// Arms the timer of the next fault of the schedule.
+    fn schedule_fault(&mut self, ctx: &mut Context<Self>) {
+        let Some(faults) = self.faults.as_mut() else {
+            return;
+        };
+        let fault = faults.next();
+        ctx.run_later(fault.after, move |act, ctx| {
+            act.fault(fault.kind, fault.pick);
+            act.schedule_fault(ctx);
+        });
+    }
+
+    /// Carries out one fault of the schedule on the candidates of this
+    /// moment (in a stable order: registration, then job id).
+    fn fault(&mut self, kind: FaultKind, pick: u32) {
+        let target = match kind {
+            FaultKind::DropConnection => {
+                let mut connected: Vec<&WorkerEntry> = self
+                    .workers
+                    .values()
+                    .filter(|w| w.session.is_some())
+                    .collect();
+                connected.sort_by_key(|w| w.seq);
+                let Some(worker) = pick_from(&connected, pick) else {
+                    return;
+                };
+                if let Some(session) = &worker.session {
+                    let _ = session.try_send(Kill);
+                }
+                worker.info.id.clone()
+            }
+            FaultKind::TerminateJob => {
+                let connected = |worker_id: &Option<String>| {
+                    worker_id
+                        .as_ref()
+                        .and_then(|w| self.workers.get(w))
+                        .is_some_and(|w| w.session.is_some())
+                };
+                let mut running: Vec<&String> = self
+                    .jobs
+                    .iter()
+                    .filter(|(_, j)| j.assigned && !j.ended && connected(&j.info.worker_id))
+                    .map(|(id, _)| id)
+                    .collect();
+                running.sort();
+                let Some(job_id) = pick_from(&running, pick).map(|id| (*id).clone()) else {
+                    return;
+                };
+                if let Err(e) = self.terminate(&job_id, "fault mode") {
+                    tracing::debug!(job_id, error = %e, "fault: no termination sent");
+                    return;
+                }
+                self.changed();
+                job_id
+            }
+        };
+        let Some(faults) = self.faults.as_mut() else {
+            return;
+        };
+        let number = faults.done(kind);
+        tracing::warn!(seed = faults.seed(), number, ?kind, target, "fault");
+    }
+}
+
+/// The `pick`th of `candidates`, counting round.
+fn pick_from<T>(candidates: &[T], pick: u32) -> Option<&T> {
+    (!candidates.is_empty()).then(|| &candidates[pick as usize % candidates.len()])
 }
 
 impl Handler<Dispatch> for Dispatcher {
@@ -960,6 +1070,12 @@ impl Handler<JobStatusUpdate> for Dispatcher {
 
     fn handle(&mut self, msg: JobStatusUpdate, ctx: &mut Context<Self>) {
         let u = msg.update;
+        if let Some(faults) = self.faults.as_mut() {
+            let connection = self.workers.get(&msg.worker_id).map_or(0, |w| w.seq);
+            let terminal = [JobStatus::JsSuccess as i32, JobStatus::JsFailed as i32];
+            let status = terminal.contains(&u.status).then_some(u.status);
+            faults.heard(&u.job_id, connection, status);
+        }
         let Some(record) = self.jobs.get_mut(&u.job_id) else {
             tracing::debug!(
                 job_id = u.job_id,
@@ -1032,6 +1148,9 @@ impl Handler<MigrateJobs> for Dispatcher {
         };
         for id in &msg.request.job_ids {
             push_bounded(&mut worker.info.migrated_jobs, id.clone());
+            if let Some(faults) = self.faults.as_mut() {
+                faults.heard(id, worker.seq, None);
+            }
         }
         for id in msg.request.job_ids {
             let Some(record) = self.jobs.get_mut(&id) else {
@@ -1181,6 +1300,15 @@ impl Handler<JobProgress> for Dispatcher {
             }
         }
         actix::MessageResult(progress)
+    }
+}
+
+impl Handler<GetFaultReport> for Dispatcher {
+    type Result = Option<FaultReport>;
+
+    fn handle(&mut self, _: GetFaultReport, _: &mut Context<Self>) -> Self::Result {
+        let faults = self.faults.as_ref()?;
+        Some(faults.report(|id| self.jobs.get(id).map(|j| j.ended)))
     }
 }
 

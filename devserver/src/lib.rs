@@ -22,6 +22,7 @@
 //!   placements in flight, restarts and grace periods; its `rooms` part keeps
 //!   rooms, dispatches and participants and turns them into jobs), talking
 //!   only through the typed messages in `messages`.
+//! - `faults`: fault mode for soak tests ([`FaultConfig`], [`FaultReport`]).
 //! - `twirp`: the HTTP APIs (Twirp in protobuf or JSON, grants, Twirp
 //!   errors) and the `/dev/…` participant endpoints.
 //! - `server`: the [`DevServer`] handle: starts actix-web, relays calls to the
@@ -42,6 +43,7 @@ mod balance;
 mod bench;
 mod config;
 mod dispatcher;
+mod faults;
 mod ids;
 mod messages;
 mod model;
@@ -56,6 +58,7 @@ pub use config::{
     DEFAULT_ROOM_TOKEN_TTL, DEV_KEY, DevServerConfig,
 };
 pub use dispatcher::{MAX_JOB_UPDATES, MAX_JOBS};
+pub use faults::{FaultConfig, FaultCounts, FaultReport, MAX_REPORTED_IDS};
 pub use model::{
     ApiError, DevServerError, DispatchError, DispatchRequest, JobInfo, RawFrame, StatusUpdate,
     WaitTimeout, WorkerInfo,

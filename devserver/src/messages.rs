@@ -68,6 +68,11 @@ pub struct ListWorkers;
 #[rtype(result = "Vec<JobInfo>")]
 pub struct ListJobs;
 
+/// Fault mode's report (`None` when fault mode is off).
+#[derive(Message)]
+#[rtype(result = "Option<crate::faults::FaultReport>")]
+pub struct GetFaultReport;
+
 /// Snapshot of one job record.
 #[derive(Message)]
 #[rtype(result = "Option<JobInfo>")]

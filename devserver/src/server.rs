@@ -22,7 +22,8 @@ use crate::config::DevServerConfig;
 use crate::dispatcher::{Dispatcher, DispatcherConfig};
 use crate::ids;
 use crate::messages::{
-    Dispatch, DropConnections, GetJob, InjectFrame, ListJobs, ListWorkers, Shutdown, TerminateJob,
+    Dispatch, DropConnections, GetFaultReport, GetJob, InjectFrame, ListJobs, ListWorkers,
+    Shutdown, TerminateJob,
 };
 use crate::model::{
     DevServerError, DispatchError, DispatchRequest, JobInfo, RawFrame, WaitTimeout, WorkerInfo,
@@ -98,6 +99,11 @@ impl DevServer {
         if let Some(why) = config.refusal() {
             return Err(io::Error::new(io::ErrorKind::PermissionDenied, why));
         }
+        if let Some(faults) = &config.faults {
+            faults
+                .validate()
+                .map_err(|why| io::Error::new(io::ErrorKind::InvalidInput, why))?;
+        }
         let listener = std::net::TcpListener::bind(config.bind)?;
         let addr = listener.local_addr()?;
         let (version_tx, version_rx) = watch::channel(0u64);
@@ -110,6 +116,7 @@ impl DevServer {
                 reconnect_grace: config.reconnect_grace,
                 max_job_attempts: config.max_job_attempts.max(1),
                 max_jobs: config.max_jobs.max(1),
+                faults: config.faults.clone(),
             }),
             version_tx,
         )
@@ -216,6 +223,17 @@ impl DevServer {
             })
             .await
             .map_err(stopped)?
+    }
+
+    /// Fault mode's ledger and counts so far (`None` when fault mode is
+    /// off): see [`FaultReport`](crate::FaultReport).
+    pub async fn fault_report(&self) -> Option<crate::FaultReport> {
+        self.inner
+            .dispatcher
+            .send(GetFaultReport)
+            .await
+            .ok()
+            .flatten()
     }
 
     /// Abruptly closes every registered worker's socket (no close frame);

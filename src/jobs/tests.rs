@@ -112,6 +112,71 @@ fn a_repeated_offer_or_assignment_in_any_state_is_a_duplicate() {
 }
 
 #[test]
+fn a_server_job_that_ended_here_is_never_taken_again() {
+    let now = t0();
+    let mut table: JobTable = JobTable::new(1, 10);
+    table.registered();
+    assert_eq!(
+        dispatched(&mut table, "AJ_done", JobPriority::Normal, now),
+        Placement::Start
+    );
+    table.started("AJ_done", now);
+    table
+        .finish("AJ_done", FinalStatus::success(), now)
+        .unwrap();
+    assert_eq!(table.confirm(["AJ_done"]), 1);
+    assert!(table.is_empty());
+    // a repeat on the wire after the job left the table: not a new job
+    assert_eq!(
+        table.offer("AJ_done", JobPriority::Normal, "r", false, now),
+        Err(Refusal::Duplicate("AJ_done".into()))
+    );
+    assert!(matches!(
+        table.assign("AJ_done", spec("AJ_done"), JobPriority::Normal, now),
+        Assignment::Duplicate
+    ));
+    let recovered = Admission {
+        origin: JobOrigin::Recovered,
+        ..local("AJ_done", JobPriority::Normal, None)
+    };
+    assert_eq!(
+        table.admit(recovered, now),
+        Err(Refusal::Duplicate("AJ_done".into()))
+    );
+    assert!(table.is_empty(), "nothing entered the table");
+    // the application may still use the id for a job of its own
+    assert!(
+        table
+            .admit(local("AJ_done", JobPriority::Normal, None), now)
+            .is_ok()
+    );
+}
+
+#[test]
+fn the_memory_of_ended_jobs_is_bounded() {
+    let now = t0();
+    let mut table: JobTable = JobTable::new(1, 0);
+    table.registered();
+    for n in 0..=RECENTLY_ENDED {
+        let id = format!("AJ_{n}");
+        dispatched(&mut table, &id, JobPriority::Normal, now);
+        table.finish(&id, FinalStatus::success(), now).unwrap();
+        assert_eq!(table.confirm([id.as_str()]), 1);
+    }
+    // the oldest is forgotten; the newest are still known
+    let newest = format!("AJ_{RECENTLY_ENDED}");
+    assert_eq!(
+        table.offer(&newest, JobPriority::Normal, "r", false, now),
+        Err(Refusal::Duplicate(newest.clone()))
+    );
+    assert!(
+        table
+            .offer("AJ_0", JobPriority::Normal, "r", false, now)
+            .is_ok()
+    );
+}
+
+#[test]
 fn a_job_terminated_while_queued_ends_at_once_and_never_starts() {
     let now = t0();
     let mut table: JobTable = JobTable::new(1, 10);
@@ -457,6 +522,8 @@ struct Model {
     finals: HashMap<String, Vec<u32>>,
     /// Incarnations (id, index) ended while queued: they must never start.
     ended_queued: HashSet<(String, usize)>,
+    /// Server jobs confirmed here: their ids are never a new job again.
+    confirmed: HashSet<String>,
 }
 
 fn name(id: u8) -> String {
@@ -481,6 +548,7 @@ impl Model {
             queue_seq: 0,
             finals: HashMap::new(),
             ended_queued: HashSet::new(),
+            confirmed: HashSet::new(),
         }
     }
 
@@ -548,8 +616,14 @@ impl Model {
             Event::Offer { id, priority: p } => {
                 let id = name(id);
                 let p = priority(p);
-                if let Ok(ticket) = self.table.offer(&id, p, "r", p >= JobPriority::High, now) {
-                    self.tickets.insert(id, ticket);
+                let known = self.table.state(&id).is_some() || self.confirmed.contains(&id);
+                match self.table.offer(&id, p, "r", p >= JobPriority::High, now) {
+                    Ok(ticket) => {
+                        assert!(!known, "{id} offered again");
+                        self.tickets.insert(id, ticket);
+                    }
+                    Err(Refusal::Duplicate(_)) => assert!(known),
+                    Err(_) => {}
                 }
             }
             Event::Decide { id, accept } => {
@@ -588,7 +662,7 @@ impl Model {
             }
             Event::Assign { id, priority: p } => {
                 let id = name(id);
-                let was_new = self.table.state(&id).is_none();
+                let was_new = self.table.state(&id).is_none() && !self.confirmed.contains(&id);
                 let was_offered = matches!(self.table.state(&id), Some(JobState::Offered { .. }));
                 match self.table.assign(&id, spec(&id), priority(p), now) {
                     Assignment::Placed(placement) => {
@@ -596,6 +670,8 @@ impl Model {
                         self.entered(&id);
                         self.place(&id, placement);
                     }
+                    // a job in the table past its offer, or one that ended
+                    // here: never run again
                     Assignment::Duplicate => assert!(!was_new && !was_offered),
                     Assignment::Refused(report) => {
                         assert!(was_new);
@@ -620,9 +696,19 @@ impl Model {
                     spec: spec(&id),
                     checkpoint: None,
                 };
-                if let Ok(placement) = self.table.admit(admission, now) {
-                    self.entered(&id);
-                    self.place(&id, placement);
+                let ended_here = origin.is_servers()
+                    && self.table.state(&id).is_none()
+                    && self.confirmed.contains(&id);
+                match self.table.admit(admission, now) {
+                    Ok(placement) => {
+                        assert!(!ended_here, "{id} ended here and was admitted again");
+                        self.entered(&id);
+                        self.place(&id, placement);
+                    }
+                    Err(refusal) if ended_here => {
+                        assert_eq!(refusal, Refusal::Duplicate(id));
+                    }
+                    Err(_) => {}
                 }
             }
             Event::Grant => {
@@ -733,7 +819,10 @@ impl Model {
                 );
             }
             Event::Confirm { id } => {
-                self.table.confirm([name(id).as_str()]);
+                let id = name(id);
+                if self.table.confirm([id.as_str()]) == 1 {
+                    self.confirmed.insert(id);
+                }
             }
         }
     }
