@@ -11,7 +11,8 @@
 //!   holder and a fencing token per record ([`Claim`]), atomic claims of
 //!   orphans; [`MemoryStore`] (the default) beside it, and [`EmbeddedStore`]
 //!   (`embedded`) on local disk with redb, whose blocking calls run on a
-//!   thread of its own; with the feature `redis`, `RedisCheckpointStore`
+//!   thread of its own behind a bounded write queue that merges each job's
+//!   writes and commits them in groups; with the feature `redis`, `RedisCheckpointStore`
 //!   (`redis`), which a fleet shares.
 //! - [`Checkpoint`] (`handle`): the handler's handle on its job's record:
 //!   cheap saves, written behind, durable after `flush().await`.
