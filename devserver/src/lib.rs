@@ -70,5 +70,14 @@ pub use server::DevServer;
 /// drive it the way an application drives a real server.
 pub use livekit_api as official_api;
 
+/// The decoders of network input, reachable for the fuzz tests
+/// (`devserver/tests/fuzz.rs`): not an API, and may change at any time.
+#[doc(hidden)]
+pub mod decoders {
+    pub use crate::auth::{extract_token, verify};
+    pub use crate::session::{Format as FrameFormat, decode_worker_frame};
+    pub use crate::twirp::{Format as BodyFormat, JoinBody, decode as decode_body};
+}
+
 /// The protocol types this crate speaks, re-exported for convenience.
 pub use livekit_protocol::{JobRestartPolicy, JobStatus, JobType, WorkerStatus};

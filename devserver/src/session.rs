@@ -47,9 +47,22 @@ pub struct SessionConfig {
 
 /// The encoding of the worker's last frame; answers use the same.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Format {
+pub enum Format {
+    /// Protobuf, in binary frames.
     Binary,
+    /// Protojson, in text frames.
     Text,
+}
+
+/// Decodes the payload of one data frame from a worker: a protobuf
+/// `WorkerMessage` in a binary frame, its protojson in a text frame. `None`
+/// if it is not one (the session closes the connection, 1007). Pure, so
+/// the fuzz tests call it directly (`devserver/tests/fuzz.rs`).
+pub fn decode_worker_frame(format: Format, payload: &[u8]) -> Option<WorkerMessage> {
+    match format {
+        Format::Binary => WorkerMessage::decode(payload).ok(),
+        Format::Text => serde_json::from_slice(payload).ok(),
+    }
 }
 
 /// Messages a session may have queued before the dispatcher's writes to it
@@ -288,16 +301,16 @@ impl StreamHandler<Result<ws::Message, ws::ProtocolError>> for Session {
         match msg {
             ws::Message::Binary(bytes) => {
                 self.format = Format::Binary;
-                match WorkerMessage::decode(bytes) {
-                    Ok(m) => self.on_message(m, ctx),
-                    Err(_) => self.close(CloseCode::Invalid, "undecodable frame", ctx),
+                match decode_worker_frame(Format::Binary, &bytes) {
+                    Some(m) => self.on_message(m, ctx),
+                    None => self.close(CloseCode::Invalid, "undecodable frame", ctx),
                 }
             }
             ws::Message::Text(text) => {
                 self.format = Format::Text;
-                match serde_json::from_str::<WorkerMessage>(&text) {
-                    Ok(m) => self.on_message(m, ctx),
-                    Err(_) => self.close(CloseCode::Invalid, "undecodable frame", ctx),
+                match decode_worker_frame(Format::Text, text.as_bytes()) {
+                    Some(m) => self.on_message(m, ctx),
+                    None => self.close(CloseCode::Invalid, "undecodable frame", ctx),
                 }
             }
             ws::Message::Ping(payload) => ctx.pong(&payload),

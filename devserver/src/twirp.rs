@@ -66,8 +66,10 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
 
 /// The body encoding of a Twirp call.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Format {
+pub enum Format {
+    /// `application/protobuf` (or `application/x-protobuf`).
     Protobuf,
+    /// `application/json`: protojson.
     Json,
 }
 
@@ -94,7 +96,10 @@ pub(crate) fn error_response(err: &ApiError) -> HttpResponse {
         .body(body.to_string())
 }
 
-fn decode<T: prost::Message + Default + DeserializeOwned>(
+/// Decodes a Twirp request body of type `T` in `format`; an empty body is
+/// the empty message in either. Pure, so the fuzz tests call it directly
+/// for every request type `call` handles (`devserver/tests/fuzz.rs`).
+pub fn decode<T: prost::Message + Default + DeserializeOwned>(
     format: Format,
     body: &Bytes,
 ) -> Result<T, ApiError> {
@@ -299,7 +304,7 @@ async fn call(
 
 /// The body of `POST /dev/rooms/{room}/participants`.
 #[derive(Debug, serde::Deserialize)]
-struct JoinBody {
+pub struct JoinBody {
     identity: String,
     #[serde(default)]
     name: String,
