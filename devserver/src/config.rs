@@ -49,9 +49,10 @@ pub struct DevServerConfig {
     /// them, to test that a fleet does not reconnect in a storm.
     pub drop_after_register: bool,
     /// A disconnected worker's unfinished jobs stay its own for this long: a
-    /// worker that registers again and claims them (`migrate_job`, or a
-    /// status for them) keeps them. After it, they count as failed and
-    /// restart-on-failure dispatches launch them again (default 10 s).
+    /// worker that registers again with the same API key and agent name and
+    /// claims them (`migrate_job`, or a status for them) keeps them. After
+    /// it, they count as failed and restart-on-failure dispatches launch
+    /// them again (default 10 s).
     pub reconnect_grace: Duration,
     /// Attempts per job target, the first included, for dispatches whose
     /// `restart_policy` is `JRP_ON_FAILURE` (default 3).

@@ -89,6 +89,27 @@ struct JobRecord {
     accepted: Option<AvailabilityResponse>,
     /// Running while the job's worker is disconnected: the grace period.
     grace: Option<SpawnHandle>,
+    /// Who may claim the job once its worker is gone: set at assignment.
+    owner: Option<Owner>,
+}
+
+/// The API key and agent name of the worker a job was assigned to. A claim
+/// must match both, so they never change after the assignment, whichever
+/// connection holds the job.
+struct Owner {
+    api_key: String,
+    agent_name: String,
+}
+
+/// Why a worker may send a status or `migrate_job` for a job.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Standing {
+    /// The job is assigned to this very connection.
+    Holder,
+    /// The job's connection is gone and this worker registered with the
+    /// same API key and agent name: it may claim the job (a restarted or
+    /// reconnected worker taking back what it still runs).
+    Claimant,
 }
 
 /// How a job is launched: who asks for it and what happens when it fails.
@@ -252,6 +273,7 @@ impl Dispatcher {
             assigned: false,
             accepted: None,
             grace: None,
+            owner: None,
         });
         self.changed();
         self.ask_next(&job_id, ctx);
@@ -492,6 +514,10 @@ impl Dispatcher {
         }
         record.assigned = true;
         record.accepted = Some(answer.clone());
+        record.owner = Some(Owner {
+            api_key: worker.api_key.clone(),
+            agent_name: worker.info.agent_name.clone(),
+        });
         record.info.worker_id = Some(worker_id.to_owned());
         record.info.participant_identity = identity;
         record.info.status = JobStatus::JsRunning;
@@ -667,6 +693,38 @@ impl Dispatcher {
         );
         self.rooms.add_job(&dispatch_id, &job.id);
         self.start_job(job, launch, ctx);
+    }
+
+    /// Whether `worker_id` may send statuses or `migrate_job` for `job_id`:
+    /// the connection holding it, or, once that connection is gone, a worker
+    /// of the same API key and agent name. Anyone else is refused: one
+    /// worker (or key) must not end or take another's jobs.
+    fn standing(&self, job_id: &str, worker_id: &str) -> Option<Standing> {
+        let record = self.jobs.get(job_id)?;
+        let holder = record.info.worker_id.as_deref()?;
+        if holder == worker_id {
+            return Some(Standing::Holder);
+        }
+        let holder_gone = self.workers.get(holder).is_none_or(|w| w.session.is_none());
+        let claimant = self.workers.get(worker_id)?;
+        let same_owner = record.owner.as_ref().is_some_and(|o| {
+            o.api_key == claimant.api_key && o.agent_name == claimant.info.agent_name
+        });
+        (holder_gone && same_owner).then_some(Standing::Claimant)
+    }
+
+    /// Logs a status or `migrate_job` refused by [`Self::standing`].
+    fn refuse(&self, what: &str, job_id: &str, worker_id: &str) {
+        let holder = self
+            .jobs
+            .get(job_id)
+            .and_then(|j| j.info.worker_id.as_deref());
+        tracing::warn!(
+            job_id,
+            worker_id,
+            holder,
+            "{what} refused: the job is not this worker's (nor claimable by it); ignored"
+        );
     }
 
     fn worker_infos(&self) -> Vec<WorkerInfo> {
@@ -960,14 +1018,22 @@ impl Handler<JobStatusUpdate> for Dispatcher {
 
     fn handle(&mut self, msg: JobStatusUpdate, ctx: &mut Context<Self>) {
         let u = msg.update;
-        let Some(record) = self.jobs.get_mut(&u.job_id) else {
+        if !self.jobs.contains_key(&u.job_id) {
             tracing::debug!(
                 job_id = u.job_id,
                 worker_id = msg.worker_id,
                 "update for an unknown job: ignored"
             );
             return;
+        }
+        // A status is accepted from the job's connection, and, once that
+        // connection is gone, from a worker that may claim the job: the
+        // worker reports on its new connection what ended while it was away
+        // (without a `migrate_job` for it, as its job is over).
+        let Some(standing) = self.standing(&u.job_id, &msg.worker_id) else {
+            return self.refuse("update_job", &u.job_id, &msg.worker_id);
         };
+        let record = self.jobs.get_mut(&u.job_id).expect("checked above");
         let status = JobStatus::try_from(u.status).unwrap_or(JobStatus::JsPending);
         if let Some(start) = msg.start {
             self.timings.job_start.record(start);
@@ -989,7 +1055,7 @@ impl Handler<JobStatusUpdate> for Dispatcher {
                 "job claimed by a status update within the grace period"
             );
         }
-        if record.info.worker_id.as_deref() != Some(msg.worker_id.as_str()) {
+        if standing == Standing::Claimant {
             tracing::info!(
                 job_id = u.job_id,
                 worker_id = msg.worker_id,
@@ -1030,18 +1096,24 @@ impl Handler<MigrateJobs> for Dispatcher {
         let Some(worker) = self.workers.get_mut(&msg.worker_id) else {
             return;
         };
+        // What the worker sent, claimed or not (its own history).
         for id in &msg.request.job_ids {
             push_bounded(&mut worker.info.migrated_jobs, id.clone());
         }
         for id in msg.request.job_ids {
-            let Some(record) = self.jobs.get_mut(&id) else {
+            if !self.jobs.contains_key(&id) {
                 tracing::info!(
                     job_id = id,
                     worker_id = msg.worker_id,
                     "migrate_job for an unknown job: ignored"
                 );
                 continue;
-            };
+            }
+            if self.standing(&id, &msg.worker_id).is_none() {
+                self.refuse("migrate_job", &id, &msg.worker_id);
+                continue;
+            }
+            let record = self.jobs.get_mut(&id).expect("checked above");
             if let Some(timer) = record.grace.take() {
                 ctx.cancel_future(timer);
             }
