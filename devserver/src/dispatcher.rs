@@ -7,6 +7,13 @@
 //! [`WorkerGone`] moves it on (next worker, assignment, or failure), and the
 //! caller's oneshot gets the outcome. Every state change bumps a
 //! `watch` counter so that `DevServer::wait_*` wake up without polling.
+//!
+//! Everything it holds is bounded: connected workers (`max_workers`),
+//! disconnected ones remembered ([`MAX_DISCONNECTED_WORKERS`]), job records
+//! (`max_jobs`: a new job evicts the oldest finished record, and is refused
+//! when every record is a live job), and, in `rooms`, rooms, dispatches and
+//! participants. A job's statuses and claims are taken only from its own
+//! connection or a worker that may claim it ([`Standing`]).
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
@@ -25,18 +32,20 @@ use crate::auth::{self, RoomTokenSpec};
 use crate::balance;
 use crate::ids;
 use crate::messages::{
-    AvailabilityAnswer, BenchTimings, Deliver, Dispatch, DropConnections, GetJob, Inject,
-    InjectFrame, JobProgress, JobStatusUpdate, Kill, ListJobs, ListWorkers, MigrateJobs, Progress,
-    Shutdown, SimulateJob, TerminateAll, TerminateJob, WorkerGone, WorkerPinged, WorkerRegistered,
-    WorkerStatusUpdate,
+    AvailabilityAnswer, BenchTimings, Deliver, Dispatch, DropConnections, GetCounts, GetJob,
+    Inject, InjectFrame, JobProgress, JobStatusUpdate, Kill, ListJobs, ListWorkers, MigrateJobs,
+    Progress, Shutdown, SimulateJob, TerminateAll, TerminateJob, WorkerGone, WorkerPinged,
+    WorkerRegistered, WorkerStatusUpdate,
 };
-use crate::model::{DevServerError, DispatchError, JobInfo, StatusUpdate, WorkerInfo};
+use crate::model::{
+    ApiError, Counts, DevServerError, DispatchError, JobInfo, StatusUpdate, WorkerInfo,
+};
 use crate::session::Session;
 
 mod rooms;
 
-/// Job records kept by default; above this the oldest finished job is
-/// evicted first.
+/// Job records kept by default (`--max-jobs`); a new job evicts the oldest
+/// finished one when they are full, and is refused when every one is live.
 pub const MAX_JOBS: usize = 10_000;
 /// Status updates kept per job (the oldest are dropped).
 pub const MAX_JOB_UPDATES: usize = 256;
@@ -58,6 +67,14 @@ pub struct DispatcherConfig {
     pub reconnect_grace: Duration,
     /// Attempts per target for restart-on-failure dispatches.
     pub max_job_attempts: u32,
+    /// Connected workers at most.
+    pub max_workers: usize,
+    /// Rooms at most.
+    pub max_rooms: usize,
+    /// Simulated participants per room at most.
+    pub max_participants: usize,
+    /// Live dispatches at most.
+    pub max_dispatches: usize,
     /// Job records kept (the oldest finished are evicted first).
     pub max_jobs: usize,
 }
@@ -91,6 +108,22 @@ struct JobRecord {
     grace: Option<SpawnHandle>,
     /// Who may claim the job once its worker is gone: set at assignment.
     owner: Option<Owner>,
+    /// Its worker left and nobody claimed it within the grace period, and
+    /// no restart follows: the server no longer follows it (the real one
+    /// forgets it), so its record may be evicted like a finished one.
+    abandoned: bool,
+    /// Launched by a dispatch record of the room side (not by
+    /// `DevServer::dispatch` or `simulate_job`): it restarts only while
+    /// that record lives.
+    from_dispatch: bool,
+}
+
+impl JobRecord {
+    /// Whether the record may be evicted to make room: the job is over for
+    /// the server. A live job's record is never evicted.
+    fn evictable(&self) -> bool {
+        self.ended || self.abandoned
+    }
 }
 
 /// The API key and agent name of the worker a job was assigned to. A claim
@@ -120,10 +153,11 @@ struct Launch {
     any_namespace: bool,
     attempt: u32,
     restart_of: Option<String>,
+    from_dispatch: bool,
 }
 
 impl Launch {
-    /// A first launch from a dispatch: no reply, no forced worker.
+    /// A first launch from a dispatch record: no reply, no forced worker.
     fn dispatched(policy: JobRestartPolicy) -> Self {
         Self {
             forced: None,
@@ -132,6 +166,7 @@ impl Launch {
             any_namespace: false,
             attempt: 1,
             restart_of: None,
+            from_dispatch: true,
         }
     }
 }
@@ -208,29 +243,60 @@ impl Dispatcher {
         self.version.send_modify(|v| *v = v.wrapping_add(1));
     }
 
-    fn insert_job(&mut self, record: JobRecord) {
-        let id = record.info.id.clone();
-        self.jobs.insert(id.clone(), record);
-        self.job_order.push_back(id);
-        while self.jobs.len() > self.config.max_jobs {
-            let victim = self
-                .job_order
-                .iter()
-                .position(|id| self.jobs.get(id).is_some_and(|j| j.ended))
-                .or_else(|| {
-                    self.job_order
-                        .iter()
-                        .position(|id| !self.pending.contains_key(id))
-                });
-            let Some(pos) = victim else { break };
-            if let Some(id) = self.job_order.remove(pos) {
+    /// Makes room for `n` more job records: when they would exceed
+    /// `max_jobs`, evicts the oldest evictable ones (finished or abandoned).
+    /// False, with nothing evicted, if live jobs leave too little room.
+    fn admit_jobs(&mut self, n: usize) -> bool {
+        let excess = (self.jobs.len() + n).saturating_sub(self.config.max_jobs);
+        if excess == 0 {
+            return true;
+        }
+        let victims: Vec<usize> = self
+            .job_order
+            .iter()
+            .enumerate()
+            .filter(|(_, id)| self.jobs.get(*id).is_some_and(JobRecord::evictable))
+            .map(|(at, _)| at)
+            .take(excess)
+            .collect();
+        if victims.len() < excess {
+            return false;
+        }
+        // from the back, so the earlier positions stay valid
+        for at in victims.into_iter().rev() {
+            if let Some(id) = self.job_order.remove(at) {
                 self.jobs.remove(&id);
             }
         }
+        true
     }
 
-    /// Creates the record for `job` and starts placing it.
-    fn start_job(&mut self, job: Job, launch: Launch, ctx: &mut Context<Self>) {
+    /// The refusal of a job that finds every record live.
+    fn too_many_jobs(&self) -> ApiError {
+        ApiError::resource_exhausted(
+            DispatchError::TooManyJobs {
+                max_jobs: self.config.max_jobs,
+            }
+            .to_string(),
+        )
+    }
+
+    /// Creates the record for `job` and starts placing it; false (and the
+    /// caller told) if every job record is held by a live job.
+    fn start_job(&mut self, job: Job, launch: Launch, ctx: &mut Context<Self>) -> bool {
+        if !self.admit_jobs(1) {
+            tracing::warn!(
+                job_id = job.id,
+                max_jobs = self.config.max_jobs,
+                "job refused: every job record is held by a live job (--max-jobs)"
+            );
+            if let Some(reply) = launch.reply {
+                let _ = reply.send(Err(DispatchError::TooManyJobs {
+                    max_jobs: self.config.max_jobs,
+                }));
+            }
+            return false;
+        }
         #[allow(deprecated)] // the server still fills `namespace`
         let namespace = job.namespace.clone();
         let info = JobInfo {
@@ -264,19 +330,26 @@ impl Dispatcher {
                 reply: launch.reply,
             },
         );
-        self.insert_job(JobRecord {
-            info,
-            proto: job,
-            ended: false,
-            policy: launch.policy,
-            any_namespace: launch.any_namespace,
-            assigned: false,
-            accepted: None,
-            grace: None,
-            owner: None,
-        });
+        self.jobs.insert(
+            job_id.clone(),
+            JobRecord {
+                info,
+                proto: job,
+                ended: false,
+                policy: launch.policy,
+                any_namespace: launch.any_namespace,
+                assigned: false,
+                accepted: None,
+                grace: None,
+                owner: None,
+                abandoned: false,
+                from_dispatch: launch.from_dispatch,
+            },
+        );
+        self.job_order.push_back(job_id.clone());
         self.changed();
         self.ask_next(&job_id, ctx);
+        true
     }
 
     /// Asks the next worker for `job_id`, or ends the dispatch if none is left.
@@ -622,11 +695,14 @@ impl Dispatcher {
         }
         if record.policy != JobRestartPolicy::JrpOnFailure {
             // The open-source server forgets the worker's jobs and leaves
-            // their state as it was; so does the dev server.
+            // their state as it was; so does the dev server, and its record
+            // may go when room is needed.
             tracing::info!(
                 job_id,
                 "job not claimed within the grace period; no restart policy: left as is"
             );
+            record.abandoned = true;
+            self.changed();
             return;
         }
         let error = "the worker disconnected and did not claim the job in time";
@@ -664,7 +740,7 @@ impl Dispatcher {
             return;
         }
         let dispatch_id = record.info.dispatch_id.clone();
-        if !self.rooms.dispatch_is_live(&dispatch_id) {
+        if record.from_dispatch && !self.rooms.has_dispatch(&dispatch_id) {
             tracing::info!(
                 job_id,
                 dispatch_id,
@@ -682,6 +758,7 @@ impl Dispatcher {
             any_namespace: record.any_namespace,
             attempt: attempt + 1,
             restart_of: Some(job_id.to_owned()),
+            from_dispatch: record.from_dispatch,
         };
         tracing::info!(
             job_id,
@@ -691,8 +768,10 @@ impl Dispatcher {
             max = self.config.max_job_attempts,
             "job failed: restart policy JRP_ON_FAILURE, launching it again"
         );
-        self.rooms.add_job(&dispatch_id, &job.id);
-        self.start_job(job, launch, ctx);
+        let new_job_id = job.id.clone();
+        if self.start_job(job, launch, ctx) {
+            self.rooms.add_job(&dispatch_id, &new_job_id);
+        }
     }
 
     /// Whether `worker_id` may send statuses or `migrate_job` for `job_id`:
@@ -725,6 +804,14 @@ impl Dispatcher {
             holder,
             "{what} refused: the job is not this worker's (nor claimable by it); ignored"
         );
+    }
+
+    /// Registered workers whose socket is open.
+    fn connected_workers(&self) -> usize {
+        self.workers
+            .values()
+            .filter(|w| w.session.is_some())
+            .count()
     }
 
     fn worker_infos(&self) -> Vec<WorkerInfo> {
@@ -766,6 +853,7 @@ impl Handler<Dispatch> for Dispatcher {
             any_namespace: request.namespace.is_none(),
             attempt: 1,
             restart_of: None,
+            from_dispatch: false,
         };
         self.start_job(job, launch, ctx);
     }
@@ -808,6 +896,7 @@ impl Handler<SimulateJob> for Dispatcher {
         );
         let launch = Launch {
             forced: Some(msg.worker_id),
+            from_dispatch: false,
             ..Launch::dispatched(JobRestartPolicy::JrpNever)
         };
         self.start_job(job, launch, ctx);
@@ -880,9 +969,22 @@ impl Handler<AvailabilityAnswer> for Dispatcher {
 }
 
 impl Handler<WorkerRegistered> for Dispatcher {
-    type Result = ();
+    type Result = Result<(), String>;
 
-    fn handle(&mut self, msg: WorkerRegistered, _: &mut Context<Self>) {
+    fn handle(&mut self, msg: WorkerRegistered, _: &mut Context<Self>) -> Self::Result {
+        let connected = self.connected_workers();
+        if connected >= self.config.max_workers {
+            let why = format!(
+                "too many workers: the dev server takes at most {} (--max-workers); try again later",
+                self.config.max_workers
+            );
+            tracing::warn!(
+                worker_id = msg.worker_id,
+                connected,
+                "registration refused: {why}"
+            );
+            return Err(why);
+        }
         let r = msg.request;
         self.worker_seq += 1;
         let info = WorkerInfo {
@@ -912,6 +1014,7 @@ impl Handler<WorkerRegistered> for Dispatcher {
         };
         self.workers.insert(msg.worker_id, entry);
         self.changed();
+        Ok(())
     }
 }
 
@@ -1062,6 +1165,7 @@ impl Handler<JobStatusUpdate> for Dispatcher {
                 "job re-associated with a new connection"
             );
             record.info.worker_id = Some(msg.worker_id.clone());
+            record.abandoned = false;
         }
         // Like the server, an ended job no longer changes state; the
         // update is still kept in the history.
@@ -1124,6 +1228,7 @@ impl Handler<MigrateJobs> for Dispatcher {
                 "migrate_job: job re-associated with the claiming worker"
             );
             record.info.worker_id = Some(msg.worker_id.clone());
+            record.abandoned = false;
             if let Some(state) = record.proto.state.as_mut() {
                 state.worker_id = msg.worker_id.clone();
             }
@@ -1198,6 +1303,22 @@ impl Handler<GetJob> for Dispatcher {
 
     fn handle(&mut self, msg: GetJob, _: &mut Context<Self>) -> Option<JobInfo> {
         self.jobs.get(&msg.0).map(|j| j.info.clone())
+    }
+}
+
+impl Handler<GetCounts> for Dispatcher {
+    type Result = actix::MessageResult<GetCounts>;
+
+    fn handle(&mut self, _: GetCounts, _: &mut Context<Self>) -> Self::Result {
+        let (rooms, participants, dispatches) = self.rooms.counts();
+        actix::MessageResult(Counts {
+            workers: self.connected_workers(),
+            rooms,
+            participants,
+            dispatches,
+            jobs: self.jobs.len(),
+            live_jobs: self.jobs.values().filter(|j| !j.evictable()).count(),
+        })
     }
 }
 
