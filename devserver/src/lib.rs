@@ -63,6 +63,7 @@ pub use model::{
     StatusUpdate, WaitTimeout, WorkerInfo,
 };
 pub use server::DevServer;
+pub use twirp::MAX_BODY_SIZE;
 
 /// The official LiveKit Rust server SDK (`livekit-api`, with its `services`
 /// Twirp clients), re-exported so that a test embedding the dev server can

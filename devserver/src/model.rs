@@ -286,6 +286,22 @@ impl ApiError {
         }
     }
 
+    /// `malformed` (HTTP 400): the body does not decode.
+    pub fn malformed(msg: impl Into<String>) -> Self {
+        Self {
+            code: "malformed",
+            msg: msg.into(),
+        }
+    }
+
+    /// `bad_route` (HTTP 404): no such path, method or content type.
+    pub fn bad_route(msg: impl Into<String>) -> Self {
+        Self {
+            code: "bad_route",
+            msg: msg.into(),
+        }
+    }
+
     /// `already_exists` (HTTP 409).
     pub fn already_exists(msg: impl Into<String>) -> Self {
         Self {

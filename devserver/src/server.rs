@@ -146,10 +146,12 @@ impl DevServer {
         let server = HttpServer::new(move || {
             App::new()
                 .app_data(state.clone())
+                .app_data(crate::twirp::json_config())
                 .route("/", web::get().to(health))
                 .route("/agent", web::get().to(agent_socket))
                 .configure(crate::twirp::configure)
                 .configure(crate::bench::configure)
+                .default_service(web::to(crate::twirp::no_route))
         })
         .workers(HTTP_WORKERS)
         // small frames answered at once: without it a frame written while the
