@@ -316,21 +316,23 @@ async fn a_repeated_assignment_of_a_job_that_ended_runs_nothing_and_reports_noth
 #[actix_rt::test]
 async fn jobs_recovered_past_capacity_wait_in_the_queue_or_are_refused_when_it_is_full() {
     let server = devserver().await;
-    let gone = worker(
+    let gone = Doomed::start(
+        &server,
         options(&server).agent_name("gone").max_jobs(5),
         Probe::new(),
-    );
-    registered(&gone).await;
+    )
+    .await;
     let store = Arc::new(MemoryStore::new());
     let mut orphans = Vec::new();
     for room in ["a", "b", "c"] {
         orphans.push(orphaned_checkpoint(&server, &store, room).await);
     }
-    // `gone` keeps running its copies, as a worker cut off from the server
-    // would; the new worker claims the jobs with migrate_job
+    // `gone` dies holding the jobs; a worker of the same agent claims them
+    // with migrate_job
+    gone.kill(&server).await;
 
     let probe = Probe::new();
-    let mut options = options(&server).max_jobs(1);
+    let mut options = options(&server).agent_name("gone").max_jobs(1);
     options.queue_capacity = 1;
     let worker = Worker::builder(options)
         .checkpoint_store(store.clone())
@@ -395,16 +397,16 @@ async fn jobs_recovered_past_capacity_wait_in_the_queue_or_are_refused_when_it_i
 async fn a_recovered_job_that_expires_in_the_queue_has_its_record_removed() {
     use lkagent::recovery::CheckpointStore as _;
     let server = devserver().await;
-    let gone = worker(options(&server).agent_name("gone"), Probe::new());
-    registered(&gone).await;
+    let gone = Doomed::start(&server, options(&server).agent_name("gone"), Probe::new()).await;
     let store = Arc::new(MemoryStore::new());
     let mut orphans = Vec::new();
     for room in ["a", "b"] {
         orphans.push(orphaned_checkpoint(&server, &store, room).await);
     }
+    gone.kill(&server).await;
 
     let probe = Probe::new();
-    let mut options = options(&server).max_jobs(1);
+    let mut options = options(&server).agent_name("gone").max_jobs(1);
     options.queue_max_wait = std::time::Duration::from_millis(200);
     let worker = Worker::builder(options)
         .checkpoint_store(store.clone())

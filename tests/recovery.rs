@@ -135,12 +135,13 @@ impl JobHandler for Forever {
     }
 }
 
-/// A checkpoint as a worker that died mid-job would have left it; its
-/// worker (`gone`) runs on, holding the job, as a worker cut off would.
+/// A checkpoint as a worker that died mid-job would have left it: its
+/// worker (`gone`) dies holding the job.
 async fn orphaned(server: &DevServer, store: &Arc<MemoryStore>) -> String {
-    let gone = worker(options(server).agent_name("gone"), Forever);
-    registered(&gone).await;
-    orphaned_checkpoint(server, store, "r").await
+    let gone = Doomed::start(server, options(server).agent_name("gone"), Forever).await;
+    let job_id = orphaned_checkpoint(server, store, "r").await;
+    gone.kill(server).await;
+    job_id
 }
 
 #[actix_rt::test]
@@ -150,7 +151,7 @@ async fn a_refused_recovery_is_reported_and_not_resumed() {
     let job_id = orphaned(&server, &store).await;
     let recorder = Recorder::new(false);
     let handler = PanicsOnce::default();
-    let worker = Worker::builder(options(&server))
+    let worker = Worker::builder(options(&server).agent_name("gone"))
         .checkpoint_store(store.clone())
         .recovery_handler(recorder.clone())
         .handler(handler.clone())
@@ -203,7 +204,7 @@ async fn an_accepted_recovery_resumes_with_the_saved_state_and_is_claimed() {
         gate: Some(gate.clone()),
         ..Default::default()
     };
-    let worker = Worker::builder(options(&server))
+    let worker = Worker::builder(options(&server).agent_name("gone"))
         .checkpoint_store(store.clone())
         .recovery_handler(recorder.clone())
         .handler(handler.clone())

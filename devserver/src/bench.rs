@@ -41,11 +41,15 @@ use crate::server::AppState;
 
 /// Registers the routes.
 pub fn configure(cfg: &mut web::ServiceConfig) {
-    cfg.route("/dev/bench/jobs", web::post().to(jobs))
-        .route("/dev/bench/terminate", web::post().to(terminate))
-        .route("/dev/bench/reconnects", web::post().to(reconnects))
-        .route("/dev/bench/workers", web::get().to(workers))
-        .route("/dev/echo", web::get().to(echo));
+    use crate::twirp::endpoint;
+    cfg.service(endpoint("/dev/bench/jobs", web::post().to(jobs)))
+        .service(endpoint("/dev/bench/terminate", web::post().to(terminate)))
+        .service(endpoint(
+            "/dev/bench/reconnects",
+            web::post().to(reconnects),
+        ))
+        .service(endpoint("/dev/bench/workers", web::get().to(workers)))
+        .service(endpoint("/dev/echo", web::get().to(echo)));
 }
 
 /// The most a single wait may last: a benchmark that stalls fails loudly.

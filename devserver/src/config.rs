@@ -20,6 +20,16 @@ pub const DEFAULT_RECONNECT_GRACE: Duration = Duration::from_secs(10);
 /// Attempts per job target (the first one included) for dispatches with
 /// `restart_policy = JRP_ON_FAILURE`.
 pub const DEFAULT_MAX_JOB_ATTEMPTS: u32 = 3;
+/// Connected workers at most (`--max-workers`): far above a development
+/// fleet, low enough that a runaway reconnect loop cannot exhaust the server.
+pub const DEFAULT_MAX_WORKERS: usize = 1_000;
+/// Rooms at most (`--max-rooms`).
+pub const DEFAULT_MAX_ROOMS: usize = 10_000;
+/// Simulated participants per room at most (`--max-participants`).
+pub const DEFAULT_MAX_PARTICIPANTS: usize = 1_000;
+/// Live dispatches at most (`--max-dispatches`): two per room at the room
+/// cap (every room has its default dispatch, most have one named one).
+pub const DEFAULT_MAX_DISPATCHES: usize = 20_000;
 /// The well-known local development key pair (`livekit-server --dev`).
 pub const DEV_KEY: (&str, &str) = ("devkey", "secret");
 
@@ -49,16 +59,37 @@ pub struct DevServerConfig {
     /// them, to test that a fleet does not reconnect in a storm.
     pub drop_after_register: bool,
     /// A disconnected worker's unfinished jobs stay its own for this long: a
-    /// worker that registers again and claims them (`migrate_job`, or a
-    /// status for them) keeps them. After it, they count as failed and
-    /// restart-on-failure dispatches launch them again (default 10 s).
+    /// worker that registers again with the same API key and agent name and
+    /// claims them (`migrate_job`, or a status for them) keeps them. After
+    /// it, they count as failed and restart-on-failure dispatches launch
+    /// them again (default 10 s).
     pub reconnect_grace: Duration,
     /// Attempts per job target, the first included, for dispatches whose
     /// `restart_policy` is `JRP_ON_FAILURE` (default 3).
     pub max_job_attempts: u32,
-    /// Job records kept; beyond it the oldest finished job is forgotten
-    /// (default [`MAX_JOBS`](crate::MAX_JOBS); raise it to hold more jobs
-    /// running at once, as a benchmark does).
+    /// Connected (registered) workers at most: a worker registering beyond
+    /// it is closed with code 1013 "try again later" (default
+    /// [`DEFAULT_MAX_WORKERS`]).
+    pub max_workers: usize,
+    /// Rooms at most: creating one more (CreateRoom, a dispatch or a
+    /// participant for a missing room) is `resource_exhausted` (default
+    /// [`DEFAULT_MAX_ROOMS`]).
+    pub max_rooms: usize,
+    /// Simulated participants per room at most; one more is
+    /// `resource_exhausted` (default [`DEFAULT_MAX_PARTICIPANTS`]).
+    pub max_participants: usize,
+    /// Live dispatches at most, all rooms together (a deleted dispatch is
+    /// forgotten); one more is `resource_exhausted` (default
+    /// [`DEFAULT_MAX_DISPATCHES`]).
+    pub max_dispatches: usize,
+    /// Job records kept. A new job evicts the oldest finished one (or one
+    /// whose worker left and never claimed it) when the records are full; a
+    /// live job is never evicted, so with every record live a new job is
+    /// refused (`resource_exhausted`, [`DispatchError::TooManyJobs`]).
+    /// Default [`MAX_JOBS`](crate::MAX_JOBS); raise it to hold more jobs
+    /// running at once, as a benchmark does.
+    ///
+    /// [`DispatchError::TooManyJobs`]: crate::DispatchError::TooManyJobs
     pub max_jobs: usize,
     /// Listen beyond loopback with the well-known [`DEV_KEY`] all the same.
     /// Off by default: anyone who can reach the port knows that secret, so
@@ -106,6 +137,10 @@ impl Default for DevServerConfig {
             drop_after_register: false,
             reconnect_grace: DEFAULT_RECONNECT_GRACE,
             max_job_attempts: DEFAULT_MAX_JOB_ATTEMPTS,
+            max_workers: DEFAULT_MAX_WORKERS,
+            max_rooms: DEFAULT_MAX_ROOMS,
+            max_participants: DEFAULT_MAX_PARTICIPANTS,
+            max_dispatches: DEFAULT_MAX_DISPATCHES,
             max_jobs: crate::MAX_JOBS,
             insecure: false,
             faults: None,
@@ -129,6 +164,10 @@ impl fmt::Debug for DevServerConfig {
             .field("drop_after_register", &self.drop_after_register)
             .field("reconnect_grace", &self.reconnect_grace)
             .field("max_job_attempts", &self.max_job_attempts)
+            .field("max_workers", &self.max_workers)
+            .field("max_rooms", &self.max_rooms)
+            .field("max_participants", &self.max_participants)
+            .field("max_dispatches", &self.max_dispatches)
             .field("max_jobs", &self.max_jobs)
             .field("insecure", &self.insecure)
             .finish()

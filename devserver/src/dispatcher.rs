@@ -7,6 +7,13 @@
 //! [`WorkerGone`] moves it on (next worker, assignment, or failure), and the
 //! caller's oneshot gets the outcome. Every state change bumps a
 //! `watch` counter so that `DevServer::wait_*` wake up without polling.
+//!
+//! Everything it holds is bounded: connected workers (`max_workers`),
+//! disconnected ones remembered ([`MAX_DISCONNECTED_WORKERS`]), job records
+//! (`max_jobs`: a new job evicts the oldest finished record, and is refused
+//! when every record is a live job), and, in `rooms`, rooms, dispatches and
+//! participants. A job's statuses and claims are taken only from its own
+//! connection or a worker that may claim it ([`Standing`]).
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
@@ -26,18 +33,20 @@ use crate::balance;
 use crate::faults::{FaultConfig, FaultKind, FaultReport, Faults};
 use crate::ids;
 use crate::messages::{
-    AvailabilityAnswer, BenchTimings, Deliver, Dispatch, DropConnections, GetFaultReport, GetJob,
-    Inject, InjectFrame, JobProgress, JobStatusUpdate, Kill, ListJobs, ListWorkers, MigrateJobs,
-    Progress, Shutdown, SimulateJob, TerminateAll, TerminateJob, WorkerGone, WorkerPinged,
-    WorkerRegistered, WorkerStatusUpdate,
+    AvailabilityAnswer, BenchTimings, Deliver, Dispatch, DropConnections, GetCounts,
+    GetFaultReport, GetJob, Inject, InjectFrame, JobProgress, JobStatusUpdate, Kill, ListJobs,
+    ListWorkers, MigrateJobs, Progress, Shutdown, SimulateJob, TerminateAll, TerminateJob,
+    WorkerGone, WorkerPinged, WorkerRegistered, WorkerStatusUpdate,
 };
-use crate::model::{DevServerError, DispatchError, JobInfo, StatusUpdate, WorkerInfo};
+use crate::model::{
+    ApiError, Counts, DevServerError, DispatchError, JobInfo, StatusUpdate, WorkerInfo,
+};
 use crate::session::Session;
 
 mod rooms;
 
-/// Job records kept by default; above this the oldest finished job is
-/// evicted first.
+/// Job records kept by default (`--max-jobs`); a new job evicts the oldest
+/// finished one when they are full, and is refused when every one is live.
 pub const MAX_JOBS: usize = 10_000;
 /// Status updates kept per job (the oldest are dropped).
 pub const MAX_JOB_UPDATES: usize = 256;
@@ -59,6 +68,14 @@ pub struct DispatcherConfig {
     pub reconnect_grace: Duration,
     /// Attempts per target for restart-on-failure dispatches.
     pub max_job_attempts: u32,
+    /// Connected workers at most.
+    pub max_workers: usize,
+    /// Rooms at most.
+    pub max_rooms: usize,
+    /// Simulated participants per room at most.
+    pub max_participants: usize,
+    /// Live dispatches at most.
+    pub max_dispatches: usize,
     /// Job records kept (the oldest finished are evicted first).
     pub max_jobs: usize,
     /// Fault mode (see `faults`), if on.
@@ -92,6 +109,43 @@ struct JobRecord {
     accepted: Option<AvailabilityResponse>,
     /// Running while the job's worker is disconnected: the grace period.
     grace: Option<SpawnHandle>,
+    /// Who may claim the job once its worker is gone: set at assignment.
+    owner: Option<Owner>,
+    /// Its worker left and nobody claimed it within the grace period, and
+    /// no restart follows: the server no longer follows it (the real one
+    /// forgets it), so its record may be evicted like a finished one.
+    abandoned: bool,
+    /// Launched by a dispatch record of the room side (not by
+    /// `DevServer::dispatch` or `simulate_job`): it restarts only while
+    /// that record lives.
+    from_dispatch: bool,
+}
+
+impl JobRecord {
+    /// Whether the record may be evicted to make room: the job is over for
+    /// the server. A live job's record is never evicted.
+    fn evictable(&self) -> bool {
+        self.ended || self.abandoned
+    }
+}
+
+/// The API key and agent name of the worker a job was assigned to. A claim
+/// must match both, so they never change after the assignment, whichever
+/// connection holds the job.
+struct Owner {
+    api_key: String,
+    agent_name: String,
+}
+
+/// Why a worker may send a status or `migrate_job` for a job.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Standing {
+    /// The job is assigned to this very connection.
+    Holder,
+    /// The job's connection is gone and this worker registered with the
+    /// same API key and agent name: it may claim the job (a restarted or
+    /// reconnected worker taking back what it still runs).
+    Claimant,
 }
 
 /// How a job is launched: who asks for it and what happens when it fails.
@@ -102,10 +156,11 @@ struct Launch {
     any_namespace: bool,
     attempt: u32,
     restart_of: Option<String>,
+    from_dispatch: bool,
 }
 
 impl Launch {
-    /// A first launch from a dispatch: no reply, no forced worker.
+    /// A first launch from a dispatch record: no reply, no forced worker.
     fn dispatched(policy: JobRestartPolicy) -> Self {
         Self {
             forced: None,
@@ -114,6 +169,7 @@ impl Launch {
             any_namespace: false,
             attempt: 1,
             restart_of: None,
+            from_dispatch: true,
         }
     }
 }
@@ -193,32 +249,63 @@ impl Dispatcher {
         self.version.send_modify(|v| *v = v.wrapping_add(1));
     }
 
-    fn insert_job(&mut self, record: JobRecord) {
-        let id = record.info.id.clone();
-        self.jobs.insert(id.clone(), record);
-        self.job_order.push_back(id);
-        while self.jobs.len() > self.config.max_jobs {
-            let victim = self
-                .job_order
-                .iter()
-                .position(|id| self.jobs.get(id).is_some_and(|j| j.ended))
-                .or_else(|| {
-                    self.job_order
-                        .iter()
-                        .position(|id| !self.pending.contains_key(id))
-                });
-            let Some(pos) = victim else { break };
-            if let Some(id) = self.job_order.remove(pos) {
+    /// Makes room for `n` more job records: when they would exceed
+    /// `max_jobs`, evicts the oldest evictable ones (finished or abandoned).
+    /// False, with nothing evicted, if live jobs leave too little room.
+    fn admit_jobs(&mut self, n: usize) -> bool {
+        let excess = (self.jobs.len() + n).saturating_sub(self.config.max_jobs);
+        if excess == 0 {
+            return true;
+        }
+        let victims: Vec<usize> = self
+            .job_order
+            .iter()
+            .enumerate()
+            .filter(|(_, id)| self.jobs.get(*id).is_some_and(JobRecord::evictable))
+            .map(|(at, _)| at)
+            .take(excess)
+            .collect();
+        if victims.len() < excess {
+            return false;
+        }
+        // from the back, so the earlier positions stay valid
+        for at in victims.into_iter().rev() {
+            if let Some(id) = self.job_order.remove(at) {
                 let evicted = self.jobs.remove(&id);
                 if let (Some(faults), Some(record)) = (self.faults.as_mut(), evicted) {
                     faults.evicted(&id, record.ended);
                 }
             }
         }
+        true
     }
 
-    /// Creates the record for `job` and starts placing it.
-    fn start_job(&mut self, job: Job, launch: Launch, ctx: &mut Context<Self>) {
+    /// The refusal of a job that finds every record live.
+    fn too_many_jobs(&self) -> ApiError {
+        ApiError::resource_exhausted(
+            DispatchError::TooManyJobs {
+                max_jobs: self.config.max_jobs,
+            }
+            .to_string(),
+        )
+    }
+
+    /// Creates the record for `job` and starts placing it; false (and the
+    /// caller told) if every job record is held by a live job.
+    fn start_job(&mut self, job: Job, launch: Launch, ctx: &mut Context<Self>) -> bool {
+        if !self.admit_jobs(1) {
+            tracing::warn!(
+                job_id = job.id,
+                max_jobs = self.config.max_jobs,
+                "job refused: every job record is held by a live job (--max-jobs)"
+            );
+            if let Some(reply) = launch.reply {
+                let _ = reply.send(Err(DispatchError::TooManyJobs {
+                    max_jobs: self.config.max_jobs,
+                }));
+            }
+            return false;
+        }
         #[allow(deprecated)] // the server still fills `namespace`
         let namespace = job.namespace.clone();
         let info = JobInfo {
@@ -257,18 +344,26 @@ impl Dispatcher {
                 reply: launch.reply,
             },
         );
-        self.insert_job(JobRecord {
-            info,
-            proto: job,
-            ended: false,
-            policy,
-            any_namespace: launch.any_namespace,
-            assigned: false,
-            accepted: None,
-            grace: None,
-        });
+        self.jobs.insert(
+            job_id.clone(),
+            JobRecord {
+                info,
+                proto: job,
+                ended: false,
+                policy,
+                any_namespace: launch.any_namespace,
+                assigned: false,
+                accepted: None,
+                grace: None,
+                owner: None,
+                abandoned: false,
+                from_dispatch: launch.from_dispatch,
+            },
+        );
+        self.job_order.push_back(job_id.clone());
         self.changed();
         self.ask_next(&job_id, ctx);
+        true
     }
 
     /// Asks the next worker for `job_id`, or ends the dispatch if none is left.
@@ -518,6 +613,10 @@ impl Dispatcher {
         }
         record.assigned = true;
         record.accepted = Some(answer.clone());
+        record.owner = Some(Owner {
+            api_key: worker.api_key.clone(),
+            agent_name: worker.info.agent_name.clone(),
+        });
         record.info.worker_id = Some(worker_id.to_owned());
         record.info.participant_identity = identity;
         record.info.status = JobStatus::JsRunning;
@@ -625,11 +724,14 @@ impl Dispatcher {
         }
         if record.policy != JobRestartPolicy::JrpOnFailure {
             // The open-source server forgets the worker's jobs and leaves
-            // their state as it was; so does the dev server.
+            // their state as it was; so does the dev server, and its record
+            // may go when room is needed.
             tracing::info!(
                 job_id,
                 "job not claimed within the grace period; no restart policy: left as is"
             );
+            record.abandoned = true;
+            self.changed();
             return;
         }
         let error = "the worker disconnected and did not claim the job in time";
@@ -667,7 +769,7 @@ impl Dispatcher {
             return;
         }
         let dispatch_id = record.info.dispatch_id.clone();
-        if !self.rooms.dispatch_is_live(&dispatch_id) {
+        if record.from_dispatch && !self.rooms.has_dispatch(&dispatch_id) {
             tracing::info!(
                 job_id,
                 dispatch_id,
@@ -685,6 +787,7 @@ impl Dispatcher {
             any_namespace: record.any_namespace,
             attempt: attempt + 1,
             restart_of: Some(job_id.to_owned()),
+            from_dispatch: record.from_dispatch,
         };
         tracing::info!(
             job_id,
@@ -694,8 +797,50 @@ impl Dispatcher {
             max = self.config.max_job_attempts,
             "job failed: restart policy JRP_ON_FAILURE, launching it again"
         );
-        self.rooms.add_job(&dispatch_id, &job.id);
-        self.start_job(job, launch, ctx);
+        let new_job_id = job.id.clone();
+        if self.start_job(job, launch, ctx) {
+            self.rooms.add_job(&dispatch_id, &new_job_id);
+        }
+    }
+
+    /// Whether `worker_id` may send statuses or `migrate_job` for `job_id`:
+    /// the connection holding it, or, once that connection is gone, a worker
+    /// of the same API key and agent name. Anyone else is refused: one
+    /// worker (or key) must not end or take another's jobs.
+    fn standing(&self, job_id: &str, worker_id: &str) -> Option<Standing> {
+        let record = self.jobs.get(job_id)?;
+        let holder = record.info.worker_id.as_deref()?;
+        if holder == worker_id {
+            return Some(Standing::Holder);
+        }
+        let holder_gone = self.workers.get(holder).is_none_or(|w| w.session.is_none());
+        let claimant = self.workers.get(worker_id)?;
+        let same_owner = record.owner.as_ref().is_some_and(|o| {
+            o.api_key == claimant.api_key && o.agent_name == claimant.info.agent_name
+        });
+        (holder_gone && same_owner).then_some(Standing::Claimant)
+    }
+
+    /// Logs a status or `migrate_job` refused by [`Self::standing`].
+    fn refuse(&self, what: &str, job_id: &str, worker_id: &str) {
+        let holder = self
+            .jobs
+            .get(job_id)
+            .and_then(|j| j.info.worker_id.as_deref());
+        tracing::warn!(
+            job_id,
+            worker_id,
+            holder,
+            "{what} refused: the job is not this worker's (nor claimable by it); ignored"
+        );
+    }
+
+    /// Registered workers whose socket is open.
+    fn connected_workers(&self) -> usize {
+        self.workers
+            .values()
+            .filter(|w| w.session.is_some())
+            .count()
     }
 
     fn worker_infos(&self) -> Vec<WorkerInfo> {
@@ -818,6 +963,7 @@ impl Handler<Dispatch> for Dispatcher {
             any_namespace: request.namespace.is_none(),
             attempt: 1,
             restart_of: None,
+            from_dispatch: false,
         };
         self.start_job(job, launch, ctx);
     }
@@ -860,6 +1006,7 @@ impl Handler<SimulateJob> for Dispatcher {
         );
         let launch = Launch {
             forced: Some(msg.worker_id),
+            from_dispatch: false,
             ..Launch::dispatched(JobRestartPolicy::JrpNever)
         };
         self.start_job(job, launch, ctx);
@@ -932,9 +1079,22 @@ impl Handler<AvailabilityAnswer> for Dispatcher {
 }
 
 impl Handler<WorkerRegistered> for Dispatcher {
-    type Result = ();
+    type Result = Result<(), String>;
 
-    fn handle(&mut self, msg: WorkerRegistered, _: &mut Context<Self>) {
+    fn handle(&mut self, msg: WorkerRegistered, _: &mut Context<Self>) -> Self::Result {
+        let connected = self.connected_workers();
+        if connected >= self.config.max_workers {
+            let why = format!(
+                "too many workers: the dev server takes at most {} (--max-workers); try again later",
+                self.config.max_workers
+            );
+            tracing::warn!(
+                worker_id = msg.worker_id,
+                connected,
+                "registration refused: {why}"
+            );
+            return Err(why);
+        }
         let r = msg.request;
         self.worker_seq += 1;
         let info = WorkerInfo {
@@ -964,6 +1124,7 @@ impl Handler<WorkerRegistered> for Dispatcher {
         };
         self.workers.insert(msg.worker_id, entry);
         self.changed();
+        Ok(())
     }
 }
 
@@ -1076,14 +1237,22 @@ impl Handler<JobStatusUpdate> for Dispatcher {
             let status = terminal.contains(&u.status).then_some(u.status);
             faults.heard(&u.job_id, connection, status);
         }
-        let Some(record) = self.jobs.get_mut(&u.job_id) else {
+        if !self.jobs.contains_key(&u.job_id) {
             tracing::debug!(
                 job_id = u.job_id,
                 worker_id = msg.worker_id,
                 "update for an unknown job: ignored"
             );
             return;
+        }
+        // A status is accepted from the job's connection, and, once that
+        // connection is gone, from a worker that may claim the job: the
+        // worker reports on its new connection what ended while it was away
+        // (without a `migrate_job` for it, as its job is over).
+        let Some(standing) = self.standing(&u.job_id, &msg.worker_id) else {
+            return self.refuse("update_job", &u.job_id, &msg.worker_id);
         };
+        let record = self.jobs.get_mut(&u.job_id).expect("checked above");
         let status = JobStatus::try_from(u.status).unwrap_or(JobStatus::JsPending);
         if let Some(start) = msg.start {
             self.timings.job_start.record(start);
@@ -1105,13 +1274,14 @@ impl Handler<JobStatusUpdate> for Dispatcher {
                 "job claimed by a status update within the grace period"
             );
         }
-        if record.info.worker_id.as_deref() != Some(msg.worker_id.as_str()) {
+        if standing == Standing::Claimant {
             tracing::info!(
                 job_id = u.job_id,
                 worker_id = msg.worker_id,
                 "job re-associated with a new connection"
             );
             record.info.worker_id = Some(msg.worker_id.clone());
+            record.abandoned = false;
         }
         // Like the server, an ended job no longer changes state; the
         // update is still kept in the history.
@@ -1146,6 +1316,7 @@ impl Handler<MigrateJobs> for Dispatcher {
         let Some(worker) = self.workers.get_mut(&msg.worker_id) else {
             return;
         };
+        // What the worker sent, claimed or not (its own history).
         for id in &msg.request.job_ids {
             push_bounded(&mut worker.info.migrated_jobs, id.clone());
             if let Some(faults) = self.faults.as_mut() {
@@ -1153,14 +1324,19 @@ impl Handler<MigrateJobs> for Dispatcher {
             }
         }
         for id in msg.request.job_ids {
-            let Some(record) = self.jobs.get_mut(&id) else {
+            if !self.jobs.contains_key(&id) {
                 tracing::info!(
                     job_id = id,
                     worker_id = msg.worker_id,
                     "migrate_job for an unknown job: ignored"
                 );
                 continue;
-            };
+            }
+            if self.standing(&id, &msg.worker_id).is_none() {
+                self.refuse("migrate_job", &id, &msg.worker_id);
+                continue;
+            }
+            let record = self.jobs.get_mut(&id).expect("checked above");
             if let Some(timer) = record.grace.take() {
                 ctx.cancel_future(timer);
             }
@@ -1171,6 +1347,7 @@ impl Handler<MigrateJobs> for Dispatcher {
                 "migrate_job: job re-associated with the claiming worker"
             );
             record.info.worker_id = Some(msg.worker_id.clone());
+            record.abandoned = false;
             if let Some(state) = record.proto.state.as_mut() {
                 state.worker_id = msg.worker_id.clone();
             }
@@ -1245,6 +1422,22 @@ impl Handler<GetJob> for Dispatcher {
 
     fn handle(&mut self, msg: GetJob, _: &mut Context<Self>) -> Option<JobInfo> {
         self.jobs.get(&msg.0).map(|j| j.info.clone())
+    }
+}
+
+impl Handler<GetCounts> for Dispatcher {
+    type Result = actix::MessageResult<GetCounts>;
+
+    fn handle(&mut self, _: GetCounts, _: &mut Context<Self>) -> Self::Result {
+        let (rooms, participants, dispatches) = self.rooms.counts();
+        actix::MessageResult(Counts {
+            workers: self.connected_workers(),
+            rooms,
+            participants,
+            dispatches,
+            jobs: self.jobs.len(),
+            live_jobs: self.jobs.values().filter(|j| !j.evictable()).count(),
+        })
     }
 }
 

@@ -11,7 +11,8 @@
 //! other honestly.
 //!
 //! # Map
-//! - [`config`](DevServerConfig): where to listen, keys, timers.
+//! - [`config`](DevServerConfig): where to listen, keys, timers, and the
+//!   caps on workers, rooms, participants, dispatches and job records.
 //! - `model`: the public snapshots and errors ([`JobInfo`], [`WorkerInfo`],
 //!   [`DispatchRequest`], [`DispatchError`], …).
 //! - Pure logic, tested with plain `#[test]`s:
@@ -53,17 +54,19 @@ mod twirp;
 
 pub use auth::{AGENT_NAME_ATTRIBUTE, KeyParseError, parse_keys};
 pub use config::{
-    DEFAULT_AVAILABILITY_TIMEOUT, DEFAULT_MAX_FRAME_SIZE, DEFAULT_MAX_JOB_ATTEMPTS,
+    DEFAULT_AVAILABILITY_TIMEOUT, DEFAULT_MAX_DISPATCHES, DEFAULT_MAX_FRAME_SIZE,
+    DEFAULT_MAX_JOB_ATTEMPTS, DEFAULT_MAX_PARTICIPANTS, DEFAULT_MAX_ROOMS, DEFAULT_MAX_WORKERS,
     DEFAULT_PING_INTERVAL, DEFAULT_RECONNECT_GRACE, DEFAULT_REGISTER_TIMEOUT,
     DEFAULT_ROOM_TOKEN_TTL, DEV_KEY, DevServerConfig,
 };
 pub use dispatcher::{MAX_JOB_UPDATES, MAX_JOBS};
 pub use faults::{FaultConfig, FaultCounts, FaultReport, MAX_REPORTED_IDS};
 pub use model::{
-    ApiError, DevServerError, DispatchError, DispatchRequest, JobInfo, RawFrame, StatusUpdate,
-    WaitTimeout, WorkerInfo,
+    ApiError, Counts, DevServerError, DispatchError, DispatchRequest, JobInfo, RawFrame,
+    StatusUpdate, WaitTimeout, WorkerInfo,
 };
 pub use server::DevServer;
+pub use twirp::MAX_BODY_SIZE;
 
 /// The official LiveKit Rust server SDK (`livekit-api`, with its `services`
 /// Twirp clients), re-exported so that a test embedding the dev server can

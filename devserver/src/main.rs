@@ -2,6 +2,8 @@
 //!
 //! ```text
 //! lkagent-devserver [serve] [--port 7880] [--bind 127.0.0.1] [--keys devkey:secret] [--insecure]
+//!                   [--max-workers N] [--max-rooms N] [--max-participants N]
+//!                   [--max-dispatches N] [--max-jobs N]
 //! lkagent-devserver dispatch create ROOM [AGENT] [METADATA]
 //! lkagent-devserver dispatch list ROOM
 //! lkagent-devserver dispatch delete ROOM DISPATCH_ID
@@ -10,8 +12,9 @@
 //! lkagent-devserver participant join ROOM IDENTITY [--publish]
 //! lkagent-devserver participant publish ROOM IDENTITY
 //! ```
-//! Server flags fall back to `LKAGENT_DEVSERVER_PORT`, `LKAGENT_DEVSERVER_BIND`
-//! and `LIVEKIT_KEYS`; logs follow `RUST_LOG` (default `info`). The client
+//! Server flags fall back to `LKAGENT_DEVSERVER_PORT`, `LKAGENT_DEVSERVER_BIND`,
+//! `LIVEKIT_KEYS` and `LKAGENT_DEVSERVER_MAX_*` (the caps); logs follow
+//! `RUST_LOG` (default `info`). The client
 //! subcommands talk to `LIVEKIT_URL` (default `http://127.0.0.1:7880`) with
 //! `LIVEKIT_API_KEY` / `LIVEKIT_API_SECRET` (default the dev pair) through the
 //! official Rust server SDK, and print JSON.
@@ -19,12 +22,20 @@
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::process::ExitCode;
 
-use lkagent_devserver::{DEV_KEY, DevServer, DevServerConfig, parse_keys};
+use lkagent_devserver::{
+    DEFAULT_MAX_DISPATCHES, DEFAULT_MAX_PARTICIPANTS, DEFAULT_MAX_ROOMS, DEFAULT_MAX_WORKERS,
+    DEV_KEY, DevServer, DevServerConfig, MAX_JOBS, parse_keys,
+};
 use tracing_subscriber::EnvFilter;
 
 const DEFAULT_PORT: u16 = 7880;
-const USAGE: &str =
-    "usage: lkagent-devserver [serve] [--port PORT] [--bind ADDR] [--keys KEY:SECRET[,KEY:SECRET...]] [--insecure]
+
+/// The `--help` text, with the caps' defaults.
+fn usage() -> String {
+    format!(
+        "usage: lkagent-devserver [serve] [--port PORT] [--bind ADDR] [--keys KEY:SECRET[,KEY:SECRET...]] [--insecure]
+                         [--max-workers N] [--max-rooms N] [--max-participants N]
+                         [--max-dispatches N] [--max-jobs N]
        lkagent-devserver dispatch create ROOM [AGENT] [METADATA] | dispatch list ROOM
        lkagent-devserver dispatch delete ROOM DISPATCH_ID
        lkagent-devserver room create ROOM | room list | room delete ROOM
@@ -37,19 +48,55 @@ const USAGE: &str =
   --keys  LIST   API keys as key:secret,... or livekit-server's \"key: secret\" lines
                  (env LIVEKIT_KEYS, default devkey:secret)
   --insecure     listen beyond loopback with the default devkey:secret all
-                 the same (refused otherwise: everyone knows that secret)";
+                 the same (refused otherwise: everyone knows that secret)
+
+Caps (env LKAGENT_DEVSERVER_MAX_WORKERS, ..._MAX_ROOMS, ...): over one, a
+Twirp or /dev call answers resource_exhausted (HTTP 429) and a registering
+worker is closed with code 1013 (try again later).
+  --max-workers       N  connected workers (default {DEFAULT_MAX_WORKERS})
+  --max-rooms         N  rooms (default {DEFAULT_MAX_ROOMS})
+  --max-participants  N  simulated participants per room (default {DEFAULT_MAX_PARTICIPANTS})
+  --max-dispatches    N  live dispatches (default {DEFAULT_MAX_DISPATCHES})
+  --max-jobs          N  job records; the oldest finished go first, live jobs
+                         never (default {MAX_JOBS})"
+    )
+}
 
 struct Args {
     port: u16,
     bind: IpAddr,
     keys: Vec<(String, String)>,
     insecure: bool,
+    caps: Caps,
+}
+
+/// The `--max-*` flags.
+struct Caps {
+    workers: usize,
+    rooms: usize,
+    participants: usize,
+    dispatches: usize,
+    jobs: usize,
+}
+
+/// A cap from its flag's value or environment variable, or its default.
+fn cap(flag: &str, value: Option<String>, default: usize) -> Result<usize, String> {
+    match value {
+        Some(v) => v.parse().map_err(|_| format!("bad {flag} {v:?}")),
+        None => Ok(default),
+    }
 }
 
 fn parse_args() -> Result<Args, String> {
     let mut port = std::env::var("LKAGENT_DEVSERVER_PORT").ok();
     let mut bind = std::env::var("LKAGENT_DEVSERVER_BIND").ok();
     let mut keys = std::env::var("LIVEKIT_KEYS").ok();
+    let env = |name: &str| std::env::var(format!("LKAGENT_DEVSERVER_{name}")).ok();
+    let mut max_workers = env("MAX_WORKERS");
+    let mut max_rooms = env("MAX_ROOMS");
+    let mut max_participants = env("MAX_PARTICIPANTS");
+    let mut max_dispatches = env("MAX_DISPATCHES");
+    let mut max_jobs = env("MAX_JOBS");
     let mut insecure = false;
     let mut args = std::env::args().skip(1).skip_while(|a| a == "serve");
     while let Some(arg) = args.next() {
@@ -65,6 +112,11 @@ fn parse_args() -> Result<Args, String> {
             "--port" | "-p" => &mut port,
             "--bind" => &mut bind,
             "--keys" => &mut keys,
+            "--max-workers" => &mut max_workers,
+            "--max-rooms" => &mut max_rooms,
+            "--max-participants" => &mut max_participants,
+            "--max-dispatches" => &mut max_dispatches,
+            "--max-jobs" => &mut max_jobs,
             "--help" | "-h" => return Err(String::new()),
             _ => return Err(format!("unknown argument {arg:?}")),
         };
@@ -86,11 +138,23 @@ fn parse_args() -> Result<Args, String> {
         Some(k) => parse_keys(&k).map_err(|e| format!("bad keys: {e}"))?,
         None => vec![(DEV_KEY.0.to_owned(), DEV_KEY.1.to_owned())],
     };
+    let caps = Caps {
+        workers: cap("--max-workers", max_workers, DEFAULT_MAX_WORKERS)?,
+        rooms: cap("--max-rooms", max_rooms, DEFAULT_MAX_ROOMS)?,
+        participants: cap(
+            "--max-participants",
+            max_participants,
+            DEFAULT_MAX_PARTICIPANTS,
+        )?,
+        dispatches: cap("--max-dispatches", max_dispatches, DEFAULT_MAX_DISPATCHES)?,
+        jobs: cap("--max-jobs", max_jobs, MAX_JOBS)?,
+    };
     Ok(Args {
         port,
         bind,
         keys,
         insecure,
+        caps,
     })
 }
 
@@ -107,7 +171,7 @@ fn main() -> ExitCode {
             if !e.is_empty() {
                 eprintln!("error: {e}");
             }
-            eprintln!("{USAGE}");
+            eprintln!("{}", usage());
             return ExitCode::from(if e.is_empty() { 0 } else { 2 });
         }
     };
@@ -125,6 +189,11 @@ async fn run(args: Args) -> ExitCode {
         bind: SocketAddr::new(args.bind, args.port),
         keys: args.keys,
         insecure: args.insecure,
+        max_workers: args.caps.workers,
+        max_rooms: args.caps.rooms,
+        max_participants: args.caps.participants,
+        max_dispatches: args.caps.dispatches,
+        max_jobs: args.caps.jobs,
         ..Default::default()
     };
     let server = match DevServer::start(config).await {

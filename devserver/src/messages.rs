@@ -18,7 +18,7 @@ use livekit_protocol::{
 use tokio::sync::oneshot;
 
 use crate::model::{
-    ApiError, DevServerError, DispatchError, DispatchRequest, JobInfo, RawFrame, WorkerInfo,
+    ApiError, Counts, DevServerError, DispatchError, DispatchRequest, JobInfo, RawFrame, WorkerInfo,
 };
 use crate::session::Session;
 
@@ -78,6 +78,11 @@ pub struct GetFaultReport;
 #[rtype(result = "Option<JobInfo>")]
 pub struct GetJob(pub String);
 
+/// How many of each capped thing the dispatcher holds.
+#[derive(Message)]
+#[rtype(result = "Counts")]
+pub struct GetCounts;
+
 /// Stop the dispatcher (after the HTTP server has stopped).
 #[derive(Message)]
 #[rtype(result = "()")]
@@ -85,9 +90,11 @@ pub struct Shutdown;
 
 // ---- session → dispatcher ------------------------------------------------
 
-/// A connection registered; the session already answered with `worker_id`.
+/// A connection asks to register as `worker_id`; the session answers the
+/// worker once this is accepted, or closes with the refusal's reason (the
+/// workers cap).
 #[derive(Message)]
-#[rtype(result = "()")]
+#[rtype(result = "Result<(), String>")]
 pub struct WorkerRegistered {
     /// The id the session handed out.
     pub worker_id: String,

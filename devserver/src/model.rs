@@ -177,6 +177,26 @@ pub struct WorkerInfo {
     pub availability_answers: Vec<(String, bool)>,
 }
 
+/// How many of each capped thing the server holds now (see the `max_*`
+/// fields of [`DevServerConfig`](crate::DevServerConfig)), counted from its
+/// state when asked.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Counts {
+    /// Registered workers whose socket is open.
+    pub workers: usize,
+    /// Rooms.
+    pub rooms: usize,
+    /// Simulated participants, all rooms together.
+    pub participants: usize,
+    /// Dispatch records (deleted dispatches are forgotten).
+    pub dispatches: usize,
+    /// Job records, finished ones included.
+    pub jobs: usize,
+    /// Job records that may not be evicted: jobs neither ended nor
+    /// abandoned (their worker left and nobody claimed them in time).
+    pub live_jobs: usize,
+}
+
 /// Bytes to send as one WebSocket frame, as-is (fault injection).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum RawFrame {
@@ -227,6 +247,13 @@ pub enum DispatchError {
     /// The job's dispatch or room was deleted before it was placed.
     #[error("the dispatch or its room was deleted")]
     Cancelled,
+    /// Every job record is held by a live job (`max_jobs`): wait for jobs to
+    /// end, or raise the cap.
+    #[error("too many live jobs: the dev server holds at most {max_jobs} (--max-jobs)")]
+    TooManyJobs {
+        /// The cap on job records.
+        max_jobs: usize,
+    },
     /// The dev server has stopped.
     #[error("the dev server has stopped")]
     Stopped,
@@ -259,6 +286,22 @@ impl ApiError {
         }
     }
 
+    /// `malformed` (HTTP 400): the body does not decode.
+    pub fn malformed(msg: impl Into<String>) -> Self {
+        Self {
+            code: "malformed",
+            msg: msg.into(),
+        }
+    }
+
+    /// `bad_route` (HTTP 404): no such path, method or content type.
+    pub fn bad_route(msg: impl Into<String>) -> Self {
+        Self {
+            code: "bad_route",
+            msg: msg.into(),
+        }
+    }
+
     /// `already_exists` (HTTP 409).
     pub fn already_exists(msg: impl Into<String>) -> Self {
         Self {
@@ -272,6 +315,15 @@ impl ApiError {
     pub fn unauthenticated(msg: impl Into<String>) -> Self {
         Self {
             code: "unauthenticated",
+            msg: msg.into(),
+        }
+    }
+
+    /// `resource_exhausted` (HTTP 429): one of the dev server's caps is
+    /// reached; the message names it.
+    pub fn resource_exhausted(msg: impl Into<String>) -> Self {
+        Self {
+            code: "resource_exhausted",
             msg: msg.into(),
         }
     }

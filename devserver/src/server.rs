@@ -22,11 +22,12 @@ use crate::config::DevServerConfig;
 use crate::dispatcher::{Dispatcher, DispatcherConfig};
 use crate::ids;
 use crate::messages::{
-    Dispatch, DropConnections, GetFaultReport, GetJob, InjectFrame, ListJobs, ListWorkers,
-    Shutdown, TerminateJob,
+    Dispatch, DropConnections, GetCounts, GetFaultReport, GetJob, InjectFrame, ListJobs,
+    ListWorkers, Shutdown, TerminateJob,
 };
 use crate::model::{
-    DevServerError, DispatchError, DispatchRequest, JobInfo, RawFrame, WaitTimeout, WorkerInfo,
+    Counts, DevServerError, DispatchError, DispatchRequest, JobInfo, RawFrame, WaitTimeout,
+    WorkerInfo,
 };
 use crate::session::{Session, SessionConfig};
 
@@ -115,7 +116,11 @@ impl DevServer {
                 room_token_ttl: config.room_token_ttl,
                 reconnect_grace: config.reconnect_grace,
                 max_job_attempts: config.max_job_attempts.max(1),
-                max_jobs: config.max_jobs.max(1),
+                max_workers: config.max_workers,
+                max_rooms: config.max_rooms,
+                max_participants: config.max_participants,
+                max_dispatches: config.max_dispatches,
+                max_jobs: config.max_jobs,
                 faults: config.faults.clone(),
             }),
             version_tx,
@@ -147,10 +152,12 @@ impl DevServer {
         let server = HttpServer::new(move || {
             App::new()
                 .app_data(state.clone())
+                .app_data(crate::twirp::json_config())
                 .route("/", web::get().to(health))
                 .route("/agent", web::get().to(agent_socket))
                 .configure(crate::twirp::configure)
                 .configure(crate::bench::configure)
+                .default_service(web::to(crate::twirp::no_route))
         })
         .workers(HTTP_WORKERS)
         // small frames answered at once: without it a frame written while the
@@ -290,6 +297,16 @@ impl DevServer {
             .flatten()
     }
 
+    /// How many workers, rooms, participants, dispatches and job records
+    /// the server holds now: what its caps bound.
+    pub async fn counts(&self) -> Counts {
+        self.inner
+            .dispatcher
+            .send(GetCounts)
+            .await
+            .unwrap_or_default()
+    }
+
     /// Waits until the job exists and `pred` holds for it, re-checking on
     /// every state change, for at most `timeout`.
     pub async fn wait_job(
@@ -326,6 +343,20 @@ impl DevServer {
         self.wait_for(timeout, || async {
             let jobs = self.jobs().await;
             pred(&jobs).then_some(jobs)
+        })
+        .await
+    }
+
+    /// Waits until `pred` holds for the [`counts`](Self::counts),
+    /// re-checking on every state change, for at most `timeout`.
+    pub async fn wait_counts(
+        &self,
+        timeout: Duration,
+        pred: impl Fn(&Counts) -> bool,
+    ) -> Result<Counts, WaitTimeout> {
+        self.wait_for(timeout, || async {
+            let counts = self.counts().await;
+            pred(&counts).then_some(counts)
         })
         .await
     }

@@ -5,14 +5,18 @@
 //! and [`Kill`].
 //!
 //! Lifecycle: `started` arms the register deadline and the Ping timer; the
-//! first `register` gets an `AW_` id and the `ServerInfo`; `stopped` reports
-//! [`WorkerGone`] if the connection had registered.
+//! first `register` gets an `AW_` id and the `ServerInfo` once the dispatcher
+//! takes the worker (over the workers cap the socket is closed with code
+//! 1013, "try again later"); `stopped` reports [`WorkerGone`] if the
+//! connection had registered.
 
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use actix::{Actor, ActorContext, Addr, AsyncContext, Handler, StreamHandler};
+use actix::{
+    Actor, ActorContext, ActorFutureExt, Addr, AsyncContext, Handler, StreamHandler, WrapFuture,
+};
 use actix_web::web::Bytes;
 use actix_web_actors::ws::{self, CloseCode, CloseReason};
 use livekit_protocol::{
@@ -229,22 +233,45 @@ impl Session {
             job_type = request.r#type,
             version = request.version,
             protocol = self.protocol,
-            "worker registered"
+            "worker registering"
         );
+        // Set now, so that `stopped` reports the worker gone even if the
+        // socket ends while the dispatcher decides.
         self.worker_id = Some(worker_id.clone());
-        let answer = RegisterWorkerResponse {
+        let registered = WorkerRegistered {
             worker_id: worker_id.clone(),
-            server_info: Some(self.config.server_info.clone()),
-            ..Default::default()
-        };
-        // Tell the dispatcher first: everything the worker sends after reading
-        // the answer reaches the dispatcher after this message.
-        self.dispatcher.do_send(WorkerRegistered {
-            worker_id,
             api_key: self.api_key.clone(),
             request,
             session: ctx.address(),
-        });
+        };
+        // `wait`: nothing else the worker sent is handled until the
+        // dispatcher has decided, so everything after the register reaches
+        // the dispatcher after it, and the answer is written before anything
+        // the dispatcher then sends (an availability request).
+        let decided =
+            self.dispatcher
+                .send(registered)
+                .into_actor(self)
+                .map(move |admitted, act, ctx| match admitted {
+                    Ok(Ok(())) => act.registered(worker_id, ctx),
+                    Ok(Err(why)) => {
+                        act.worker_id = None; // never registered: nothing to report gone
+                        // the code a client reads as "try again later" (1013)
+                        act.close(CloseCode::Again, &why, ctx);
+                    }
+                    Err(_) => act.close(CloseCode::Away, "the dev server is stopping", ctx),
+                });
+        ctx.wait(decided);
+    }
+
+    /// The dispatcher took the worker: answer its registration.
+    fn registered(&mut self, worker_id: String, ctx: &mut ws::WebsocketContext<Self>) {
+        tracing::info!(worker_id, "worker registered");
+        let answer = RegisterWorkerResponse {
+            worker_id,
+            server_info: Some(self.config.server_info.clone()),
+            ..Default::default()
+        };
         self.send(
             ServerMessage {
                 message: Some(server_message::Message::Register(answer)),

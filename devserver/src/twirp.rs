@@ -5,12 +5,18 @@
 //! - `POST /twirp/livekit.RoomService/{CreateRoom,ListRooms,DeleteRoom,ListParticipants}`
 //!
 //! Bodies are protobuf (`application/protobuf`) or protojson
-//! (`application/json`); the answer uses the request's encoding. Errors are
-//! Twirp's JSON `{"code", "msg"}` with its HTTP status. Grants, as the
-//! server checks them: `roomCreate` for CreateRoom and DeleteRoom,
+//! (`application/json`); the answer uses the request's encoding. Grants, as
+//! the server checks them: `roomCreate` for CreateRoom and DeleteRoom,
 //! `roomList` for ListRooms, `roomAdmin` on the named room for the rest. A
 //! missing, bad or insufficient token is `unauthenticated` (401), as the
 //! server answers (`twirpAuthError`).
+//!
+//! Every error, here and on the development endpoints, is Twirp's JSON
+//! `{"code", "msg"}` with the HTTP status Twirp maps the code to: an unknown
+//! path or a method other than the route's is `bad_route` (404), as is an
+//! unexpected Content-Type (as the generated Twirp servers answer); a body
+//! that does not decode is `malformed` (400); one above [`MAX_BODY_SIZE`] is
+//! `invalid_argument` (400); a cap reached is `resource_exhausted` (429).
 //!
 //! Development (JSON, `roomAdmin` on the room):
 //! - `POST /dev/rooms/{room}/participants` `{"identity", "name"?, "metadata"?,
@@ -23,6 +29,7 @@
 use std::collections::HashMap;
 
 use actix::{Addr, Handler, Message};
+use actix_web::error::JsonPayloadError;
 use actix_web::http::{StatusCode, header};
 use actix_web::web::{self, Bytes};
 use actix_web::{HttpRequest, HttpResponse};
@@ -49,19 +56,85 @@ const AGENT_DISPATCH_SERVICE: &str = "livekit.AgentDispatchService";
 const ROOM_SERVICE: &str = "livekit.RoomService";
 const PROTOBUF: &str = "application/protobuf";
 const JSON: &str = "application/json";
+/// What a Twirp call is told about another Content-Type.
+const TWIRP_TYPES: &str = "unexpected Content-Type: use application/protobuf or application/json";
+/// What a development endpoint is told about another Content-Type.
+const JSON_ONLY: &str = "unexpected Content-Type: use application/json";
+
+/// The largest request body taken, Twirp or development (256 KiB, actix-web's
+/// own default): far above any room, dispatch or participant request, and
+/// its metadata still fits the 2 MiB frame a worker accepts once it is
+/// copied into a job.
+pub const MAX_BODY_SIZE: usize = 256 << 10;
 
 /// Registers the routes.
 pub fn configure(cfg: &mut web::ServiceConfig) {
-    cfg.route("/twirp/{service}/{method}", web::post().to(twirp))
-        .route("/twirp/{service}/{method}", web::route().to(bad_method))
-        .route(
+    cfg.service(endpoint("/twirp/{service}/{method}", web::post().to(twirp)))
+        .service(endpoint(
             "/dev/rooms/{room}/participants",
             web::post().to(join_participant),
-        )
-        .route(
+        ))
+        .service(endpoint(
             "/dev/rooms/{room}/participants/{identity}/publish",
             web::post().to(publish_track),
-        );
+        ));
+}
+
+/// One route at `path`; any other method is a Twirp `bad_route` (actix would
+/// answer an empty 405).
+pub(crate) fn endpoint(path: &str, route: actix_web::Route) -> actix_web::Resource {
+    web::resource(path)
+        .route(route)
+        .default_service(web::to(bad_method))
+}
+
+/// What answers a path no route takes: a Twirp `bad_route`, as a Twirp
+/// server answers an unknown path.
+pub(crate) async fn no_route(req: HttpRequest) -> HttpResponse {
+    error_response(&ApiError::bad_route(format!(
+        "no handler for path {:?}",
+        req.path()
+    )))
+}
+
+/// A body above [`MAX_BODY_SIZE`]. Twirp has no code for it (no 413): the
+/// Twirp maintainers answer `invalid_argument` for a payload too large
+/// (twitchtv/twirp#290); `resource_exhausted` (429) would tell the client to
+/// retry later, which can never succeed with the same body.
+fn too_large() -> ApiError {
+    ApiError::invalid_argument(format!(
+        "the request body is larger than the {MAX_BODY_SIZE} bytes the dev server takes"
+    ))
+}
+
+/// The body, read up to [`MAX_BODY_SIZE`].
+async fn read_body(payload: web::Payload) -> Result<Bytes, ApiError> {
+    match payload.to_bytes_limited(MAX_BODY_SIZE).await {
+        Ok(Ok(body)) => Ok(body),
+        // as a Twirp server answers a body it cannot read
+        Ok(Err(e)) => Err(ApiError::malformed(format!(
+            "failed to read the request body: {e}"
+        ))),
+        Err(_) => Err(too_large()),
+    }
+}
+
+/// The `web::Json` bodies of the benchmark endpoints: the same limit, and
+/// Twirp errors instead of actix's plain-text ones.
+pub(crate) fn json_config() -> web::JsonConfig {
+    web::JsonConfig::default()
+        .limit(MAX_BODY_SIZE)
+        .error_handler(|err, _| {
+            let api = match &err {
+                JsonPayloadError::OverflowKnownLength { .. }
+                | JsonPayloadError::Overflow { .. } => too_large(),
+                JsonPayloadError::ContentType => ApiError::bad_route(JSON_ONLY),
+                other => {
+                    ApiError::malformed(format!("the json request could not be decoded: {other}"))
+                }
+            };
+            actix_web::error::InternalError::from_response(err, error_response(&api)).into()
+        })
 }
 
 /// The body encoding of a Twirp call.
@@ -103,10 +176,8 @@ pub fn decode<T: prost::Message + Default + DeserializeOwned>(
     format: Format,
     body: &Bytes,
 ) -> Result<T, ApiError> {
-    let malformed = |e: String| ApiError {
-        code: "malformed",
-        msg: format!("the request body could not be decoded: {e}"),
-    };
+    let malformed =
+        |e: String| ApiError::malformed(format!("the request body could not be decoded: {e}"));
     match format {
         Format::Protobuf => T::decode(body.clone()).map_err(|e| malformed(e.to_string())),
         // An empty JSON body is an empty message, as for protobuf.
@@ -187,28 +258,23 @@ where
         .map_err(|_| ApiError::internal("the dev server is stopping"))
 }
 
-async fn bad_method() -> HttpResponse {
-    error_response(&ApiError {
-        code: "bad_route",
-        msg: "Twirp calls are POST requests".into(),
-    })
+async fn bad_method(req: HttpRequest) -> HttpResponse {
+    error_response(&ApiError::bad_route(format!(
+        "unsupported method {} on {:?}",
+        req.method(),
+        req.path()
+    )))
 }
 
 /// `POST /twirp/{service}/{method}`.
 async fn twirp(
     req: HttpRequest,
     path: web::Path<(String, String)>,
-    body: Bytes,
+    body: web::Payload,
     state: web::Data<AppState>,
 ) -> HttpResponse {
     let (service, method) = path.into_inner();
-    let Some(format) = Format::of(&req) else {
-        return error_response(&ApiError {
-            code: "bad_route",
-            msg: "unexpected Content-Type: use application/protobuf or application/json".into(),
-        });
-    };
-    match call(&req, &service, &method, format, &body, &state).await {
+    match call(&req, &service, &method, body, &state).await {
         Ok(response) => {
             tracing::debug!(service, method, "API call served");
             response
@@ -230,8 +296,7 @@ async fn call(
     req: &HttpRequest,
     service: &str,
     method: &str,
-    format: Format,
-    body: &Bytes,
+    body: web::Payload,
     state: &AppState,
 ) -> Result<HttpResponse, ApiError> {
     let known = matches!(
@@ -245,12 +310,13 @@ async fn call(
         )
     );
     if !known {
-        return Err(ApiError {
-            code: "bad_route",
-            msg: format!("no handler for {service}/{method} on the dev server"),
-        });
+        return Err(ApiError::bad_route(format!(
+            "no handler for {service}/{method} on the dev server"
+        )));
     }
+    let format = Format::of(req).ok_or_else(|| ApiError::bad_route(TWIRP_TYPES))?;
     let claims = claims(req, state)?;
+    let body = &read_body(body).await?;
     let dispatcher = &state.dispatcher;
     match (service, method) {
         (AGENT_DISPATCH_SERVICE, "CreateDispatch") => {
@@ -323,16 +389,18 @@ pub struct JoinBody {
 async fn join_participant(
     req: HttpRequest,
     path: web::Path<String>,
-    body: Bytes,
+    body: web::Payload,
     state: web::Data<AppState>,
 ) -> HttpResponse {
     let room = path.into_inner();
     let result = async {
+        if Format::of(&req) != Some(Format::Json) {
+            return Err(ApiError::bad_route(JSON_ONLY));
+        }
         ensure_admin(&claims(&req, &state)?, &room)?;
-        let body: JoinBody = serde_json::from_slice(&body).map_err(|e| ApiError {
-            code: "malformed",
-            msg: format!("expected {{\"identity\": ...}}: {e}"),
-        })?;
+        let body = read_body(body).await?;
+        let body: JoinBody = serde_json::from_slice(&body)
+            .map_err(|e| ApiError::malformed(format!("expected {{\"identity\": ...}}: {e}")))?;
         let kind = if body.agent {
             participant_info::Kind::Agent
         } else {

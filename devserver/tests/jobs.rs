@@ -81,9 +81,16 @@ async fn statuses_are_recorded_in_order_across_a_reconnect() {
 #[actix_rt::test]
 async fn migrate_job_is_recorded_and_reassociates() {
     let server = server().await;
-    let (mut first, _) = worker(&server, "").await;
+    let (mut first, first_id) = worker(&server, "").await;
     let job_id = assigned_job(&server, &mut first).await;
     drop(first);
+    // a claim is taken once the job's connection is gone
+    server
+        .wait_workers(DEADLINE, |w| {
+            w.iter().any(|w| w.id == first_id && !w.connected)
+        })
+        .await
+        .unwrap();
     let (mut second, second_id) = worker(&server, "").await;
     send(
         &mut second,

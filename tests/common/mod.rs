@@ -586,3 +586,52 @@ pub fn eager_policy(max_replicas: u32) -> lkagent::scaling::ScalingPolicy {
         ..Default::default()
     }
 }
+
+/// A worker on an actix System of its own thread, to be killed as a crashed
+/// process dies: [`Doomed::kill`] stops that System, so the worker's
+/// connection just ends and it sends nothing more — no final statuses, no
+/// reconnect.
+pub struct Doomed {
+    system: actix_rt::System,
+    id: String,
+}
+
+impl Doomed {
+    /// Starts a worker with these options and handler on a thread of its
+    /// own and waits until the server has it registered.
+    pub async fn start(
+        server: &DevServer,
+        options: WorkerOptions,
+        handler: impl JobHandler,
+    ) -> Doomed {
+        let (said, heard) = tokio::sync::oneshot::channel();
+        std::thread::spawn(move || {
+            let system = actix_rt::System::new();
+            system.block_on(async move {
+                let worker = worker(options, handler);
+                let id = registered(&worker).await;
+                let _ = said.send((actix_rt::System::current(), id));
+                std::mem::forget(worker); // lives until the System stops
+            });
+            let _ = system.run();
+        });
+        let (system, id) = heard.await.expect("the doomed worker registers");
+        server
+            .wait_workers(DEADLINE, |ws| ws.iter().any(|w| w.id == id && w.connected))
+            .await
+            .expect("the server has the doomed worker");
+        Doomed { system, id }
+    }
+
+    /// Kills the worker and waits until the server has seen its connection
+    /// end.
+    pub async fn kill(self, server: &DevServer) {
+        self.system.stop();
+        server
+            .wait_workers(DEADLINE, |ws| {
+                ws.iter().any(|w| w.id == self.id && !w.connected)
+            })
+            .await
+            .expect("the doomed worker's connection ends");
+    }
+}

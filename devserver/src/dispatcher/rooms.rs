@@ -11,8 +11,14 @@
 //!   type and deployment; with no such worker it launches nothing (nothing
 //!   queues a job);
 //! - agent participants never trigger jobs;
-//! - deleting a dispatch terminates its jobs (ended as success); deleting a
-//!   room ends all of its jobs the same way.
+//! - deleting a dispatch terminates its jobs (ended as success) and forgets
+//!   the dispatch; deleting a room ends all of its jobs the same way and
+//!   forgets the room and its dispatches.
+//!
+//! The caps (`max_rooms`, `max_dispatches`, `max_participants`, `max_jobs`)
+//! are checked before a call changes anything: a call either fits whole —
+//! the rooms, dispatches and jobs it would create — or is refused with
+//! `resource_exhausted`, naming the cap.
 
 use std::collections::{BTreeSet, HashMap};
 
@@ -63,15 +69,39 @@ struct DispatchEntry {
     proto: AgentDispatch,
     /// Every job launched for it, restarts included, oldest first.
     job_ids: Vec<String>,
-    deleted: bool,
+}
+
+/// What a call would add, checked against the caps before it changes
+/// anything.
+#[derive(Debug, Default, Clone, Copy)]
+struct Cost {
+    rooms: usize,
+    dispatches: usize,
+    jobs: usize,
+}
+
+impl std::ops::Add for Cost {
+    type Output = Cost;
+
+    fn add(self, other: Cost) -> Cost {
+        Cost {
+            rooms: self.rooms + other.rooms,
+            dispatches: self.dispatches + other.dispatches,
+            jobs: self.jobs + other.jobs,
+        }
+    }
 }
 
 impl Rooms {
-    /// Whether a failed job of this dispatch may be launched again: the
-    /// dispatch was not deleted (jobs without a dispatch record, from
-    /// `DevServer::dispatch`, may).
-    pub(super) fn dispatch_is_live(&self, dispatch_id: &str) -> bool {
-        self.dispatches.get(dispatch_id).is_none_or(|d| !d.deleted)
+    /// Whether the dispatch still exists (it is forgotten once deleted).
+    pub(super) fn has_dispatch(&self, dispatch_id: &str) -> bool {
+        self.dispatches.contains_key(dispatch_id)
+    }
+
+    /// Rooms, simulated participants (all rooms) and dispatches held.
+    pub(super) fn counts(&self) -> (usize, usize, usize) {
+        let participants = self.rooms.values().map(|r| r.participants.len()).sum();
+        (self.rooms.len(), participants, self.dispatches.len())
     }
 
     /// Records a job launched for a dispatch.
@@ -84,6 +114,21 @@ impl Rooms {
 
 fn now_ms() -> i64 {
     unix_nanos() / 1_000_000
+}
+
+/// The dispatches a new room gets: those its request names, or, when it
+/// names none, the default dispatch for workers registered without an
+/// agent name (as the server).
+fn new_room_dispatches(req: &CreateRoomRequest) -> Vec<RoomAgentDispatch> {
+    if req.agents.is_empty() {
+        vec![RoomAgentDispatch::default()]
+    } else {
+        req.agents.clone()
+    }
+}
+
+fn is_agent(participant: &ParticipantInfo) -> bool {
+    participant.kind == participant_info::Kind::Agent as i32
 }
 
 impl Dispatcher {
@@ -121,14 +166,7 @@ impl Dispatcher {
                 participants: Vec::new(),
             },
         );
-        let agents = if req.agents.is_empty() {
-            // As the server: a room that names no agent gets the default
-            // dispatch, for workers registered without an agent name.
-            vec![RoomAgentDispatch::default()]
-        } else {
-            req.agents
-        };
-        for agent in agents {
+        for agent in new_room_dispatches(&req) {
             self.add_dispatch(&req.name, agent, ctx);
         }
         room
@@ -170,15 +208,16 @@ impl Dispatcher {
             DispatchEntry {
                 proto: dispatch.clone(),
                 job_ids: Vec::new(),
-                deleted: false,
             },
         );
+        // agent participants never trigger jobs
         let participants: Vec<(ParticipantInfo, bool)> = match self.rooms.rooms.get_mut(room_name) {
             Some(entry) => {
                 entry.dispatch_ids.push(dispatch.id.clone());
                 entry
                     .participants
                     .iter()
+                    .filter(|p| !is_agent(&p.info))
                     .map(|p| (p.info.clone(), p.published))
                     .collect()
             }
@@ -216,17 +255,7 @@ impl Dispatcher {
             return;
         };
         let d = &dispatch.proto;
-        let namespaces: BTreeSet<String> = self
-            .workers
-            .values()
-            .filter(|w| {
-                w.session.is_some()
-                    && w.info.agent_name == d.agent_name
-                    && w.info.job_type == job_type
-                    && w.info.deployment == d.deployment
-            })
-            .map(|w| w.info.namespace.clone().unwrap_or_default())
-            .collect();
+        let namespaces = self.namespaces(&d.agent_name, &d.deployment, job_type);
         if namespaces.is_empty() {
             tracing::info!(
                 dispatch_id,
@@ -268,9 +297,117 @@ impl Dispatcher {
                 job_type = job_type.as_str_name(),
                 "dispatch: launching job"
             );
-            self.rooms.add_job(dispatch_id, &job.id);
-            self.start_job(job, Launch::dispatched(policy), ctx);
+            let job_id = job.id.clone();
+            if self.start_job(job, Launch::dispatched(policy), ctx) {
+                self.rooms.add_job(dispatch_id, &job_id);
+            }
         }
+    }
+
+    /// The namespaces one trigger of a dispatch launches a job for: those
+    /// with connected workers of its agent name, this job type and its
+    /// deployment.
+    fn namespaces(
+        &self,
+        agent_name: &str,
+        deployment: &str,
+        job_type: JobType,
+    ) -> BTreeSet<String> {
+        self.workers
+            .values()
+            .filter(|w| {
+                w.session.is_some()
+                    && w.info.agent_name == agent_name
+                    && w.info.job_type == job_type
+                    && w.info.deployment == deployment
+            })
+            .map(|w| w.info.namespace.clone().unwrap_or_default())
+            .collect()
+    }
+
+    /// Jobs one trigger (`job_type`) launches over these dispatches.
+    fn trigger_jobs(&self, dispatches: &[RoomAgentDispatch], job_type: JobType) -> usize {
+        dispatches
+            .iter()
+            .map(|d| {
+                self.namespaces(&d.agent_name, &d.deployment, job_type)
+                    .len()
+            })
+            .sum()
+    }
+
+    /// The dispatches of `room`, or, if it is missing, those it would be
+    /// created with.
+    fn room_dispatches(&self, room: &str) -> Vec<RoomAgentDispatch> {
+        match self.rooms.rooms.get(room) {
+            Some(entry) => entry
+                .dispatch_ids
+                .iter()
+                .filter_map(|id| self.rooms.dispatches.get(id))
+                .map(|d| RoomAgentDispatch {
+                    agent_name: d.proto.agent_name.clone(),
+                    deployment: d.proto.deployment.clone(),
+                    ..Default::default()
+                })
+                .collect(),
+            None => new_room_dispatches(&CreateRoomRequest::default()),
+        }
+    }
+
+    /// What creating the room costs: nothing if it exists; else the room,
+    /// its dispatches and their room jobs.
+    fn room_cost(&self, req: &CreateRoomRequest) -> Cost {
+        if self.rooms.rooms.contains_key(&req.name) {
+            return Cost::default();
+        }
+        let dispatches = new_room_dispatches(req);
+        Cost {
+            rooms: 1,
+            dispatches: dispatches.len(),
+            jobs: self.trigger_jobs(&dispatches, JobType::JtRoom),
+        }
+    }
+
+    /// What adding `spec` to `room` (existing or about to be) costs: the
+    /// dispatch, its room job, and the jobs of the participants already
+    /// there.
+    fn dispatch_cost(&self, room: &str, spec: &RoomAgentDispatch) -> Cost {
+        let spec = std::slice::from_ref(spec);
+        let mut jobs = self.trigger_jobs(spec, JobType::JtRoom);
+        if let Some(entry) = self.rooms.rooms.get(room) {
+            for p in entry.participants.iter().filter(|p| !is_agent(&p.info)) {
+                jobs += self.trigger_jobs(spec, JobType::JtParticipant);
+                if p.published {
+                    jobs += self.trigger_jobs(spec, JobType::JtPublisher);
+                }
+            }
+        }
+        Cost {
+            dispatches: 1,
+            jobs,
+            ..Cost::default()
+        }
+    }
+
+    /// Takes `cost` if the caps allow all of it (evicting finished job
+    /// records to make room), or refuses naming the cap, changing nothing.
+    fn admit(&mut self, cost: Cost) -> Result<(), ApiError> {
+        let max_rooms = self.config.max_rooms;
+        if self.rooms.rooms.len() + cost.rooms > max_rooms {
+            return Err(ApiError::resource_exhausted(format!(
+                "too many rooms: the dev server holds at most {max_rooms} (--max-rooms)"
+            )));
+        }
+        let max_dispatches = self.config.max_dispatches;
+        if self.rooms.dispatches.len() + cost.dispatches > max_dispatches {
+            return Err(ApiError::resource_exhausted(format!(
+                "too many dispatches: the dev server holds at most {max_dispatches} (--max-dispatches)"
+            )));
+        }
+        if !self.admit_jobs(cost.jobs) {
+            return Err(self.too_many_jobs());
+        }
+        Ok(())
     }
 
     /// A dispatch as `ListDispatch` shows it: with the jobs that reached a
@@ -346,6 +483,7 @@ impl Handler<CreateRoom> for Dispatcher {
 
     fn handle(&mut self, msg: CreateRoom, ctx: &mut Context<Self>) -> Self::Result {
         require_room(&msg.0.name)?;
+        self.admit(self.room_cost(&msg.0))?;
         let room = self.ensure_room(msg.0, ctx);
         self.changed();
         Ok(room)
@@ -382,9 +520,7 @@ impl Handler<DeleteRoom> for Dispatcher {
         };
         tracing::info!(room = name, "room deleted: ending its jobs");
         for dispatch_id in entry.dispatch_ids {
-            if let Some(d) = self.rooms.dispatches.get_mut(&dispatch_id) {
-                d.deleted = true;
-            }
+            self.rooms.dispatches.remove(&dispatch_id);
         }
         // Every job in the room, whatever launched it.
         let job_ids: Vec<String> = self
@@ -425,24 +561,20 @@ impl Handler<CreateDispatch> for Dispatcher {
         require_room(&req.room)?;
         // As the server (room auto-creation on): a missing room is created
         // first, with its default dispatch.
-        self.ensure_room(
-            CreateRoomRequest {
-                name: req.room.clone(),
-                ..Default::default()
-            },
-            ctx,
-        );
-        let dispatch = self.add_dispatch(
-            &req.room,
-            RoomAgentDispatch {
-                agent_name: req.agent_name,
-                metadata: req.metadata,
-                restart_policy: req.restart_policy,
-                deployment: req.deployment,
-                attributes: req.attributes,
-            },
-            ctx,
-        );
+        let room = CreateRoomRequest {
+            name: req.room.clone(),
+            ..Default::default()
+        };
+        let spec = RoomAgentDispatch {
+            agent_name: req.agent_name,
+            metadata: req.metadata,
+            restart_policy: req.restart_policy,
+            deployment: req.deployment,
+            attributes: req.attributes,
+        };
+        self.admit(self.room_cost(&room) + self.dispatch_cost(&req.room, &spec))?;
+        self.ensure_room(room, ctx);
+        let dispatch = self.add_dispatch(&req.room, spec, ctx);
         self.changed();
         Ok(dispatch)
     }
@@ -457,11 +589,10 @@ impl Handler<DeleteDispatch> for Dispatcher {
             .rooms
             .dispatches
             .get_mut(&req.dispatch_id)
-            .filter(|d| !d.deleted && d.proto.room == req.room);
+            .filter(|d| d.proto.room == req.room);
         let Some(entry) = found else {
             return Err(ApiError::not_found("dispatch not found"));
         };
-        entry.deleted = true;
         if let Some(state) = entry.proto.state.as_mut() {
             state.deleted_at = unix_nanos();
         }
@@ -480,11 +611,12 @@ impl Handler<DeleteDispatch> for Dispatcher {
                 self.end_for_deletion(job_id, "dispatch deleted", ctx);
             }
         }
+        // answered with its final state, then forgotten
         let view = self
             .rooms
             .dispatches
-            .get(&req.dispatch_id)
-            .map(|d| self.dispatch_view(d))
+            .remove(&req.dispatch_id)
+            .map(|d| self.dispatch_view(&d))
             .expect("found above");
         self.changed();
         Ok(view)
@@ -523,22 +655,38 @@ impl Handler<JoinParticipant> for Dispatcher {
                 "participant identity is required",
             ));
         }
-        // A participant joining a missing room creates it, as on the server.
-        self.ensure_room(
-            CreateRoomRequest {
-                name: msg.room.clone(),
-                ..Default::default()
-            },
-            ctx,
-        );
-        let entry = self.rooms.rooms.get_mut(&msg.room).expect("ensured above");
-        if entry
-            .participants
-            .iter()
-            .any(|p| p.info.identity == info.identity)
-        {
+        let present = self
+            .rooms
+            .rooms
+            .get(&msg.room)
+            .map(|r| r.participants.as_slice())
+            .unwrap_or_default();
+        if present.iter().any(|p| p.info.identity == info.identity) {
             return Err(ApiError::already_exists("participant already in the room"));
         }
+        let max = self.config.max_participants;
+        if present.len() >= max {
+            return Err(ApiError::resource_exhausted(format!(
+                "too many participants in room {}: the dev server holds at most {max} per room (--max-participants)",
+                msg.room
+            )));
+        }
+        // A participant joining a missing room creates it, as on the server.
+        let room = CreateRoomRequest {
+            name: msg.room.clone(),
+            ..Default::default()
+        };
+        let mut cost = self.room_cost(&room);
+        if !is_agent(&info) {
+            let dispatches = self.room_dispatches(&msg.room);
+            cost.jobs += self.trigger_jobs(&dispatches, JobType::JtParticipant);
+            if msg.publish {
+                cost.jobs += self.trigger_jobs(&dispatches, JobType::JtPublisher);
+            }
+        }
+        self.admit(cost)?;
+        self.ensure_room(room, ctx);
+        let entry = self.rooms.rooms.get_mut(&msg.room).expect("ensured above");
         let now = now_ms();
         if info.sid.is_empty() {
             info.sid = ids::new_id(PARTICIPANT_PREFIX);
@@ -552,14 +700,14 @@ impl Handler<JoinParticipant> for Dispatcher {
             published: false,
         });
         let dispatch_ids = entry.dispatch_ids.clone();
-        let is_agent = info.kind == participant_info::Kind::Agent as i32;
+        let agent = is_agent(&info);
         tracing::info!(
             room = msg.room,
             identity = info.identity,
-            agent = is_agent,
+            agent,
             "participant joined"
         );
-        if !is_agent {
+        if !agent {
             for id in &dispatch_ids {
                 self.launch(id, JobType::JtParticipant, Some(info.clone()), ctx);
             }
@@ -579,6 +727,23 @@ impl Handler<PublishTrack> for Dispatcher {
     type Result = Result<ParticipantInfo, ApiError>;
 
     fn handle(&mut self, msg: PublishTrack, ctx: &mut Context<Self>) -> Self::Result {
+        let participant = self
+            .rooms
+            .rooms
+            .get(&msg.room)
+            .ok_or_else(|| ApiError::not_found("room not found"))?
+            .participants
+            .iter()
+            .find(|p| p.info.identity == msg.identity)
+            .ok_or_else(|| ApiError::not_found("participant not found"))?;
+        // only a first publish of a non-agent launches jobs
+        if !participant.published && !is_agent(&participant.info) {
+            let dispatches = self.room_dispatches(&msg.room);
+            self.admit(Cost {
+                jobs: self.trigger_jobs(&dispatches, JobType::JtPublisher),
+                ..Cost::default()
+            })?;
+        }
         let info = self.publish(&msg.room, &msg.identity, ctx)?;
         self.refresh_counts(&msg.room);
         self.changed();
@@ -613,7 +778,7 @@ impl Dispatcher {
         let info = participant.info.clone();
         let dispatch_ids = entry.dispatch_ids.clone();
         tracing::info!(room, identity, "participant published its first track");
-        if info.kind != participant_info::Kind::Agent as i32 {
+        if !is_agent(&info) {
             for id in &dispatch_ids {
                 self.launch(id, JobType::JtPublisher, Some(info.clone()), ctx);
             }

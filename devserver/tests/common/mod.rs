@@ -140,12 +140,37 @@ pub fn register_request(agent_name: &str) -> worker_message::Message {
 
 /// Connects and registers; returns the socket and the worker id.
 pub async fn worker(server: &DevServer, agent_name: &str) -> (Conn, String) {
-    let mut conn = connect(server).await;
+    worker_as(server, &dev_token(), agent_name).await
+}
+
+/// Connects with `token` (any key) and registers.
+pub async fn worker_as(server: &DevServer, token: &str, agent_name: &str) -> (Conn, String) {
+    let mut conn = try_connect(server, Some(token))
+        .await
+        .expect("upgrade accepted");
     send(&mut conn, register_request(agent_name)).await;
     match next_msg(&mut conn).await {
         server_message::Message::Register(r) => (conn, r.worker_id),
         other => panic!("expected register, got {other:?}"),
     }
+}
+
+/// Sends a protocol ping and waits until the server has counted `n` pings
+/// from this worker: everything the worker sent before it has then been
+/// handled (one connection's messages reach the dispatcher in order), so a
+/// test can check that something it sent changed nothing.
+pub async fn handled(server: &DevServer, conn: &mut Conn, worker_id: &str, n: u64) {
+    send(
+        conn,
+        worker_message::Message::Ping(livekit_protocol::WorkerPing { timestamp: 1 }),
+    )
+    .await;
+    server
+        .wait_workers(DEADLINE, |ws| {
+            ws.iter().any(|w| w.id == worker_id && w.pings >= n)
+        })
+        .await
+        .expect("the ping is counted");
 }
 
 /// Reads the next availability request; returns the job.
