@@ -3,7 +3,7 @@
 //! ```text
 //! lkagent-devserver [serve] [--port 7880] [--bind 127.0.0.1] [--keys devkey:secret] [--insecure]
 //!                   [--max-workers N] [--max-rooms N] [--max-participants N]
-//!                   [--max-dispatches N] [--max-jobs N]
+//!                   [--max-dispatches N] [--max-jobs N] [--fault-seed N]
 //! lkagent-devserver dispatch create ROOM [AGENT] [METADATA]
 //! lkagent-devserver dispatch list ROOM
 //! lkagent-devserver dispatch delete ROOM DISPATCH_ID
@@ -13,7 +13,8 @@
 //! lkagent-devserver participant publish ROOM IDENTITY
 //! ```
 //! Server flags fall back to `LKAGENT_DEVSERVER_PORT`, `LKAGENT_DEVSERVER_BIND`,
-//! `LIVEKIT_KEYS` and `LKAGENT_DEVSERVER_MAX_*` (the caps); logs follow
+//! `LIVEKIT_KEYS`, `LKAGENT_DEVSERVER_MAX_*` (the caps) and
+//! `LKAGENT_DEVSERVER_FAULT_SEED` (fault mode); logs follow
 //! `RUST_LOG` (default `info`). The client
 //! subcommands talk to `LIVEKIT_URL` (default `http://127.0.0.1:7880`) with
 //! `LIVEKIT_API_KEY` / `LIVEKIT_API_SECRET` (default the dev pair) through the
@@ -24,7 +25,7 @@ use std::process::ExitCode;
 
 use lkagent_devserver::{
     DEFAULT_MAX_DISPATCHES, DEFAULT_MAX_PARTICIPANTS, DEFAULT_MAX_ROOMS, DEFAULT_MAX_WORKERS,
-    DEV_KEY, DevServer, DevServerConfig, MAX_JOBS, parse_keys,
+    DEV_KEY, DevServer, DevServerConfig, FaultConfig, MAX_JOBS, parse_keys,
 };
 use tracing_subscriber::EnvFilter;
 
@@ -35,7 +36,7 @@ fn usage() -> String {
     format!(
         "usage: lkagent-devserver [serve] [--port PORT] [--bind ADDR] [--keys KEY:SECRET[,KEY:SECRET...]] [--insecure]
                          [--max-workers N] [--max-rooms N] [--max-participants N]
-                         [--max-dispatches N] [--max-jobs N]
+                         [--max-dispatches N] [--max-jobs N] [--fault-seed N]
        lkagent-devserver dispatch create ROOM [AGENT] [METADATA] | dispatch list ROOM
        lkagent-devserver dispatch delete ROOM DISPATCH_ID
        lkagent-devserver room create ROOM | room list | room delete ROOM
@@ -58,7 +59,13 @@ worker is closed with code 1013 (try again later).
   --max-participants  N  simulated participants per room (default {DEFAULT_MAX_PARTICIPANTS})
   --max-dispatches    N  live dispatches (default {DEFAULT_MAX_DISPATCHES})
   --max-jobs          N  job records; the oldest finished go first, live jobs
-                         never (default {MAX_JOBS})"
+                         never (default {MAX_JOBS})
+
+Fault mode, for trying a worker under chaos (env LKAGENT_DEVSERVER_FAULT_SEED):
+  --fault-seed        N  drop worker connections and terminate jobs at random
+                         moments (one every 200 ms on average), send 1 in 20
+                         availability requests and assignments twice, restart
+                         every failed job; the same seed replays the schedule"
     )
 }
 
@@ -68,6 +75,7 @@ struct Args {
     keys: Vec<(String, String)>,
     insecure: bool,
     caps: Caps,
+    fault_seed: Option<u64>,
 }
 
 /// The `--max-*` flags.
@@ -97,6 +105,7 @@ fn parse_args() -> Result<Args, String> {
     let mut max_participants = env("MAX_PARTICIPANTS");
     let mut max_dispatches = env("MAX_DISPATCHES");
     let mut max_jobs = env("MAX_JOBS");
+    let mut fault_seed = env("FAULT_SEED");
     let mut insecure = false;
     let mut args = std::env::args().skip(1).skip_while(|a| a == "serve");
     while let Some(arg) = args.next() {
@@ -117,6 +126,7 @@ fn parse_args() -> Result<Args, String> {
             "--max-participants" => &mut max_participants,
             "--max-dispatches" => &mut max_dispatches,
             "--max-jobs" => &mut max_jobs,
+            "--fault-seed" => &mut fault_seed,
             "--help" | "-h" => return Err(String::new()),
             _ => return Err(format!("unknown argument {arg:?}")),
         };
@@ -149,12 +159,17 @@ fn parse_args() -> Result<Args, String> {
         dispatches: cap("--max-dispatches", max_dispatches, DEFAULT_MAX_DISPATCHES)?,
         jobs: cap("--max-jobs", max_jobs, MAX_JOBS)?,
     };
+    let fault_seed = match fault_seed {
+        Some(v) => Some(v.parse().map_err(|_| format!("bad --fault-seed {v:?}"))?),
+        None => None,
+    };
     Ok(Args {
         port,
         bind,
         keys,
         insecure,
         caps,
+        fault_seed,
     })
 }
 
@@ -194,6 +209,7 @@ async fn run(args: Args) -> ExitCode {
         max_participants: args.caps.participants,
         max_dispatches: args.caps.dispatches,
         max_jobs: args.caps.jobs,
+        faults: args.fault_seed.map(FaultConfig::new),
         ..Default::default()
     };
     let server = match DevServer::start(config).await {
