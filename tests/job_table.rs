@@ -14,7 +14,7 @@ use lkagent::limits::ResourceLimits;
 use lkagent::proto::{self, JobStatus};
 use lkagent::recovery::MemoryStore;
 use lkagent::{Decision, JobContext, JobError, JobHandler, JobRequest, Worker};
-use lkagent_devserver::{DispatchError, DispatchRequest, RawFrame};
+use lkagent_devserver::{DispatchError, DispatchRequest};
 
 /// Declares the memory a job needs (`{"memory_mb": N}` in its metadata),
 /// records which jobs started and how many ran at once, and runs each job
@@ -206,32 +206,9 @@ async fn a_repeated_offer_or_assignment_of_a_queued_job_is_refused() {
         .await
         .expect("the repeated offer is declined");
     for job in [job, room_job(&busy.id, "busy")] {
-        let assignment = lkagent::protocol::encode_server(
-            proto::server_message::Message::Assignment(proto::JobAssignment {
-                job: Some(job),
-                token: "a-token".into(),
-                ..Default::default()
-            }),
-        );
-        server
-            .inject_frame(&worker_id, RawFrame::Binary(assignment))
-            .await
-            .unwrap();
+        inject_assignment(&server, &worker_id, job).await;
     }
-    // the worker handles frames in order: once an offer sent after them is
-    // answered, the repeated assignments have been handled
-    inject_offer(&server, &worker_id, room_job("AJ_barrier", "b")).await;
-    server
-        .wait_workers(DEADLINE, |ws| {
-            ws.iter().any(|w| {
-                w.id == worker_id
-                    && w.availability_answers
-                        .iter()
-                        .any(|(id, _)| id == "AJ_barrier")
-            })
-        })
-        .await
-        .expect("the offer after the repeats is answered");
+    handled_so_far(&server, &worker_id).await;
     let state = worker.send(lkagent::GetState).await.unwrap();
     assert_eq!(state.queued, 1, "{state:?}");
     assert_eq!(state.running_jobs, std::slice::from_ref(&busy.id));
@@ -275,32 +252,9 @@ async fn a_repeated_assignment_of_a_job_that_ended_runs_nothing_and_reports_noth
 
     // the same assignment again (a duplicate on the wire), twice
     for _ in 0..2 {
-        let assignment = lkagent::protocol::encode_server(
-            proto::server_message::Message::Assignment(proto::JobAssignment {
-                job: Some(room_job(&job.id, "once")),
-                token: "a-token".into(),
-                ..Default::default()
-            }),
-        );
-        server
-            .inject_frame(&worker_id, RawFrame::Binary(assignment))
-            .await
-            .unwrap();
+        inject_assignment(&server, &worker_id, room_job(&job.id, "once")).await;
     }
-    // frames are handled in order: an offer answered after them means the
-    // repeats were handled
-    inject_offer(&server, &worker_id, room_job("AJ_barrier", "b")).await;
-    server
-        .wait_workers(DEADLINE, |ws| {
-            ws.iter().any(|w| {
-                w.id == worker_id
-                    && w.availability_answers
-                        .iter()
-                        .any(|(id, _)| id == "AJ_barrier")
-            })
-        })
-        .await
-        .expect("the offer after the repeats is answered");
+    handled_so_far(&server, &worker_id).await;
     assert_eq!(probe.started(), std::slice::from_ref(&job.id), "ran once");
     let state = worker.send(lkagent::GetState).await.unwrap();
     assert!(state.running_jobs.is_empty(), "{state:?}");

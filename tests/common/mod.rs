@@ -332,6 +332,38 @@ pub async fn inject_offer(server: &DevServer, worker_id: &str, job: lkagent::pro
         .unwrap();
 }
 
+/// Sends the worker an assignment of `job`, as the server would.
+pub async fn inject_assignment(server: &DevServer, worker_id: &str, job: lkagent::proto::Job) {
+    use lkagent::proto::{JobAssignment, server_message::Message};
+    let assignment = lkagent::protocol::encode_server(Message::Assignment(JobAssignment {
+        job: Some(job),
+        token: "a-token".into(),
+        ..Default::default()
+    }));
+    server
+        .inject_frame(worker_id, lkagent_devserver::RawFrame::Binary(assignment))
+        .await
+        .unwrap();
+}
+
+/// Waits until the worker has handled every frame injected before: it
+/// handles frames in order, so once an offer sent after them is answered,
+/// they have been handled.
+pub async fn handled_so_far(server: &DevServer, worker_id: &str) {
+    inject_offer(server, worker_id, room_job("AJ_barrier", "b")).await;
+    server
+        .wait_workers(DEADLINE, |ws| {
+            ws.iter().any(|w| {
+                w.id == worker_id
+                    && w.availability_answers
+                        .iter()
+                        .any(|(id, _)| id == "AJ_barrier")
+            })
+        })
+        .await
+        .expect("the offer after the injected frames is answered");
+}
+
 /// A room job with this id, as the server would describe it.
 pub fn room_job(id: &str, room: &str) -> lkagent::proto::Job {
     lkagent::proto::Job {
