@@ -79,6 +79,11 @@ pub enum AuthError {
     /// The token is valid but lacks `video.agent = true`.
     #[error("token has no agent grant")]
     NoAgentGrant,
+    /// The token is valid but is not an admin token for every room
+    /// (`roomAdmin`, `roomCreate` and `roomList`, no `room`): what the
+    /// dashboard asks, as it acts on every room.
+    #[error("token is not an admin token for every room")]
+    NotAdmin,
 }
 
 /// Takes the token from an `Authorization` header value (`Bearer …`) or,
@@ -118,6 +123,57 @@ pub fn verify(token: &str, keys: &[(String, String)]) -> Result<(String, Claims)
         .verify(token)
         .map_err(AuthError::Invalid)?;
     Ok((key.clone(), claims))
+}
+
+/// Identity in the dashboard tokens the server mints.
+const DASHBOARD_IDENTITY: &str = "lkagent-dashboard";
+
+/// Mints a token that opens the dashboard: admin of every room (the grants
+/// [`authorize_dashboard`] asks), valid for `ttl`.
+pub fn mint_dashboard_token(
+    api_key: &str,
+    secret: &str,
+    ttl: Duration,
+) -> Result<String, AccessTokenError> {
+    AccessToken::with_api_key(api_key, secret)
+        .with_grants(VideoGrants {
+            room_admin: true,
+            room_create: true,
+            room_list: true,
+            ..Default::default()
+        })
+        .with_identity(DASHBOARD_IDENTITY)
+        .with_ttl(ttl)
+        .to_jwt()
+}
+
+/// Checks a dashboard token (minted by [`mint_dashboard_token`], or any
+/// token of the server's keys with the same grants): the API key it was
+/// signed with and its claims.
+pub fn authorize_dashboard(
+    token: &str,
+    keys: &[(String, String)],
+) -> Result<(String, Claims), AuthError> {
+    let (key, claims) = verify(token, keys)?;
+    let v = &claims.video;
+    if !(v.room_admin && v.room_create && v.room_list && v.room.is_empty()) {
+        return Err(AuthError::NotAdmin);
+    }
+    Ok((key, claims))
+}
+
+/// Whether `key` is one of `keys` and `secret` is its secret. The secret is
+/// compared in time independent of where it differs.
+pub fn check_login(key: &str, secret: &str, keys: &[(String, String)]) -> bool {
+    keys.iter()
+        .find(|(k, _)| k == key)
+        .is_some_and(|(_, s)| same_bytes(s.as_bytes(), secret.as_bytes()))
+}
+
+/// Constant-time equality for equal lengths (a length difference is not a
+/// secret worth hiding: secrets of a key list are not chosen per guess).
+fn same_bytes(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 /// What goes into an agent's room token.
@@ -302,5 +358,56 @@ mod tests {
         assert_eq!(claims.attributes["lk.agent_name"], "bot");
         assert_eq!(claims.attributes["role"], "helper");
         assert!(claims.exp - claims.nbf >= 3599);
+    }
+
+    #[test]
+    fn dashboard_tokens_are_admin_tokens_of_a_known_key() {
+        let token = mint_dashboard_token("other", "s2", Duration::from_secs(60)).unwrap();
+        let (key, claims) = authorize_dashboard(&token, &keys()).unwrap();
+        assert_eq!(key, "other");
+        assert_eq!(claims.sub, DASHBOARD_IDENTITY);
+        let forged = mint_dashboard_token("other", "wrong", Duration::from_secs(60)).unwrap();
+        assert!(matches!(
+            authorize_dashboard(&forged, &keys()),
+            Err(AuthError::Invalid(_))
+        ));
+        let unknown = mint_dashboard_token("nobody", "s2", Duration::from_secs(60)).unwrap();
+        assert!(matches!(
+            authorize_dashboard(&unknown, &keys()),
+            Err(AuthError::UnknownKey)
+        ));
+    }
+
+    #[test]
+    fn a_worker_or_one_room_token_does_not_open_the_dashboard() {
+        let worker = agent_token("devkey", "secret", true);
+        assert!(matches!(
+            authorize_dashboard(&worker, &keys()),
+            Err(AuthError::NotAdmin)
+        ));
+        let one_room = AccessToken::with_api_key("devkey", "secret")
+            .with_grants(VideoGrants {
+                room_admin: true,
+                room_create: true,
+                room_list: true,
+                room: "r1".into(),
+                ..Default::default()
+            })
+            .to_jwt()
+            .unwrap();
+        assert!(matches!(
+            authorize_dashboard(&one_room, &keys()),
+            Err(AuthError::NotAdmin)
+        ));
+    }
+
+    #[test]
+    fn login_needs_the_key_and_its_own_secret() {
+        assert!(check_login("devkey", "secret", &keys()));
+        assert!(check_login("other", "s2", &keys()));
+        assert!(!check_login("devkey", "s2", &keys()));
+        assert!(!check_login("devkey", "secre", &keys()));
+        assert!(!check_login("devkey", "", &keys()));
+        assert!(!check_login("nobody", "secret", &keys()));
     }
 }

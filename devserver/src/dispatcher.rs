@@ -32,11 +32,12 @@ use crate::auth::{self, RoomTokenSpec};
 use crate::balance;
 use crate::faults::{FaultConfig, FaultKind, FaultReport, Faults};
 use crate::ids;
+use crate::load_history::LoadHistory;
 use crate::messages::{
-    AvailabilityAnswer, BenchTimings, Deliver, Dispatch, DropConnections, GetCounts,
-    GetFaultReport, GetJob, Inject, InjectFrame, JobProgress, JobStatusUpdate, Kill, ListJobs,
-    ListWorkers, MigrateJobs, Progress, Shutdown, SimulateJob, TerminateAll, TerminateJob,
-    WorkerGone, WorkerPinged, WorkerRegistered, WorkerStatusUpdate,
+    AvailabilityAnswer, BenchTimings, Deliver, Dispatch, DropConnections, DropWorker, GetCounts,
+    GetFaultReport, GetJob, GetOverview, Inject, InjectFrame, JobProgress, JobStatusUpdate, Kill,
+    ListJobs, ListWorkers, MigrateJobs, Overview, Progress, Shutdown, SimulateJob, TerminateAll,
+    TerminateJob, WorkerGone, WorkerPinged, WorkerRegistered, WorkerStatusUpdate,
 };
 use crate::model::{
     ApiError, Counts, DevServerError, DispatchError, JobInfo, StatusUpdate, WorkerInfo,
@@ -89,6 +90,8 @@ struct WorkerEntry {
     session: Option<Addr<Session>>,
     /// Registration order, for stable listings and candidate order.
     seq: u64,
+    /// Its reported load over the last minutes (the dashboard's chart).
+    load_history: LoadHistory,
 }
 
 struct JobRecord {
@@ -122,6 +125,14 @@ struct JobRecord {
 }
 
 impl JobRecord {
+    /// Marks the job ended (SUCCESS or FAILED reached), once.
+    fn end(&mut self) {
+        if !self.ended {
+            self.ended = true;
+            self.info.ended_at = Some(SystemTime::now());
+        }
+    }
+
     /// Whether the record may be evicted to make room: the job is over for
     /// the server. A live job's record is never evicted.
     fn evictable(&self) -> bool {
@@ -328,6 +339,10 @@ impl Dispatcher {
             participant: job.participant.as_ref().map(|p| p.identity.clone()),
             attempt: launch.attempt,
             restart_of: launch.restart_of,
+            created_at: SystemTime::now(),
+            assigned_at: None,
+            assigned_to: None,
+            ended_at: None,
         };
         let job_id = job.id.clone();
         let policy = if self.faults.is_some() {
@@ -541,7 +556,7 @@ impl Dispatcher {
             (Some(record), Err(e)) => {
                 record.info.status = JobStatus::JsFailed;
                 record.info.error = e.to_string();
-                record.ended = true;
+                record.end();
                 Err(e)
             }
             (None, Ok(())) => Err(DispatchError::Stopped),
@@ -620,6 +635,8 @@ impl Dispatcher {
         record.info.worker_id = Some(worker_id.to_owned());
         record.info.participant_identity = identity;
         record.info.status = JobStatus::JsRunning;
+        record.info.assigned_at = Some(SystemTime::now());
+        record.info.assigned_to = Some(worker_id.to_owned());
         let assignment = JobAssignment {
             job: Some(record.proto.clone()),
             url: None,
@@ -677,7 +694,7 @@ impl Dispatcher {
         if let Some(record) = self.jobs.get_mut(job_id) {
             record.info.status = JobStatus::JsSuccess;
             record.info.error.clear();
-            record.ended = true;
+            record.end();
             if let Some(state) = record.proto.state.as_mut() {
                 let now = unix_nanos();
                 state.status = JobStatus::JsSuccess as i32;
@@ -704,7 +721,7 @@ impl Dispatcher {
             tracing::debug!(job_id, error = %e, "no termination sent");
             if let Some(record) = self.jobs.get_mut(job_id).filter(|r| !r.ended) {
                 record.info.status = JobStatus::JsSuccess;
-                record.ended = true;
+                record.end();
             }
         }
         if let Some(timer) = self.jobs.get_mut(job_id).and_then(|r| r.grace.take()) {
@@ -738,7 +755,7 @@ impl Dispatcher {
         tracing::info!(job_id, "job not claimed within the grace period: failed");
         record.info.status = JobStatus::JsFailed;
         record.info.error = error.to_owned();
-        record.ended = true;
+        record.end();
         if let Some(state) = record.proto.state.as_mut() {
             let now = unix_nanos();
             state.status = JobStatus::JsFailed as i32;
@@ -841,6 +858,19 @@ impl Dispatcher {
             .values()
             .filter(|w| w.session.is_some())
             .count()
+    }
+
+    /// What the caps bound, counted from the state now.
+    fn counts(&self) -> Counts {
+        let (rooms, participants, dispatches) = self.rooms.counts();
+        Counts {
+            workers: self.connected_workers(),
+            rooms,
+            participants,
+            dispatches,
+            jobs: self.jobs.len(),
+            live_jobs: self.jobs.values().filter(|j| !j.evictable()).count(),
+        }
     }
 
     fn worker_infos(&self) -> Vec<WorkerInfo> {
@@ -1057,7 +1087,7 @@ impl Handler<AvailabilityAnswer> for Dispatcher {
             );
             if let Some(record) = self.jobs.get_mut(&job_id) {
                 record.info.status = JobStatus::JsSuccess;
-                record.ended = true;
+                record.end();
                 record.assigned = true;
                 if let Some(state) = record.proto.state.as_mut() {
                     state.status = JobStatus::JsSuccess as i32;
@@ -1104,6 +1134,7 @@ impl Handler<WorkerRegistered> for Dispatcher {
             namespace: r.namespace,
             deployment: r.deployment,
             version: r.version,
+            protocol: msg.protocol,
             status: WorkerStatus::WsAvailable,
             load: 0.0,
             job_count: 0,
@@ -1121,6 +1152,7 @@ impl Handler<WorkerRegistered> for Dispatcher {
             permissions: r.allowed_permissions,
             session: Some(msg.session),
             seq: self.worker_seq,
+            load_history: LoadHistory::default(),
         };
         self.workers.insert(msg.worker_id, entry);
         self.changed();
@@ -1219,6 +1251,7 @@ impl Handler<WorkerStatusUpdate> for Dispatcher {
             worker.info.status = status;
         }
         worker.info.load = u.load;
+        worker.load_history.record(SystemTime::now(), u.load);
         worker.info.job_count = u.job_count;
         worker.info.update_count += 1;
         worker.info.last_update = Some(msg.update);
@@ -1289,7 +1322,9 @@ impl Handler<JobStatusUpdate> for Dispatcher {
         if !record.ended {
             record.info.status = status;
             record.info.error = u.error.clone();
-            record.ended = matches!(status, JobStatus::JsSuccess | JobStatus::JsFailed);
+            if matches!(status, JobStatus::JsSuccess | JobStatus::JsFailed) {
+                record.end();
+            }
             failed = status == JobStatus::JsFailed;
             if let Some(state) = record.proto.state.as_mut() {
                 let now = unix_nanos();
@@ -1379,6 +1414,58 @@ impl Handler<DropConnections> for Dispatcher {
     }
 }
 
+impl Handler<DropWorker> for Dispatcher {
+    type Result = Result<(), DevServerError>;
+
+    fn handle(&mut self, msg: DropWorker, _: &mut Context<Self>) -> Self::Result {
+        let worker = self
+            .workers
+            .get(&msg.worker_id)
+            .ok_or_else(|| DevServerError::UnknownWorker(msg.worker_id.clone()))?;
+        let session = worker
+            .session
+            .as_ref()
+            .ok_or_else(|| DevServerError::WorkerDisconnected(msg.worker_id.clone()))?;
+        session
+            .try_send(Kill)
+            .map_err(|_| DevServerError::WorkerDisconnected(msg.worker_id.clone()))?;
+        tracing::info!(
+            worker_id = msg.worker_id,
+            "dropping the worker's connection"
+        );
+        Ok(())
+    }
+}
+
+impl Handler<GetOverview> for Dispatcher {
+    type Result = actix::MessageResult<GetOverview>;
+
+    fn handle(&mut self, msg: GetOverview, _: &mut Context<Self>) -> Self::Result {
+        let mut entries: Vec<&WorkerEntry> = self.workers.values().collect();
+        entries.sort_by_key(|w| w.seq);
+        let skip = entries.len().saturating_sub(msg.max_workers);
+        let workers = entries[skip..]
+            .iter()
+            .map(|w| (w.info.clone(), w.load_history.samples().copied().collect()))
+            .collect();
+        let jobs = self
+            .job_order
+            .iter()
+            .rev()
+            .filter_map(|id| self.jobs.get(id))
+            .take(msg.max_jobs)
+            .map(|r| r.info.clone())
+            .collect();
+        actix::MessageResult(Overview {
+            workers,
+            rooms: self.rooms.summaries(msg.max_rooms),
+            jobs,
+            counts: self.counts(),
+            fault_mode: self.faults.is_some(),
+        })
+    }
+}
+
 impl Handler<InjectFrame> for Dispatcher {
     type Result = Result<(), DevServerError>;
 
@@ -1429,15 +1516,7 @@ impl Handler<GetCounts> for Dispatcher {
     type Result = actix::MessageResult<GetCounts>;
 
     fn handle(&mut self, _: GetCounts, _: &mut Context<Self>) -> Self::Result {
-        let (rooms, participants, dispatches) = self.rooms.counts();
-        actix::MessageResult(Counts {
-            workers: self.connected_workers(),
-            rooms,
-            participants,
-            dispatches,
-            jobs: self.jobs.len(),
-            live_jobs: self.jobs.values().filter(|j| !j.evictable()).count(),
-        })
+        actix::MessageResult(self.counts())
     }
 }
 

@@ -23,6 +23,8 @@
 //!   placements in flight, restarts and grace periods; its `rooms` part keeps
 //!   rooms, dispatches and participants and turns them into jobs), talking
 //!   only through the typed messages in `messages`.
+//! - [`dashboard`]: the page at `/dashboard`, its API and its live event
+//!   stream.
 //! - `faults`: fault mode for soak tests ([`FaultConfig`], [`FaultReport`]).
 //! - `twirp`: the HTTP APIs (Twirp in protobuf or JSON, grants, Twirp
 //!   errors) and the `/dev/…` participant endpoints.
@@ -43,9 +45,11 @@ mod auth;
 mod balance;
 mod bench;
 mod config;
+pub mod dashboard;
 mod dispatcher;
 mod faults;
 mod ids;
+mod load_history;
 mod messages;
 mod model;
 mod server;

@@ -17,6 +17,7 @@ use livekit_protocol::{
 };
 use tokio::sync::oneshot;
 
+use crate::load_history::LoadSample;
 use crate::model::{
     ApiError, Counts, DevServerError, DispatchError, DispatchRequest, JobInfo, RawFrame, WorkerInfo,
 };
@@ -44,6 +45,68 @@ pub struct TerminateJob {
 }
 
 /// Abruptly close every worker socket; answers how many.
+/// Abruptly closes one worker's socket (no close frame), as fault mode's
+/// dropped connections do.
+#[derive(Message)]
+#[rtype(result = "Result<(), DevServerError>")]
+pub struct DropWorker {
+    /// The worker whose connection goes.
+    pub worker_id: String,
+}
+
+/// The dashboard's bounded view of the whole server.
+#[derive(Message)]
+#[rtype(result = "Overview")]
+pub struct GetOverview {
+    /// Workers listed at most (the most recently registered).
+    pub max_workers: usize,
+    /// Rooms listed at most (the most recently created).
+    pub max_rooms: usize,
+    /// Job records listed at most (the most recently created).
+    pub max_jobs: usize,
+}
+
+/// The answer to [`GetOverview`].
+#[derive(Debug, Clone, Default)]
+pub struct Overview {
+    /// Workers with their load over the last minutes, in registration order.
+    pub workers: Vec<(WorkerInfo, Vec<LoadSample>)>,
+    /// Rooms, newest first.
+    pub rooms: Vec<RoomSummary>,
+    /// Job records, newest first.
+    pub jobs: Vec<JobInfo>,
+    /// Everything the server holds, counted (not only what is listed).
+    pub counts: Counts,
+    /// Whether fault mode is on.
+    pub fault_mode: bool,
+}
+
+/// A room as the dashboard lists it.
+#[derive(Debug, Clone)]
+pub struct RoomSummary {
+    /// The room name.
+    pub name: String,
+    /// Creation time, Unix milliseconds.
+    pub created_at_ms: i64,
+    /// Simulated participants: identity and whether they published.
+    pub participants: Vec<(String, bool)>,
+    /// Live dispatches, oldest first.
+    pub dispatches: Vec<DispatchSummary>,
+}
+
+/// A dispatch as the dashboard lists it.
+#[derive(Debug, Clone)]
+pub struct DispatchSummary {
+    /// `AD_…`.
+    pub id: String,
+    /// The agent it dispatches.
+    pub agent_name: String,
+    /// Its job metadata.
+    pub metadata: String,
+    /// Jobs launched for it, restarts included, oldest first.
+    pub job_ids: Vec<String>,
+}
+
 #[derive(Message)]
 #[rtype(result = "usize")]
 pub struct DropConnections;
@@ -102,6 +165,8 @@ pub struct WorkerRegistered {
     pub api_key: String,
     /// The register request as received.
     pub request: RegisterWorkerRequest,
+    /// The agent protocol version of the connection.
+    pub protocol: i32,
     /// The session, to write to the worker.
     pub session: Addr<Session>,
 }

@@ -137,6 +137,15 @@ pub struct JobInfo {
     pub attempt: u32,
     /// The job this one restarts, if it is a restart.
     pub restart_of: Option<String>,
+    /// When the server created the job (PENDING from then on).
+    pub created_at: SystemTime,
+    /// When the assignment was sent.
+    pub assigned_at: Option<SystemTime>,
+    /// The worker the assignment was sent to (`worker_id` moves to a worker
+    /// that claims the job later; this does not).
+    pub assigned_to: Option<String>,
+    /// When the job reached SUCCESS or FAILED.
+    pub ended_at: Option<SystemTime>,
 }
 
 /// A snapshot of a worker connection (current or recently disconnected).
@@ -154,6 +163,9 @@ pub struct WorkerInfo {
     pub deployment: String,
     /// The worker's reported version.
     pub version: String,
+    /// The agent protocol version it connected with (the `protocol` query
+    /// parameter; 1 when absent).
+    pub protocol: i32,
     /// The last status it reported (AVAILABLE at register).
     pub status: WorkerStatus,
     /// The last load it reported (0 at register).

@@ -22,8 +22,8 @@ use crate::config::DevServerConfig;
 use crate::dispatcher::{Dispatcher, DispatcherConfig};
 use crate::ids;
 use crate::messages::{
-    Dispatch, DropConnections, GetCounts, GetFaultReport, GetJob, InjectFrame, ListJobs,
-    ListWorkers, Shutdown, TerminateJob,
+    Dispatch, DropConnections, DropWorker, GetCounts, GetFaultReport, GetJob, InjectFrame,
+    ListJobs, ListWorkers, Shutdown, TerminateJob,
 };
 use crate::model::{
     Counts, DevServerError, DispatchError, DispatchRequest, JobInfo, RawFrame, WaitTimeout,
@@ -54,6 +54,8 @@ pub(crate) struct AppState {
     max_frame_size: usize,
     /// Worker connections refused for their token, since start.
     refused: Arc<AtomicU64>,
+    /// The dashboard's state-change feed and stream bound.
+    pub(crate) dashboard: crate::dashboard::Dashboard,
 }
 
 #[derive(serde::Deserialize)]
@@ -75,6 +77,8 @@ struct Inner {
     server: ServerHandle,
     version: watch::Receiver<u64>,
     key_names: Vec<String>,
+    /// The keys, to mint the dashboard link (never printed by `Debug`).
+    keys: Arc<Vec<(String, String)>>,
 }
 
 impl fmt::Debug for DevServer {
@@ -148,6 +152,7 @@ impl DevServer {
             session,
             max_frame_size: config.max_frame_size,
             refused: refused.clone(),
+            dashboard: crate::dashboard::Dashboard::new(version_rx.clone()),
         });
         let server = HttpServer::new(move || {
             App::new()
@@ -157,6 +162,7 @@ impl DevServer {
                 .route("/agent", web::get().to(agent_socket))
                 .configure(crate::twirp::configure)
                 .configure(crate::bench::configure)
+                .configure(crate::dashboard::configure)
                 .default_service(web::to(crate::twirp::no_route))
         })
         .workers(HTTP_WORKERS)
@@ -180,7 +186,8 @@ impl DevServer {
                 dispatcher,
                 server: handle,
                 version: version_rx,
-                key_names: config.keys.into_iter().map(|(k, _)| k).collect(),
+                key_names: config.keys.iter().map(|(k, _)| k.clone()).collect(),
+                keys: Arc::new(config.keys),
             }),
         })
     }
@@ -241,6 +248,39 @@ impl DevServer {
             .await
             .ok()
             .flatten()
+    }
+
+    /// The dashboard's address with a token of the first key in it, valid
+    /// for a day: what the binary prints at start. The token is a
+    /// credential: show it to whoever may use the dashboard, log it nowhere.
+    pub fn dashboard_url(&self) -> String {
+        format!(
+            "{}/dashboard?token={}",
+            self.http_url(),
+            self.dashboard_token()
+        )
+    }
+
+    /// A token that opens the dashboard and its API (`Authorization:
+    /// Bearer`), signed with the first key, valid for a day.
+    pub fn dashboard_token(&self) -> String {
+        let (key, secret) = &self.inner.keys[0];
+        // minting fails only for an empty identity with a room grant; the
+        // dashboard token has neither
+        crate::auth::mint_dashboard_token(key, secret, crate::dashboard::LINK_TTL)
+            .expect("a dashboard token is always mintable")
+    }
+
+    /// Abruptly closes one worker's socket (no close frame), as fault mode
+    /// does: the worker sees a lost connection.
+    pub async fn drop_worker(&self, worker_id: &str) -> Result<(), DevServerError> {
+        self.inner
+            .dispatcher
+            .send(DropWorker {
+                worker_id: worker_id.to_owned(),
+            })
+            .await
+            .map_err(stopped)?
     }
 
     /// Abruptly closes every registered worker's socket (no close frame);

@@ -242,6 +242,7 @@ impl Session {
             worker_id: worker_id.clone(),
             api_key: self.api_key.clone(),
             request,
+            protocol: self.protocol,
             session: ctx.address(),
         };
         // `wait`: nothing else the worker sent is handled until the

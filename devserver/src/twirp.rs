@@ -108,7 +108,7 @@ fn too_large() -> ApiError {
 }
 
 /// The body, read up to [`MAX_BODY_SIZE`].
-async fn read_body(payload: web::Payload) -> Result<Bytes, ApiError> {
+pub(crate) async fn read_body(payload: web::Payload) -> Result<Bytes, ApiError> {
     match payload.to_bytes_limited(MAX_BODY_SIZE).await {
         Ok(Ok(body)) => Ok(body),
         // as a Twirp server answers a body it cannot read
@@ -246,7 +246,7 @@ fn ensure_list(claims: &Claims) -> Result<(), ApiError> {
 }
 
 /// Sends a message to the dispatcher; a stopped dispatcher is `internal`.
-async fn ask<M>(dispatcher: &Addr<Dispatcher>, msg: M) -> Result<M::Result, ApiError>
+pub(crate) async fn ask<M>(dispatcher: &Addr<Dispatcher>, msg: M) -> Result<M::Result, ApiError>
 where
     M: Message + Send + 'static,
     M::Result: Send,

@@ -32,8 +32,8 @@ use super::{Dispatcher, Launch, unix_nanos};
 use crate::auth::AGENT_NAME_ATTRIBUTE;
 use crate::ids;
 use crate::messages::{
-    CreateDispatch, CreateRoom, DeleteDispatch, DeleteRoom, JoinParticipant, ListDispatch,
-    ListParticipants, ListRooms, PublishTrack,
+    CreateDispatch, CreateRoom, DeleteDispatch, DeleteRoom, DispatchSummary, JoinParticipant,
+    ListDispatch, ListParticipants, ListRooms, PublishTrack, RoomSummary,
 };
 use crate::model::ApiError;
 
@@ -102,6 +102,39 @@ impl Rooms {
     pub(super) fn counts(&self) -> (usize, usize, usize) {
         let participants = self.rooms.values().map(|r| r.participants.len()).sum();
         (self.rooms.len(), participants, self.dispatches.len())
+    }
+
+    /// The `limit` most recently created rooms, newest first, with their
+    /// participants and live dispatches (the dashboard's list).
+    pub(super) fn summaries(&self, limit: usize) -> Vec<RoomSummary> {
+        let mut rooms: Vec<&RoomEntry> = self.rooms.values().collect();
+        rooms.sort_by(|a, b| {
+            (b.room.creation_time_ms, &b.room.name).cmp(&(a.room.creation_time_ms, &a.room.name))
+        });
+        rooms
+            .into_iter()
+            .take(limit)
+            .map(|r| RoomSummary {
+                name: r.room.name.clone(),
+                created_at_ms: r.room.creation_time_ms,
+                participants: r
+                    .participants
+                    .iter()
+                    .map(|p| (p.info.identity.clone(), p.published))
+                    .collect(),
+                dispatches: r
+                    .dispatch_ids
+                    .iter()
+                    .filter_map(|id| self.dispatches.get(id))
+                    .map(|d| DispatchSummary {
+                        id: d.proto.id.clone(),
+                        agent_name: d.proto.agent_name.clone(),
+                        metadata: d.proto.metadata.clone(),
+                        job_ids: d.job_ids.clone(),
+                    })
+                    .collect(),
+            })
+            .collect()
     }
 
     /// Records a job launched for a dispatch.
