@@ -8,10 +8,15 @@
 //! later and give up at their deadline, and its screenshots are PNGs of the
 //! viewport's size. Few tests, each with one browser (a start is ~1 s).
 //!
+//! `page`: the dev server's dashboard itself, against a real worker.
+//!
 //! `cargo test --test dashboard`; needs Debian's `chromium` and
 //! `chromium-driver` (or `CHROME_BIN` and `CHROMEDRIVER`).
 
 mod browser;
+#[path = "../common/mod.rs"]
+mod common;
+mod page;
 
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
