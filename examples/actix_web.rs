@@ -7,7 +7,8 @@
 //! app mounts the worker's own endpoints (`lkagent::http::configure`):
 //! liveness at `/`, readiness at `/ready`, `/worker` and `/metrics`. Ctrl-C
 //! (or SIGTERM) drains the worker, then stops the app. Logs follow
-//! `RUST_LOG` (default `info`).
+//! `RUST_LOG` (default `info`). It listens on `--bind ADDR` (or `BIND`,
+//! default `127.0.0.1:8080`).
 //!
 //! ```text
 //! cargo run --example actix_web
@@ -20,10 +21,32 @@ use std::time::Duration;
 
 use actix::Addr;
 use actix_web::{App, HttpResponse, HttpServer, web};
+use clap::Parser;
 use lkagent::demo::DemoAgent;
 use lkagent::{GetState, SpawnJob, SpawnOutcome, Worker, WorkerActor, WorkerOptions};
 use lkagent_devserver::{DevServer, DevServerConfig};
 use serde::Deserialize;
+
+/// An actix-web app that starts agent jobs from an HTTP endpoint
+///
+/// POST /jobs?room=NAME[&duration_ms=MS][&outcome=success|fail|panic]
+/// starts a job, GET /jobs lists them; the same app serves the worker's
+/// own /, /ready, /worker and /metrics. With LIVEKIT_URL, LIVEKIT_API_KEY
+/// and LIVEKIT_API_SECRET set the worker also serves that LiveKit server;
+/// without them it starts an embedded dev server. Ctrl-C or SIGTERM drains
+/// the worker, then stops the app. Logs follow RUST_LOG (default info).
+#[derive(Parser)]
+#[command(name = "actix_web")]
+struct Args {
+    /// Address the app listens on
+    #[arg(
+        long,
+        env = "BIND",
+        value_name = "ADDR",
+        default_value = "127.0.0.1:8080"
+    )]
+    bind: String,
+}
 
 /// The query of `POST /jobs`.
 #[derive(Deserialize)]
@@ -70,6 +93,7 @@ async fn list_jobs(worker: web::Data<Addr<WorkerActor>>) -> HttpResponse {
 
 #[actix_web::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let addr = Args::parse().bind;
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
@@ -96,7 +120,6 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .max_jobs(50)
         .handler(DemoAgent)
         .start()?;
-    let addr = std::env::var("BIND").unwrap_or_else(|_| "127.0.0.1:8080".into());
     println!(
         "POST http://{addr}/jobs?room=NAME to start a job; GET http://{addr}/jobs to list them"
     );

@@ -40,28 +40,24 @@
 //! `--compare-command CMD` measures lkagent's worker and then CMD through
 //! the same dev server, and prints both with their ratios (with `--json`,
 //! `{"lkagent": …, "compared": …}`); `--requests N` sets the echo and
-//! availability counts.
+//! availability counts. `--help` lists them; a bad flag or value exits
+//! with code 2, naming it.
 //!
 //! The bench re-runs its own executable for the two processes (`--role
 //! devserver`, `--role worker`); each exits when its standard input closes,
 //! so nothing outlives the bench.
 
-use std::collections::HashSet;
 use std::io::{BufRead, BufReader, Read};
 use std::process::{Child, Command, ExitCode, Stdio};
 use std::time::{Duration, Instant};
 
+use clap::Parser;
 use futures_util::{SinkExt, StreamExt};
 use livekit_api::access_token::{AccessToken, VideoGrants};
 use livekit_protocol::{AvailabilityRequest, Job, Room, ServerMessage, server_message};
 use lkagent::{JobContext, JobError, JobHandler, Worker, WorkerOptions};
 use prost::Message as _;
 use serde_json::{Value, json};
-
-const USAGE: &str = "usage: bench [--quick] [--json PATH] [--jobs N] [--only PHASES]
-             [--server-url URL [--api-key KEY] [--api-secret SECRET]]
-             [--worker-command CMD] [--compare-command CMD] [--requests N]
-phases: idle,concurrency,echo,availability,throughput,reconnect";
 
 /// The agent name the bench dispatches to.
 const AGENT: &str = "bench";
@@ -75,102 +71,112 @@ const PHASES: [&str; 6] = [
     "reconnect",
 ];
 
+/// The end-to-end benchmark: a dev server and a worker in separate processes
+///
+/// Measures, in this order: idle cost (the registered worker's CPU over 10 s
+/// and its memory); concurrency (its memory with 1,000 then --jobs jobs, and
+/// how long until all of them reported RUNNING); echo (the round trip of an
+/// availability-sized frame through the dev server: the floor); availability
+/// and job start, timed at the worker's socket; throughput (0 ms jobs, 64 at
+/// a time, for 10 s); reconnect (20 dropped connections, each timed until
+/// the worker has registered again). A full run takes about 4 minutes on 2
+/// cores; build it with --release.
+#[derive(Parser)]
+#[command(name = "bench", args_override_self = true)]
 struct Args {
+    /// Which process this is (the bench re-runs itself for the other two).
+    #[arg(long, value_enum, default_value_t = Role::Bench, hide = true)]
     role: Role,
+    /// Smaller counts (same concurrent jobs): under 2 minutes
+    #[arg(long)]
     quick: bool,
+    /// Also write the results to this JSON file
+    #[arg(long, value_name = "PATH")]
     json: Option<String>,
+    /// Concurrent jobs in the concurrency phase
+    #[arg(long, value_name = "N", default_value_t = 10_000, value_parser = positive)]
     jobs: usize,
-    only: HashSet<String>,
-    server_url: Option<String>,
-    api_key: String,
-    api_secret: String,
-    worker_command: Option<String>,
-    /// A second worker measured after lkagent's, through the same dev
-    /// server, and compared with it.
-    compare_command: Option<String>,
-    /// Overrides the echo and availability counts.
+    /// Run only these phases: idle, concurrency, echo, availability, throughput, reconnect [default: all]
+    #[arg(long, value_name = "PHASES", value_delimiter = ',', value_parser = phase)]
+    only: Vec<String>,
+    /// Echo and availability requests [default: 10000, 2000 with --quick]
+    #[arg(long, value_name = "N", value_parser = positive)]
     requests: Option<usize>,
+    /// Measure against this running dev server instead of starting one
+    #[arg(long, value_name = "URL", help_heading = "Server")]
+    server_url: Option<String>,
+    /// API key for the dev server and the worker
+    #[arg(
+        long,
+        value_name = "KEY",
+        default_value = "devkey",
+        help_heading = "Server"
+    )]
+    api_key: String,
+    /// API secret for the dev server and the worker
+    #[arg(
+        long,
+        value_name = "SECRET",
+        default_value = "secret",
+        help_heading = "Server"
+    )]
+    api_secret: String,
+    /// Run this worker instead of lkagent's, through `sh -c`
+    ///
+    /// Its environment holds LIVEKIT_URL, LIVEKIT_API_KEY,
+    /// LIVEKIT_API_SECRET, LIVEKIT_AGENT_NAME and BENCH_MAX_JOBS. Its jobs
+    /// must end at once unless their metadata is `idle`, in which case they
+    /// wait for their termination (scripts/compare-official.sh runs the
+    /// official Python worker this way).
+    #[arg(long, value_name = "CMD", help_heading = "Other workers")]
+    worker_command: Option<String>,
+    /// Then measure this worker too, through the same dev server, and compare
+    ///
+    /// Run as --worker-command is; both rows are printed with their ratios,
+    /// and --json writes {"lkagent": ..., "compared": ...}.
+    #[arg(long, value_name = "CMD", help_heading = "Other workers")]
+    compare_command: Option<String>,
     /// `--role worker`: the server to connect to.
+    #[arg(long, value_name = "URL", hide = true)]
     url: Option<String>,
     /// `--role worker`: the most jobs at once.
+    #[arg(long, value_name = "N", default_value_t = 10_000, value_parser = positive, hide = true)]
     max_jobs: usize,
 }
 
-#[derive(PartialEq)]
+/// Which process this is.
+#[derive(Clone, Copy, PartialEq, clap::ValueEnum)]
 enum Role {
+    /// The bench itself.
     Bench,
+    /// The dev server it starts.
+    #[value(name = "devserver")]
     DevServer,
+    /// lkagent's worker it starts.
     Worker,
 }
 
-fn parse_args(mut args: impl Iterator<Item = String>) -> Result<Args, String> {
-    let mut parsed = Args {
-        role: Role::Bench,
-        quick: false,
-        json: None,
-        jobs: 10_000,
-        only: PHASES.iter().map(|p| p.to_string()).collect(),
-        server_url: None,
-        api_key: "devkey".into(),
-        api_secret: "secret".into(),
-        worker_command: None,
-        compare_command: None,
-        requests: None,
-        url: None,
-        max_jobs: 10_000,
-    };
-    let number = |flag: &str, text: String| -> Result<usize, String> {
-        text.parse()
-            .ok()
-            .filter(|n| *n > 0)
-            .ok_or_else(|| format!("{flag} must be a positive number, not {text:?}"))
-    };
-    while let Some(flag) = args.next() {
-        let mut value = |name: &str| args.next().ok_or_else(|| format!("{name} needs a value"));
-        match flag.as_str() {
-            "--role" => {
-                parsed.role = match value("--role")?.as_str() {
-                    "devserver" => Role::DevServer,
-                    "worker" => Role::Worker,
-                    other => return Err(format!("unknown role {other:?}")),
-                }
-            }
-            "--quick" => parsed.quick = true,
-            "--json" => parsed.json = Some(value("--json")?),
-            "--jobs" => parsed.jobs = number("--jobs", value("--jobs")?)?,
-            "--only" => {
-                let list = value("--only")?;
-                parsed.only = list.split(',').map(|p| p.trim().to_owned()).collect();
-                if let Some(bad) = parsed.only.iter().find(|p| !PHASES.contains(&p.as_str())) {
-                    return Err(format!("unknown phase {bad:?}"));
-                }
-            }
-            "--server-url" => parsed.server_url = Some(value("--server-url")?),
-            "--api-key" => parsed.api_key = value("--api-key")?,
-            "--api-secret" => parsed.api_secret = value("--api-secret")?,
-            "--worker-command" => parsed.worker_command = Some(value("--worker-command")?),
-            "--compare-command" => parsed.compare_command = Some(value("--compare-command")?),
-            "--requests" => parsed.requests = Some(number("--requests", value("--requests")?)?),
-            "--url" => parsed.url = Some(value("--url")?),
-            "--max-jobs" => parsed.max_jobs = number("--max-jobs", value("--max-jobs")?)?,
-            "-h" | "--help" => return Err(String::new()),
-            other => return Err(format!("unknown argument {other:?}")),
-        }
+/// A count of at least 1.
+fn positive(text: &str) -> Result<usize, String> {
+    match text.parse::<usize>() {
+        Ok(0) => Err("must be at least 1".into()),
+        Ok(n) => Ok(n),
+        Err(err) => Err(err.to_string()),
     }
-    Ok(parsed)
+}
+
+/// One of [`PHASES`].
+fn phase(text: &str) -> Result<String, String> {
+    let name = text.trim();
+    if PHASES.contains(&name) {
+        Ok(name.to_owned())
+    } else {
+        Err(format!("unknown phase; one of {}", PHASES.join(", ")))
+    }
 }
 
 fn main() -> ExitCode {
-    let args = match parse_args(std::env::args().skip(1)) {
-        Ok(args) => args,
-        Err(message) => {
-            if !message.is_empty() {
-                eprintln!("error: {message}");
-            }
-            eprintln!("{USAGE}");
-            return ExitCode::from(2);
-        }
-    };
+    let args = Args::parse();
     let log_default = if args.role == Role::Bench {
         "warn"
     } else {
@@ -667,7 +673,7 @@ async fn phases(args: &Args, api: &Api, ws_url: &str, worker: &Process) -> Resul
         "worker (pid {pid}) registered after {:.0} ms",
         started.elapsed().as_secs_f64() * 1e3
     );
-    let run = |phase: &str| args.only.contains(phase);
+    let run = |phase: &str| args.only.is_empty() || args.only.iter().any(|p| p == phase);
     let (mut echo_count, mut dispatch_count, throughput_ms, drops) = if args.quick {
         (2_000, 2_000, 3_000, 20)
     } else {

@@ -15,6 +15,7 @@
 use std::process::{Child, Command, ExitCode, Stdio};
 use std::time::{Duration, Instant};
 
+use clap::Parser;
 use lkagent::demo::DemoAgent;
 use lkagent::recovery::{CheckpointStore, RedisCheckpointStore};
 use lkagent::{Worker, WorkerOptions};
@@ -26,6 +27,21 @@ const SECRET: &str = "secret";
 const DEADLINE: Duration = Duration::from_secs(30);
 
 type Error = Box<dyn std::error::Error>;
+
+/// A fleet on Redis, end to end: a worker killed mid-job, its job taken over
+///
+/// Starts a dev server, a redis-server (which must be on the PATH) and three
+/// workers in processes of their own; dispatches a job, kills the worker
+/// running it with SIGKILL, and shows another worker of the fleet take the
+/// job over from its checkpoint and finish it. Logs follow RUST_LOG
+/// (default warn).
+#[derive(Parser)]
+#[command(name = "fleet")]
+struct Args {
+    /// Run as one worker of the fleet: the example starts them itself.
+    #[arg(long, num_args = 3, value_names = ["ID", "URL", "REDIS"], hide = true)]
+    role: Option<Vec<String>>,
+}
 
 /// A child process, killed (SIGKILL) when dropped.
 struct Process(Child);
@@ -39,17 +55,17 @@ impl Drop for Process {
 
 #[actix::main]
 async fn main() -> ExitCode {
+    let args = Args::parse();
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
         )
         .init();
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    let outcome = match args.as_slice() {
-        [role, id, url, redis] if role == "--role" => run_worker(id, url, redis).await,
-        [] => run_fleet().await,
-        _ => Err("usage: fleet (no arguments)".into()),
+    let outcome = match args.role.as_deref() {
+        Some([id, url, redis]) => run_worker(id, url, redis).await,
+        Some(_) => Err("--role takes ID URL REDIS".into()),
+        None => run_fleet().await,
     };
     match outcome {
         Ok(()) => ExitCode::SUCCESS,

@@ -10,7 +10,8 @@
 //! cargo run --release --example fleet_sim -- --ci           # the CI size (10 workers, 500 jobs)
 //! cargo run --release --example fleet_sim -- --svg out.svg  # default: target/fleet_sim.svg
 //! ```
-//! (`--workers N`, `--jobs N` and `--seed N` change the full size's knobs.)
+//! (`--workers N`, `--jobs N` and `--seed N` change the knobs, of the full
+//! size or of `--ci`'s; `--help` lists them.)
 //!
 //! It reports the jobs placed, refused (and why) and failed; whether any
 //! placed job was lost (no final status at the server) or reported twice;
@@ -40,6 +41,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
+use clap::Parser;
 use futures_util::future::join_all;
 use lkagent::demo::{DemoOutcome, DemoPlan, FAIL_TEXT};
 use lkagent::proto::JobStatus;
@@ -1142,41 +1144,70 @@ pub fn write_svg(report: &SimReport, path: &Path) -> Result<(), Box<dyn std::err
     Ok(())
 }
 
-/// `--ci`, `--workers N`, `--jobs N`, `--seed N`, `--svg PATH`.
-fn parse_args() -> Result<(SimConfig, PathBuf), String> {
-    let mut config = SimConfig::full();
-    let mut svg = PathBuf::from("target/fleet_sim.svg");
-    let mut args = std::env::args().skip(1);
-    while let Some(arg) = args.next() {
-        let mut value = |name: &str| args.next().ok_or(format!("{name} needs a value"));
-        let number = |text: String| text.parse::<usize>().map_err(|e| format!("{text}: {e}"));
-        match arg.as_str() {
-            "--ci" => config = SimConfig::ci(),
-            "--workers" => config.workers = number(value("--workers")?)?,
-            "--jobs" => config.jobs = number(value("--jobs")?)?,
-            "--seed" => {
-                let seed = value("--seed")?;
-                config.seed = seed.parse().map_err(|e| format!("{seed}: {e}"))?;
-            }
-            "--svg" => svg = PathBuf::from(value("--svg")?),
-            other => return Err(format!("unknown argument {other}")),
+/// An hour of a fleet's traffic in a minute, and what an autoscaler would do
+///
+/// The dev server and real workers (4 job slots each) take jobs that arrive
+/// in a ramp, a burst and a decay, with heavy-tailed durations; an
+/// AutoScaler watches the fleet. Reports the jobs placed, refused and
+/// failed, any job lost or reported twice, the spread across the workers,
+/// the busiest worker's peak and the scaler's decisions, as a table and as
+/// an SVG plot. One real second is one simulated minute. Build it with
+/// --release; exits 1 if a job was lost, reported twice or overbooked.
+#[derive(Parser)]
+#[command(name = "fleet_sim", args_override_self = true)]
+struct Args {
+    /// The size CI runs: 10 workers, 500 jobs over 8 s
+    #[arg(long)]
+    ci: bool,
+    /// Workers in the fleet [default: 50, 10 with --ci]
+    #[arg(long, value_name = "N", value_parser = positive)]
+    workers: Option<usize>,
+    /// Jobs that arrive over the window [default: 5000, 500 with --ci]
+    #[arg(long, value_name = "N")]
+    jobs: Option<usize>,
+    /// Seeds the arrivals, durations and failures: the same seed, the same jobs [default: 13]
+    #[arg(long, value_name = "N")]
+    seed: Option<u64>,
+    /// Where to write the plot
+    #[arg(long, value_name = "PATH", default_value = "target/fleet_sim.svg")]
+    svg: PathBuf,
+}
+
+impl Args {
+    /// The simulation these flags ask for: `--ci` or the full size, with
+    /// the other flags' overrides.
+    fn config(&self) -> SimConfig {
+        let mut config = if self.ci {
+            SimConfig::ci()
+        } else {
+            SimConfig::full()
+        };
+        if let Some(workers) = self.workers {
+            config.workers = workers;
         }
+        if let Some(jobs) = self.jobs {
+            config.jobs = jobs;
+        }
+        if let Some(seed) = self.seed {
+            config.seed = seed;
+        }
+        config
     }
-    if config.workers == 0 || config.max_jobs == 0 {
-        return Err("--workers must be at least 1".into());
+}
+
+/// A count of at least 1.
+fn positive(text: &str) -> Result<usize, String> {
+    match text.parse::<usize>() {
+        Ok(0) => Err("must be at least 1".into()),
+        Ok(n) => Ok(n),
+        Err(err) => Err(err.to_string()),
     }
-    Ok((config, svg))
 }
 
 #[actix::main]
 async fn main() -> ExitCode {
-    let (config, svg) = match parse_args() {
-        Ok(parsed) => parsed,
-        Err(err) => {
-            eprintln!("fleet_sim: {err}");
-            return ExitCode::from(2);
-        }
-    };
+    let args = Args::parse();
+    let (config, svg) = (args.config(), args.svg);
     let report = simulate(config).await;
     println!("{report}");
     if let Some(dir) = svg.parent().filter(|d| !d.as_os_str().is_empty()) {

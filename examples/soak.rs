@@ -15,6 +15,7 @@
 //!   [`SoakConfig::max_growth`] of its memory after the warm-up.
 //!
 //! A failing run prints its seed; `--seed` replays the same fault schedule.
+//! `--help` lists the flags.
 //!
 //! ```text
 //! cargo run --release --example soak                         # 100,000 jobs
@@ -34,6 +35,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use clap::Parser;
 use lkagent::{
     Backoff, GetState, JobContext, JobError, JobHandler, ReconnectPolicy, Worker, WorkerOptions,
 };
@@ -51,6 +53,8 @@ const AGENT: &str = "soak";
 const URL_ENV: &str = "LKAGENT_SOAK_URL";
 const KEY_ENV: &str = "LKAGENT_SOAK_KEY";
 const SECRET_ENV: &str = "LKAGENT_SOAK_SECRET";
+/// Environment of the worker process: its `max_jobs`.
+const MAX_JOBS_ENV: &str = "LKAGENT_SOAK_MAX_JOBS";
 /// Marks the worker's lines on its stdout (a test harness may print before
 /// them on the same line).
 const MARK: &str = "SOAK ";
@@ -253,7 +257,7 @@ pub async fn soak(
             .env(URL_ENV, server.ws_url())
             .env(KEY_ENV, key)
             .env(SECRET_ENV, secret)
-            .env("LKAGENT_SOAK_MAX_JOBS", config.max_jobs.to_string()),
+            .env(MAX_JOBS_ENV, config.max_jobs.to_string()),
     )?;
     child.expect("ready").await?;
 
@@ -473,10 +477,12 @@ impl Drop for WorkerProcess {
 /// The worker's half: runs a worker against the soak's server and answers
 /// `mark` (wait until idle; print memory and counts) and `quit` on stdin.
 pub fn worker_process() -> Result<(), Box<dyn std::error::Error>> {
-    let url = std::env::var(URL_ENV)?;
-    let key = std::env::var(KEY_ENV)?;
-    let secret = std::env::var(SECRET_ENV)?;
-    let max_jobs: usize = std::env::var("LKAGENT_SOAK_MAX_JOBS")?.parse()?;
+    let WorkerEnv {
+        url,
+        key,
+        secret,
+        max_jobs,
+    } = WorkerEnv::try_parse_from(std::iter::empty::<String>())?;
     let (commands, mut heard) = tokio::sync::mpsc::channel::<String>(4);
     std::thread::spawn(move || {
         for line in std::io::stdin().lock().lines() {
@@ -600,9 +606,55 @@ impl JobHandler for SoakAgent {
     }
 }
 
+/// The worker process's settings, which the soak gives it in its
+/// environment (the secret there, not on the command line). Each value is
+/// named after its variable, so that an error names the variable. No
+/// `Debug`: it holds the secret.
+#[derive(Parser)]
+#[command(name = "soak --worker", no_binary_name = true)]
+struct WorkerEnv {
+    /// The soak's dev server.
+    #[arg(long, env = URL_ENV, value_name = URL_ENV)]
+    url: String,
+    /// The API key.
+    #[arg(long, env = KEY_ENV, value_name = KEY_ENV)]
+    key: String,
+    /// The API secret.
+    #[arg(long, env = SECRET_ENV, hide_env_values = true, value_name = SECRET_ENV)]
+    secret: String,
+    /// The worker's `max_jobs`.
+    #[arg(long, env = MAX_JOBS_ENV, value_name = MAX_JOBS_ENV)]
+    max_jobs: usize,
+}
+
+/// The chaos soak: a worker under a dev server in fault mode, checked for loss and leaks
+///
+/// The dev server, in this process, drops the worker's connection,
+/// terminates its jobs, repeats availability requests and assignments at
+/// random moments drawn from the seed, and restarts every job that fails;
+/// the worker runs in a child process. At the end the soak checks that every
+/// assigned job ended, each acknowledged one with exactly one terminal
+/// status; that no job ran twice at once; that no final status was lost; and
+/// that the worker's memory stayed put after the warm-up. It exits 1 on a
+/// problem and prints the flags that replay the run. Logs follow RUST_LOG
+/// (default error; warn shows each fault). Build it with --release.
+#[derive(Parser)]
+#[command(name = "soak", args_override_self = true)]
+struct Args {
+    /// Jobs to run, a tenth of them the warm-up [default: 100000]
+    #[arg(long, value_name = "N")]
+    jobs: Option<usize>,
+    /// Seeds the fault schedule and the jobs; the same seed replays a run [default: random]
+    #[arg(long, value_name = "N")]
+    seed: Option<u64>,
+    /// Run as the soak's worker process: the soak starts it itself.
+    #[arg(long, hide = true)]
+    worker: bool,
+}
+
 fn main() -> ExitCode {
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    if args.first().map(String::as_str) == Some("--worker") {
+    let args = Args::parse();
+    if args.worker {
         return match worker_process() {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
@@ -620,24 +672,13 @@ fn main() -> ExitCode {
     actix_rt::System::new().block_on(run(args))
 }
 
-/// The soak's own half: reads the arguments, runs, and prints the report.
-async fn run(args: Vec<String>) -> ExitCode {
-    let mut seed = rand::random::<u64>() % 1_000_000;
-    let mut jobs = None;
-    let mut rest = args.iter();
-    while let Some(arg) = rest.next() {
-        let value = rest.next().and_then(|v| v.parse::<u64>().ok());
-        match (arg.as_str(), value) {
-            ("--seed", Some(v)) => seed = v,
-            ("--jobs", Some(v)) => jobs = Some(v as usize),
-            _ => {
-                eprintln!("usage: soak [--jobs N] [--seed N]");
-                return ExitCode::from(2);
-            }
-        }
-    }
+/// The soak's own half: runs, and prints the report.
+async fn run(args: Args) -> ExitCode {
+    let seed = args
+        .seed
+        .unwrap_or_else(|| rand::random::<u64>() % 1_000_000);
     let mut config = SoakConfig::full(seed);
-    if let Some(jobs) = jobs {
+    if let Some(jobs) = args.jobs {
         config.jobs = jobs;
         config.warmup = (jobs / 10).max(1);
     }

@@ -11,7 +11,7 @@
 //! Redis and the worker is one of a fleet: when a worker dies, another
 //! takes its jobs over once its heartbeat lapses (`--redis-prefix` names
 //! the fleet; `--worker-id ID` keeps one identity across restarts;
-//! `--liveness-ms MS` sets how long a heartbeat lasts, default 6 s).
+//! `--liveness-ms MS` sets how long a heartbeat lasts, default 4 s).
 //!
 //! Operating it: `--http ADDR` serves `/`, `/ready`, `/worker` and
 //! `/metrics` (off unless given); SIGTERM (or Ctrl-C) drains it — new jobs
@@ -21,6 +21,7 @@
 //! `--give-up-after SECS` turns `/` to 503 after that long without reaching
 //! the server. `--idle` makes every job wait for its termination, doing
 //! nothing (for load tests). Logs follow `RUST_LOG` (default `info`).
+//! `--help` lists it all; a bad flag or value exits with code 2.
 //!
 //! ```text
 //! cargo run -p lkagent-devserver &        # or any LiveKit server
@@ -28,32 +29,116 @@
 //!     cargo run --example worker -- --max-jobs 20 --http 127.0.0.1:8081
 //! ```
 
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
+use clap::error::ErrorKind;
+use clap::{CommandFactory, Parser};
+
 use lkagent::demo::DemoAgent;
 use lkagent::recovery::EmbeddedStore;
-use lkagent::{JobContext, JobError, JobHandler, Worker, WorkerOptions};
+use lkagent::{DEFAULT_LIVENESS_TTL, JobContext, JobError, JobHandler, Worker, WorkerOptions};
 
-const USAGE: &str = "usage: worker [--max-jobs N] [--agent-name NAME] [--worker-id ID]
-              [--state-dir DIR | --redis URL [--redis-prefix PREFIX]] [--liveness-ms MS]
-              [--http ADDR] [--drain-timeout SECS] [--give-up-after SECS] [--idle]
-environment: LIVEKIT_URL, LIVEKIT_API_KEY, LIVEKIT_API_SECRET or LIVEKIT_API_SECRET_FILE
-             (required), LIVEKIT_AGENT_NAME, REDIS_URL, RUST_LOG";
+/// What `--help` says about the environment, which `WorkerOptions::from_env`
+/// reads.
+const ENVIRONMENT: &str = "Environment:
+  LIVEKIT_URL              the server's URL (required)
+  LIVEKIT_API_KEY          API key (required)
+  LIVEKIT_API_SECRET       API secret (required), or LIVEKIT_API_SECRET_FILE: a file
+                           holding it, read again at every connection
+  LIVEKIT_AGENT_NAME       agent name to register (default: none)
+  RUST_LOG                 log filter (default: info)
 
-/// The flags, parsed.
+SIGTERM or Ctrl-C drains: new jobs are declined, running ones finish for up to
+--drain-timeout, and the worker exits 0 after a clean drain; a second signal stops it at once.";
+
+/// A worker for any LiveKit server, running the demo agent
+///
+/// Each job follows its metadata JSON: {"duration_ms": 1000, "outcome":
+/// "success" | "fail" | "panic"}, and checkpoints the time it has run. With
+/// --state-dir the checkpoints are kept on disk, so a worker killed mid-job
+/// and started again resumes it; with --redis the worker is one of a fleet,
+/// whose other workers take its jobs over when it dies.
+#[derive(Parser)]
+#[command(name = "worker", args_override_self = true, after_help = ENVIRONMENT)]
 struct Args {
+    /// Most jobs at once
+    #[arg(long, value_name = "N", default_value_t = 100, value_parser = positive)]
     max_jobs: usize,
+    /// Agent name to register [default: LIVEKIT_AGENT_NAME's, or none]
+    #[arg(long, value_name = "NAME")]
     agent_name: Option<String>,
-    state_dir: Option<String>,
+    /// Keep the checkpoints in this directory, to resume jobs after a restart
+    #[arg(long, value_name = "DIR", help_heading = "Checkpoints")]
+    state_dir: Option<PathBuf>,
+    /// Keep the checkpoints in Redis and join its fleet (feature `redis`)
+    ///
+    /// When a worker of the fleet dies, another takes its jobs over once
+    /// its heartbeat lapses. Exclusive with --state-dir.
+    #[arg(
+        long,
+        env = "REDIS_URL",
+        hide_env_values = true,
+        value_name = "URL",
+        help_heading = "Checkpoints"
+    )]
     redis: Option<String>,
-    redis_prefix: String,
+    /// Key prefix that names the fleet in Redis [default: none]
+    #[arg(long, value_name = "PREFIX", help_heading = "Checkpoints")]
+    redis_prefix: Option<String>,
+    /// Identity of this worker, kept across restarts [default: a random one]
+    #[arg(long, value_name = "ID", help_heading = "Checkpoints")]
     worker_id: Option<String>,
-    liveness: Option<Duration>,
+    /// How long a heartbeat lasts, in milliseconds, from 30
+    #[arg(
+        long = "liveness-ms",
+        value_name = "MS",
+        default_value_t = DEFAULT_LIVENESS_TTL.as_millis() as u64,
+        value_parser = at_least::<30>,
+        help_heading = "Checkpoints"
+    )]
+    liveness_ms: u64,
+    /// Serve /, /ready, /worker and /metrics on this address [default: off]
+    #[arg(long, value_name = "ADDR", help_heading = "Operating")]
     http: Option<String>,
-    drain_timeout: Duration,
-    give_up_after: Option<Duration>,
+    /// Longest a drain waits for running jobs, in seconds
+    #[arg(
+        long,
+        value_name = "SECS",
+        default_value_t = 600,
+        help_heading = "Operating"
+    )]
+    drain_timeout: u64,
+    /// Turn / to 503 after this long without reaching the server [default: never]
+    #[arg(
+        long,
+        value_name = "SECS",
+        value_parser = at_least::<1>,
+        help_heading = "Operating"
+    )]
+    give_up_after: Option<u64>,
+    /// Make every job wait for its termination, doing nothing (for load tests)
+    #[arg(long)]
     idle: bool,
+}
+
+/// A count of at least 1.
+fn positive(text: &str) -> Result<usize, String> {
+    match text.parse::<usize>() {
+        Ok(0) => Err("must be at least 1".into()),
+        Ok(n) => Ok(n),
+        Err(err) => Err(err.to_string()),
+    }
+}
+
+/// A whole number of at least `MIN`.
+fn at_least<const MIN: u64>(text: &str) -> Result<u64, String> {
+    match text.parse::<u64>() {
+        Ok(n) if n < MIN => Err(format!("must be at least {MIN}")),
+        Ok(n) => Ok(n),
+        Err(err) => Err(err.to_string()),
+    }
 }
 
 /// Does nothing until its job is terminated: jobs that cost only their
@@ -67,94 +152,30 @@ impl JobHandler for Idle {
     }
 }
 
-fn parse_args(mut args: impl Iterator<Item = String>) -> Result<Args, String> {
-    let mut parsed = Args {
-        max_jobs: 100,
-        agent_name: None,
-        state_dir: None,
-        redis: std::env::var("REDIS_URL")
-            .ok()
-            .filter(|url| !url.is_empty()),
-        redis_prefix: String::new(),
-        worker_id: None,
-        liveness: None,
-        http: None,
-        drain_timeout: Duration::from_secs(600),
-        give_up_after: None,
-        idle: false,
-    };
-    while let Some(flag) = args.next() {
-        let mut value = |name: &str| args.next().ok_or_else(|| format!("{name} needs a value"));
-        match flag.as_str() {
-            "--max-jobs" => {
-                let text = value("--max-jobs")?;
-                parsed.max_jobs =
-                    text.parse().ok().filter(|n| *n > 0).ok_or_else(|| {
-                        format!("--max-jobs must be a positive number, not {text:?}")
-                    })?;
-            }
-            "--agent-name" => parsed.agent_name = Some(value("--agent-name")?),
-            "--state-dir" => parsed.state_dir = Some(value("--state-dir")?),
-            "--redis" => parsed.redis = Some(value("--redis")?),
-            "--redis-prefix" => parsed.redis_prefix = value("--redis-prefix")?,
-            "--worker-id" => parsed.worker_id = Some(value("--worker-id")?),
-            "--liveness-ms" => {
-                let text = value("--liveness-ms")?;
-                let ms: u64 = text.parse().ok().filter(|ms| *ms >= 30).ok_or_else(|| {
-                    format!("--liveness-ms must be a number of milliseconds from 30, not {text:?}")
-                })?;
-                parsed.liveness = Some(Duration::from_millis(ms));
-            }
-            "--http" => parsed.http = Some(value("--http")?),
-            "--drain-timeout" => {
-                let text = value("--drain-timeout")?;
-                let secs: u64 = text.parse().map_err(|_| {
-                    format!("--drain-timeout must be a number of seconds, not {text:?}")
-                })?;
-                parsed.drain_timeout = Duration::from_secs(secs);
-            }
-            "--give-up-after" => {
-                let text = value("--give-up-after")?;
-                let secs: u64 = text.parse().ok().filter(|s| *s > 0).ok_or_else(|| {
-                    format!("--give-up-after must be a positive number of seconds, not {text:?}")
-                })?;
-                parsed.give_up_after = Some(Duration::from_secs(secs));
-            }
-            "--idle" => parsed.idle = true,
-            "-h" | "--help" => return Err(String::new()),
-            other => return Err(format!("unknown argument {other:?}")),
-        }
-    }
-    if parsed.state_dir.is_some() && parsed.redis.is_some() {
-        return Err("--state-dir and --redis (or REDIS_URL) are exclusive: pick one store".into());
-    }
-    Ok(parsed)
-}
-
 #[actix::main]
 async fn main() -> ExitCode {
+    let mut args = Args::parse();
+    // an empty REDIS_URL is no Redis
+    args.redis = args.redis.filter(|url| !url.is_empty());
+    if args.state_dir.is_some() && args.redis.is_some() {
+        Args::command()
+            .error(
+                ErrorKind::ArgumentConflict,
+                "--state-dir and --redis (or REDIS_URL) are exclusive: pick one store",
+            )
+            .exit();
+    }
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
         .init();
-    let args = match parse_args(std::env::args().skip(1)) {
-        Ok(args) => args,
-        Err(message) => {
-            if !message.is_empty() {
-                eprintln!("error: {message}");
-            }
-            eprintln!("{USAGE}");
-            return ExitCode::from(2);
-        }
-    };
     let mut options = match WorkerOptions::from_env() {
         Ok(options) => options,
-        Err(err) => {
-            eprintln!("error: {err}\n{USAGE}");
-            return ExitCode::from(2);
-        }
+        Err(err) => Args::command()
+            .error(ErrorKind::MissingRequiredArgument, err)
+            .exit(),
     };
     if let Some(name) = args.agent_name {
         options.agent_name = name;
@@ -162,11 +183,9 @@ async fn main() -> ExitCode {
     if let Some(id) = &args.worker_id {
         options.instance_id = id.clone();
     }
-    if let Some(ttl) = args.liveness {
-        options.liveness_ttl = ttl;
-    }
-    if let Some(budget) = args.give_up_after {
-        options = options.reconnect_give_up_after(budget);
+    options.liveness_ttl = Duration::from_millis(args.liveness_ms);
+    if let Some(secs) = args.give_up_after {
+        options = options.reconnect_give_up_after(Duration::from_secs(secs));
     }
     let mut builder = Worker::builder(options).max_jobs(args.max_jobs);
     builder = if args.idle {
@@ -181,13 +200,14 @@ async fn main() -> ExitCode {
         match EmbeddedStore::open(dir) {
             Ok(store) => builder = builder.checkpoint_store(store),
             Err(err) => {
-                eprintln!("error: --state-dir {dir}: {err}");
+                eprintln!("error: --state-dir {}: {err}", dir.display());
                 return ExitCode::from(2);
             }
         }
     }
     if let Some(url) = &args.redis {
-        builder = match redis_store(url, &args.redis_prefix).await {
+        let prefix = args.redis_prefix.as_deref().unwrap_or_default();
+        builder = match redis_store(url, prefix).await {
             Ok(store) => builder.checkpoint_store(store),
             Err(err) => {
                 eprintln!("error: --redis: {err}");
@@ -206,7 +226,10 @@ async fn main() -> ExitCode {
         tracing::info!(%addr, "operator endpoints: /, /ready, /worker, /metrics");
     }
     // SIGTERM drains (a deploy waits for the calls), a second signal stops
-    match worker.drain_on_signals(args.drain_timeout).await {
+    match worker
+        .drain_on_signals(Duration::from_secs(args.drain_timeout))
+        .await
+    {
         Ok(Some(exit)) if exit.is_clean() => ExitCode::SUCCESS,
         Ok(exit) => {
             eprintln!("stopped: {exit:?}");

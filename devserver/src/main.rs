@@ -1,7 +1,7 @@
 //! `lkagent-devserver`: run a local LiveKit-compatible agent dispatcher.
 //!
 //! ```text
-//! lkagent-devserver [serve] [--port 7880] [--bind 127.0.0.1] [--keys devkey:secret] [--insecure]
+//! lkagent-devserver [serve] [--port|-p PORT] [--bind ADDR] [--keys LIST] [--insecure]
 //!                   [--max-workers N] [--max-rooms N] [--max-participants N]
 //!                   [--max-dispatches N] [--max-jobs N] [--fault-seed N]
 //! lkagent-devserver dispatch create ROOM [AGENT] [METADATA]
@@ -12,182 +12,400 @@
 //! lkagent-devserver participant join ROOM IDENTITY [--publish]
 //! lkagent-devserver participant publish ROOM IDENTITY
 //! ```
-//! Server flags fall back to `LKAGENT_DEVSERVER_PORT`, `LKAGENT_DEVSERVER_BIND`,
-//! `LIVEKIT_KEYS`, `LKAGENT_DEVSERVER_MAX_*` (the caps) and
-//! `LKAGENT_DEVSERVER_FAULT_SEED` (fault mode); logs follow
-//! `RUST_LOG` (default `info`). The client
-//! subcommands talk to `LIVEKIT_URL` (default `http://127.0.0.1:7880`) with
-//! `LIVEKIT_API_KEY` / `LIVEKIT_API_SECRET` (default the dev pair) through the
-//! official Rust server SDK, and print JSON.
+//! The server's flags work with or without the word `serve`, and fall back
+//! to `LKAGENT_DEVSERVER_PORT`, `LKAGENT_DEVSERVER_BIND`, `LIVEKIT_KEYS`,
+//! `LKAGENT_DEVSERVER_MAX_*` (the caps) and `LKAGENT_DEVSERVER_FAULT_SEED`
+//! (fault mode); logs follow `RUST_LOG` (default `info`). The client
+//! commands talk to `--url` (`LIVEKIT_URL`, default `http://127.0.0.1:7880`)
+//! with `--api-key` / `--api-secret` (`LIVEKIT_API_KEY` /
+//! `LIVEKIT_API_SECRET`, default the dev pair) through the official Rust
+//! server SDK, and print JSON. Every command and subcommand has `--help`;
+//! a bad flag or value exits with code 2 and names it.
+//!
+//! The command line is declared with clap's derive (`Cli`); the values a
+//! parser can refuse (port, address, keys, numbers) are refused by clap, so
+//! its error names the flag (or its environment variable) and the value. A
+//! key list's error names the entry and its key, never a secret.
 
+use std::ffi::OsStr;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::process::ExitCode;
 
+use clap::builder::TypedValueParser;
+use clap::error::ErrorKind;
+use clap::{Args, Parser, Subcommand};
 use lkagent_devserver::{
     DEFAULT_MAX_DISPATCHES, DEFAULT_MAX_PARTICIPANTS, DEFAULT_MAX_ROOMS, DEFAULT_MAX_WORKERS,
-    DEV_KEY, DevServer, DevServerConfig, FaultConfig, MAX_JOBS, parse_keys,
+    DEV_KEY, DevServer, DevServerConfig, FaultConfig, KeyParseError, MAX_JOBS, parse_keys,
 };
 use tracing_subscriber::EnvFilter;
 
 const DEFAULT_PORT: u16 = 7880;
+/// [`DEV_KEY`] as a key list, the `--keys` default (a test checks they agree).
+const DEV_KEYS: &str = "devkey:secret";
+const DEFAULT_URL: &str = "http://127.0.0.1:7880";
 
-/// The `--help` text, with the caps' defaults.
-fn usage() -> String {
-    format!(
-        "usage: lkagent-devserver [serve] [--port PORT] [--bind ADDR] [--keys KEY:SECRET[,KEY:SECRET...]] [--insecure]
-                         [--max-workers N] [--max-rooms N] [--max-participants N]
-                         [--max-dispatches N] [--max-jobs N] [--fault-seed N]
-       lkagent-devserver dispatch create ROOM [AGENT] [METADATA] | dispatch list ROOM
-       lkagent-devserver dispatch delete ROOM DISPATCH_ID
-       lkagent-devserver room create ROOM | room list | room delete ROOM
-       lkagent-devserver participant join ROOM IDENTITY [--publish]
-       lkagent-devserver participant publish ROOM IDENTITY
-       (clients use LIVEKIT_URL, LIVEKIT_API_KEY, LIVEKIT_API_SECRET; default the local dev server)
-
-  --port  PORT   port to listen on (env LKAGENT_DEVSERVER_PORT, default 7880)
-  --bind  ADDR   address to listen on (env LKAGENT_DEVSERVER_BIND, default 127.0.0.1)
-  --keys  LIST   API keys as key:secret,... or livekit-server's \"key: secret\" lines
-                 (env LIVEKIT_KEYS, default devkey:secret)
-  --insecure     listen beyond loopback with the default devkey:secret all
-                 the same (refused otherwise: everyone knows that secret)
-
-Caps (env LKAGENT_DEVSERVER_MAX_WORKERS, ..._MAX_ROOMS, ...): over one, a
-Twirp or /dev call answers resource_exhausted (HTTP 429) and a registering
-worker is closed with code 1013 (try again later).
-  --max-workers       N  connected workers (default {DEFAULT_MAX_WORKERS})
-  --max-rooms         N  rooms (default {DEFAULT_MAX_ROOMS})
-  --max-participants  N  simulated participants per room (default {DEFAULT_MAX_PARTICIPANTS})
-  --max-dispatches    N  live dispatches (default {DEFAULT_MAX_DISPATCHES})
-  --max-jobs          N  job records; the oldest finished go first, live jobs
-                         never (default {MAX_JOBS})
-
-Fault mode, for trying a worker under chaos (env LKAGENT_DEVSERVER_FAULT_SEED):
-  --fault-seed        N  drop worker connections and terminate jobs at random
-                         moments (one every 200 ms on average), send 1 in 20
-                         availability requests and assignments twice, restart
-                         every failed job; the same seed replays the schedule"
-    )
+/// A local LiveKit-compatible agent dispatcher
+///
+/// Serves the agent websocket (/agent), the Twirp services the official
+/// server SDKs call (rooms, agent dispatches) and development endpoints that
+/// stand in for room events. With no command it serves, and the server's
+/// flags work with or without the word `serve`. The other commands are
+/// clients of a running server: they sign their requests with an API key
+/// and print the answer as JSON.
+#[derive(Parser)]
+#[command(
+    name = "lkagent-devserver",
+    version,
+    args_conflicts_with_subcommands = true,
+    // a flag given twice takes its last value, as before clap
+    args_override_self = true,
+    after_help = "Logs follow RUST_LOG (default info). Each command has its own --help."
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+    /// The server's flags without the word `serve`.
+    #[command(flatten)]
+    serve: ServeArgs,
 }
 
-struct Args {
+/// What to do: serve, or ask a running server.
+#[derive(Subcommand)]
+enum Command {
+    /// Run the dev server (the default: its flags work without this word)
+    ///
+    /// Listens on 127.0.0.1:7880 unless told otherwise and prints the
+    /// environment a worker needs to connect; Ctrl-C stops it.
+    Serve(ServeArgs),
+    /// Create, list and delete agent dispatches on a running server
+    Dispatch {
+        /// The server and the key to sign with.
+        #[command(flatten)]
+        client: ClientArgs,
+        /// The action.
+        #[command(subcommand)]
+        action: DispatchAction,
+    },
+    /// Create, list and delete rooms on a running server
+    Room {
+        /// The server and the key to sign with.
+        #[command(flatten)]
+        client: ClientArgs,
+        /// The action.
+        #[command(subcommand)]
+        action: RoomAction,
+    },
+    /// Add simulated participants to a room on a running server
+    ///
+    /// A participant joining starts the room's participant jobs; its first
+    /// published track starts the publisher jobs.
+    Participant {
+        /// The server and the key to sign with.
+        #[command(flatten)]
+        client: ClientArgs,
+        /// The action.
+        #[command(subcommand)]
+        action: ParticipantAction,
+    },
+}
+
+/// The server's flags. No `Debug`: it holds the API secrets.
+#[derive(Args, Clone)]
+struct ServeArgs {
+    /// Port to listen on (0 picks a free one)
+    #[arg(
+        short,
+        long,
+        env = "LKAGENT_DEVSERVER_PORT",
+        value_name = "PORT",
+        default_value_t = DEFAULT_PORT
+    )]
     port: u16,
+    /// Address to listen on
+    ///
+    /// Beyond loopback the dev key pair is refused unless --insecure is
+    /// given: set your own keys with --keys.
+    #[arg(
+        long,
+        env = "LKAGENT_DEVSERVER_BIND",
+        value_name = "ADDR",
+        default_value_t = IpAddr::V4(Ipv4Addr::LOCALHOST)
+    )]
     bind: IpAddr,
-    keys: Vec<(String, String)>,
+    /// API keys, as KEY:SECRET[,KEY:SECRET...]
+    ///
+    /// livekit-server's LIVEKIT_KEYS form, "key: secret" entries on separate
+    /// lines, works too. The first key is the one printed for workers. A bad
+    /// list is refused naming the entry and its key, never a secret.
+    #[arg(
+        long,
+        env = "LIVEKIT_KEYS",
+        hide_env_values = true,
+        value_name = "LIST",
+        default_value = DEV_KEYS,
+        value_parser = KeysParser
+    )]
+    keys: Keys,
+    /// Listen beyond loopback with the dev key pair all the same
+    ///
+    /// Refused otherwise: everyone knows that secret.
+    #[arg(long)]
     insecure: bool,
+    /// The caps.
+    #[command(flatten)]
     caps: Caps,
+    /// Fault mode: drop connections, terminate and repeat at random, from seed N
+    ///
+    /// Drops worker connections and terminates jobs at random moments (one
+    /// every 200 ms on average), sends 1 in 20 availability requests and
+    /// assignments twice, and restarts every failed job. The same seed
+    /// replays the same schedule. For trying a worker under chaos.
+    #[arg(
+        long,
+        env = "LKAGENT_DEVSERVER_FAULT_SEED",
+        value_name = "N",
+        help_heading = "Fault mode"
+    )]
     fault_seed: Option<u64>,
 }
 
-/// The `--max-*` flags.
+/// The `--max-*` flags: over one, a Twirp or /dev call answers
+/// resource_exhausted (HTTP 429) and a registering worker is closed with
+/// code 1013 (try again later).
+#[derive(Args, Clone)]
 struct Caps {
+    /// Most connected workers; one more is closed with code 1013
+    #[arg(
+        long = "max-workers",
+        env = "LKAGENT_DEVSERVER_MAX_WORKERS",
+        value_name = "N",
+        default_value_t = DEFAULT_MAX_WORKERS,
+        help_heading = "Caps (over one: resource_exhausted, HTTP 429)"
+    )]
     workers: usize,
+    /// Most rooms
+    #[arg(
+        long = "max-rooms",
+        env = "LKAGENT_DEVSERVER_MAX_ROOMS",
+        value_name = "N",
+        default_value_t = DEFAULT_MAX_ROOMS,
+        help_heading = "Caps (over one: resource_exhausted, HTTP 429)"
+    )]
     rooms: usize,
+    /// Most simulated participants per room
+    #[arg(
+        long = "max-participants",
+        env = "LKAGENT_DEVSERVER_MAX_PARTICIPANTS",
+        value_name = "N",
+        default_value_t = DEFAULT_MAX_PARTICIPANTS,
+        help_heading = "Caps (over one: resource_exhausted, HTTP 429)"
+    )]
     participants: usize,
+    /// Most live dispatches (a deleted one is forgotten)
+    #[arg(
+        long = "max-dispatches",
+        env = "LKAGENT_DEVSERVER_MAX_DISPATCHES",
+        value_name = "N",
+        default_value_t = DEFAULT_MAX_DISPATCHES,
+        help_heading = "Caps (over one: resource_exhausted, HTTP 429)"
+    )]
     dispatches: usize,
+    /// Most job records; the oldest finished go first, live jobs never
+    #[arg(
+        long = "max-jobs",
+        env = "LKAGENT_DEVSERVER_MAX_JOBS",
+        value_name = "N",
+        default_value_t = MAX_JOBS,
+        help_heading = "Caps (over one: resource_exhausted, HTTP 429)"
+    )]
     jobs: usize,
 }
 
-/// A cap from its flag's value or environment variable, or its default.
-fn cap(flag: &str, value: Option<String>, default: usize) -> Result<usize, String> {
-    match value {
-        Some(v) => v.parse().map_err(|_| format!("bad {flag} {v:?}")),
-        None => Ok(default),
+/// API keys and their secrets. No `Debug` or `Display`: never printed.
+#[derive(Clone)]
+struct Keys(Vec<(String, String)>);
+
+/// Parses `--keys` with [`parse_keys`]. Its error names the flag, the entry
+/// and, where there is one, the entry's key; unlike clap's own value
+/// errors, never the value, which holds secrets.
+#[derive(Clone)]
+struct KeysParser;
+
+impl TypedValueParser for KeysParser {
+    type Value = Keys;
+
+    fn parse_ref(
+        &self,
+        cmd: &clap::Command,
+        arg: Option<&clap::Arg>,
+        value: &OsStr,
+    ) -> Result<Keys, clap::Error> {
+        let refuse = |why: String| {
+            let flag = arg.map_or_else(|| "--keys <LIST>".to_owned(), ToString::to_string);
+            let env = arg
+                .and_then(clap::Arg::get_env)
+                .map(|name| format!(" (or {})", name.to_string_lossy()))
+                .unwrap_or_default();
+            cmd.clone().error(
+                ErrorKind::ValueValidation,
+                format!(
+                    "invalid value for '{flag}'{env}: {why}; expected KEY:SECRET[,KEY:SECRET...] \
+                     (the value is not shown: it holds secrets)"
+                ),
+            )
+        };
+        let text = value
+            .to_str()
+            .ok_or_else(|| refuse("not UTF-8".to_owned()))?;
+        parse_keys(text)
+            .map(Keys)
+            .map_err(|err| refuse(key_error(text, &err)))
     }
 }
 
-fn parse_args() -> Result<Args, String> {
-    let mut port = std::env::var("LKAGENT_DEVSERVER_PORT").ok();
-    let mut bind = std::env::var("LKAGENT_DEVSERVER_BIND").ok();
-    let mut keys = std::env::var("LIVEKIT_KEYS").ok();
-    let env = |name: &str| std::env::var(format!("LKAGENT_DEVSERVER_{name}")).ok();
-    let mut max_workers = env("MAX_WORKERS");
-    let mut max_rooms = env("MAX_ROOMS");
-    let mut max_participants = env("MAX_PARTICIPANTS");
-    let mut max_dispatches = env("MAX_DISPATCHES");
-    let mut max_jobs = env("MAX_JOBS");
-    let mut fault_seed = env("FAULT_SEED");
-    let mut insecure = false;
-    let mut args = std::env::args().skip(1).skip_while(|a| a == "serve");
-    while let Some(arg) = args.next() {
-        if arg == "--insecure" {
-            insecure = true;
-            continue;
+/// `err` for a person: which entry, and its key when it has one.
+fn key_error(text: &str, err: &KeyParseError) -> String {
+    // the entries as parse_keys counts them
+    let entry = |index: usize| {
+        text.split([',', '\n'])
+            .map(str::trim)
+            .filter(|e| !e.is_empty())
+            .nth(index)
+    };
+    match err {
+        KeyParseError::MissingColon { index } => {
+            format!("entry {} has no ':' between key and secret", index + 1)
         }
-        let (flag, inline) = match arg.split_once('=') {
-            Some((f, v)) => (f.to_owned(), Some(v.to_owned())),
-            None => (arg.clone(), None),
-        };
-        let slot = match flag.as_str() {
-            "--port" | "-p" => &mut port,
-            "--bind" => &mut bind,
-            "--keys" => &mut keys,
-            "--max-workers" => &mut max_workers,
-            "--max-rooms" => &mut max_rooms,
-            "--max-participants" => &mut max_participants,
-            "--max-dispatches" => &mut max_dispatches,
-            "--max-jobs" => &mut max_jobs,
-            "--fault-seed" => &mut fault_seed,
-            "--help" | "-h" => return Err(String::new()),
-            _ => return Err(format!("unknown argument {arg:?}")),
-        };
-        let value = match inline {
-            Some(v) => v,
-            None => args.next().ok_or_else(|| format!("{flag} needs a value"))?,
-        };
-        *slot = Some(value);
+        KeyParseError::Empty { index } => match entry(*index).and_then(|e| e.split_once(':')) {
+            Some((key, _)) if !key.trim().is_empty() => {
+                format!(
+                    "entry {} (key {:?}) has an empty secret",
+                    index + 1,
+                    key.trim()
+                )
+            }
+            _ => format!("entry {} has an empty key", index + 1),
+        },
+        other => other.to_string(),
     }
-    let port = match port {
-        Some(p) => p.parse().map_err(|_| format!("bad port {p:?}"))?,
-        None => DEFAULT_PORT,
-    };
-    let bind = match bind {
-        Some(b) => b.parse().map_err(|_| format!("bad bind address {b:?}"))?,
-        None => IpAddr::V4(Ipv4Addr::LOCALHOST),
-    };
-    let keys = match keys {
-        Some(k) => parse_keys(&k).map_err(|e| format!("bad keys: {e}"))?,
-        None => vec![(DEV_KEY.0.to_owned(), DEV_KEY.1.to_owned())],
-    };
-    let caps = Caps {
-        workers: cap("--max-workers", max_workers, DEFAULT_MAX_WORKERS)?,
-        rooms: cap("--max-rooms", max_rooms, DEFAULT_MAX_ROOMS)?,
-        participants: cap(
-            "--max-participants",
-            max_participants,
-            DEFAULT_MAX_PARTICIPANTS,
-        )?,
-        dispatches: cap("--max-dispatches", max_dispatches, DEFAULT_MAX_DISPATCHES)?,
-        jobs: cap("--max-jobs", max_jobs, MAX_JOBS)?,
-    };
-    let fault_seed = match fault_seed {
-        Some(v) => Some(v.parse().map_err(|_| format!("bad --fault-seed {v:?}"))?),
-        None => None,
-    };
-    Ok(Args {
-        port,
-        bind,
-        keys,
-        insecure,
-        caps,
-        fault_seed,
-    })
+}
+
+/// Where the client commands send their requests, and as whom. No `Debug`:
+/// it holds the API secret.
+#[derive(Args)]
+struct ClientArgs {
+    /// URL of the running server (ws:// and wss:// work too)
+    #[arg(
+        long,
+        global = true,
+        env = "LIVEKIT_URL",
+        value_name = "URL",
+        default_value = DEFAULT_URL,
+        help_heading = "Server"
+    )]
+    url: String,
+    /// API key to sign the requests with
+    #[arg(
+        long,
+        global = true,
+        env = "LIVEKIT_API_KEY",
+        value_name = "KEY",
+        default_value = DEV_KEY.0,
+        help_heading = "Server"
+    )]
+    api_key: String,
+    /// API secret to sign the requests with
+    #[arg(
+        long,
+        global = true,
+        env = "LIVEKIT_API_SECRET",
+        hide_env_values = true,
+        value_name = "SECRET",
+        default_value = DEV_KEY.1,
+        help_heading = "Server"
+    )]
+    api_secret: String,
+}
+
+/// `dispatch create|list|delete`.
+#[derive(Subcommand)]
+enum DispatchAction {
+    /// Dispatch an agent to a room; prints the dispatch
+    Create {
+        /// Room to dispatch to (created if missing)
+        room: String,
+        /// Agent name to dispatch (default: the workers registered without one)
+        agent: Option<String>,
+        /// Metadata handed to the job, as is
+        metadata: Option<String>,
+    },
+    /// List a room's dispatches
+    List {
+        /// Room whose dispatches to list
+        room: String,
+    },
+    /// Delete a dispatch; its jobs end
+    Delete {
+        /// Room the dispatch is in
+        room: String,
+        /// Id of the dispatch, as `create` or `list` printed it
+        dispatch_id: String,
+    },
+}
+
+/// `room create|list|delete`.
+#[derive(Subcommand)]
+enum RoomAction {
+    /// Create a room; the default dispatch gives it a job
+    Create {
+        /// Name of the room
+        room: String,
+    },
+    /// List the rooms
+    List,
+    /// Delete a room, its dispatches and its jobs
+    Delete {
+        /// Name of the room
+        room: String,
+    },
+}
+
+/// `participant join|publish`.
+#[derive(Subcommand)]
+enum ParticipantAction {
+    /// A participant joins a room (created if missing): its participant jobs start
+    Join {
+        /// Name of the room
+        room: String,
+        /// Identity of the participant
+        identity: String,
+        /// Publish a first track at once: its publisher jobs start too
+        #[arg(long)]
+        publish: bool,
+    },
+    /// A participant publishes its first track: its publisher jobs start
+    Publish {
+        /// Name of the room
+        room: String,
+        /// Identity of the participant, who has joined
+        identity: String,
+    },
 }
 
 fn main() -> ExitCode {
-    let argv: Vec<String> = std::env::args().skip(1).collect();
-    if let Some(cmd) = argv.first().map(String::as_str)
-        && matches!(cmd, "dispatch" | "room" | "participant")
-    {
-        return actix_rt::System::new().block_on(client::run(argv));
-    }
-    let args = match parse_args() {
-        Ok(a) => a,
-        Err(e) => {
-            if !e.is_empty() {
-                eprintln!("error: {e}");
-            }
-            eprintln!("{}", usage());
-            return ExitCode::from(if e.is_empty() { 0 } else { 2 });
+    let cli = Cli::parse();
+    let serve = match cli.command {
+        None => cli.serve,
+        Some(Command::Serve(serve)) => serve,
+        Some(Command::Dispatch { client, action }) => {
+            return client::run(client, client::Request::Dispatch(action));
+        }
+        Some(Command::Room { client, action }) => {
+            return client::run(client, client::Request::Room(action));
+        }
+        Some(Command::Participant { client, action }) => {
+            return client::run(client, client::Request::Participant(action));
         }
     };
     tracing_subscriber::fmt()
@@ -195,14 +413,15 @@ fn main() -> ExitCode {
             EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
         )
         .init();
-    actix_rt::System::new().block_on(run(args))
+    actix_rt::System::new().block_on(run(serve))
 }
 
-async fn run(args: Args) -> ExitCode {
-    let (key, secret) = args.keys[0].clone();
+async fn run(args: ServeArgs) -> ExitCode {
+    let keys = args.keys.0;
+    let (key, secret) = keys[0].clone();
     let config = DevServerConfig {
         bind: SocketAddr::new(args.bind, args.port),
-        keys: args.keys,
+        keys,
         insecure: args.insecure,
         max_workers: args.caps.workers,
         max_rooms: args.caps.rooms,
@@ -240,20 +459,25 @@ async fn run(args: Args) -> ExitCode {
 }
 
 mod client {
-    //! The client subcommands: the official SDK against a running dev server.
+    //! The client commands: the official SDK against a running dev server.
 
     use std::process::ExitCode;
 
     use livekit_protocol::CreateAgentDispatchRequest;
-    use lkagent_devserver::DEV_KEY;
     use lkagent_devserver::official_api::access_token::{AccessToken, VideoGrants};
     use lkagent_devserver::official_api::services::agent_dispatch::AgentDispatchClient;
     use lkagent_devserver::official_api::services::room::{CreateRoomOptions, RoomClient};
 
-    const DEFAULT_URL: &str = "http://127.0.0.1:7880";
+    use super::{ClientArgs, DispatchAction, ParticipantAction, RoomAction};
 
-    fn env_or(name: &str, default: &str) -> String {
-        std::env::var(name).unwrap_or_else(|_| default.to_owned())
+    /// One client command's request.
+    pub enum Request {
+        /// `dispatch ...`
+        Dispatch(DispatchAction),
+        /// `room ...`
+        Room(RoomAction),
+        /// `participant ...`
+        Participant(ParticipantAction),
     }
 
     fn print<T: serde::Serialize>(value: &T) {
@@ -263,72 +487,10 @@ mod client {
         }
     }
 
-    pub async fn run(argv: Vec<String>) -> ExitCode {
-        let url = env_or("LIVEKIT_URL", DEFAULT_URL);
-        let key = env_or("LIVEKIT_API_KEY", DEV_KEY.0);
-        let secret = env_or("LIVEKIT_API_SECRET", DEV_KEY.1);
-        let a: Vec<&str> = argv.iter().map(String::as_str).collect();
-        let dispatches = || AgentDispatchClient::with_api_key(&url, &key, &secret);
-        let rooms = || RoomClient::with_api_key(&url, &key, &secret);
-        let result: Result<(), String> = async {
-            match a.as_slice() {
-                ["dispatch", "create", room, rest @ ..] => {
-                    let req = CreateAgentDispatchRequest {
-                        room: (*room).to_owned(),
-                        agent_name: rest.first().copied().unwrap_or_default().to_owned(),
-                        metadata: rest.get(1).copied().unwrap_or_default().to_owned(),
-                        ..Default::default()
-                    };
-                    print(
-                        &dispatches()
-                            .create_dispatch(req)
-                            .await
-                            .map_err(|e| e.to_string())?,
-                    );
-                }
-                ["dispatch", "list", room] => print(
-                    &dispatches()
-                        .list_dispatch(*room)
-                        .await
-                        .map_err(|e| e.to_string())?,
-                ),
-                ["dispatch", "delete", room, id] => print(
-                    &dispatches()
-                        .delete_dispatch(*id, *room)
-                        .await
-                        .map_err(|e| e.to_string())?,
-                ),
-                ["room", "create", room] => print(
-                    &rooms()
-                        .create_room(room, CreateRoomOptions::default())
-                        .await
-                        .map_err(|e| e.to_string())?,
-                ),
-                ["room", "list"] => print(
-                    &rooms()
-                        .list_rooms(vec![])
-                        .await
-                        .map_err(|e| e.to_string())?,
-                ),
-                ["room", "delete", room] => {
-                    rooms().delete_room(room).await.map_err(|e| e.to_string())?;
-                    println!("deleted {room}");
-                }
-                ["participant", "join", room, identity, flags @ ..] => {
-                    let publish = flags.contains(&"--publish");
-                    let body = serde_json::json!({"identity": identity, "publish": publish});
-                    let path = format!("/dev/rooms/{room}/participants");
-                    post(&url, &key, &secret, room, &path, body.to_string()).await?;
-                }
-                ["participant", "publish", room, identity] => {
-                    let path = format!("/dev/rooms/{room}/participants/{identity}/publish");
-                    post(&url, &key, &secret, room, &path, String::new()).await?;
-                }
-                _ => return Err(format!("unknown command {argv:?}; see --help")),
-            }
-            Ok(())
-        }
-        .await;
+    /// Sends `request` to the server `client` names and prints the answer;
+    /// exits 1 if the server refused or could not be reached.
+    pub fn run(client: ClientArgs, request: Request) -> ExitCode {
+        let result = actix_rt::System::new().block_on(send(&client, request));
         match result {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
@@ -338,15 +500,83 @@ mod client {
         }
     }
 
-    async fn post(
-        url: &str,
-        key: &str,
-        secret: &str,
-        room: &str,
-        path: &str,
-        body: String,
-    ) -> Result<(), String> {
-        let token = AccessToken::with_api_key(key, secret)
+    async fn send(client: &ClientArgs, request: Request) -> Result<(), String> {
+        let ClientArgs {
+            url,
+            api_key: key,
+            api_secret: secret,
+        } = client;
+        let dispatches = || AgentDispatchClient::with_api_key(url, key, secret);
+        let rooms = || RoomClient::with_api_key(url, key, secret);
+        match request {
+            Request::Dispatch(DispatchAction::Create {
+                room,
+                agent,
+                metadata,
+            }) => {
+                let req = CreateAgentDispatchRequest {
+                    room,
+                    agent_name: agent.unwrap_or_default(),
+                    metadata: metadata.unwrap_or_default(),
+                    ..Default::default()
+                };
+                print(
+                    &dispatches()
+                        .create_dispatch(req)
+                        .await
+                        .map_err(|e| e.to_string())?,
+                );
+            }
+            Request::Dispatch(DispatchAction::List { room }) => print(
+                &dispatches()
+                    .list_dispatch(&room)
+                    .await
+                    .map_err(|e| e.to_string())?,
+            ),
+            Request::Dispatch(DispatchAction::Delete { room, dispatch_id }) => print(
+                &dispatches()
+                    .delete_dispatch(&dispatch_id, &room)
+                    .await
+                    .map_err(|e| e.to_string())?,
+            ),
+            Request::Room(RoomAction::Create { room }) => print(
+                &rooms()
+                    .create_room(&room, CreateRoomOptions::default())
+                    .await
+                    .map_err(|e| e.to_string())?,
+            ),
+            Request::Room(RoomAction::List) => print(
+                &rooms()
+                    .list_rooms(vec![])
+                    .await
+                    .map_err(|e| e.to_string())?,
+            ),
+            Request::Room(RoomAction::Delete { room }) => {
+                rooms()
+                    .delete_room(&room)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                println!("deleted {room}");
+            }
+            Request::Participant(ParticipantAction::Join {
+                room,
+                identity,
+                publish,
+            }) => {
+                let body = serde_json::json!({"identity": identity, "publish": publish});
+                let path = format!("/dev/rooms/{room}/participants");
+                post(client, &room, &path, body.to_string()).await?;
+            }
+            Request::Participant(ParticipantAction::Publish { room, identity }) => {
+                let path = format!("/dev/rooms/{room}/participants/{identity}/publish");
+                post(client, &room, &path, String::new()).await?;
+            }
+        }
+        Ok(())
+    }
+
+    async fn post(client: &ClientArgs, room: &str, path: &str, body: String) -> Result<(), String> {
+        let token = AccessToken::with_api_key(&client.api_key, &client.api_secret)
             .with_grants(VideoGrants {
                 room_admin: true,
                 room: room.to_owned(),
@@ -354,7 +584,8 @@ mod client {
             })
             .to_jwt()
             .map_err(|e| e.to_string())?;
-        let base = url
+        let base = client
+            .url
             .replacen("ws://", "http://", 1)
             .replacen("wss://", "https://", 1);
         let mut resp = awc::Client::new()
@@ -372,5 +603,38 @@ mod client {
         } else {
             Err(format!("{}: {text}", resp.status()))
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    use super::*;
+
+    #[test]
+    fn the_command_line_is_well_formed() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn the_default_key_list_is_the_dev_pair() {
+        let keys = parse_keys(DEV_KEYS).unwrap();
+        assert_eq!(keys, [(DEV_KEY.0.to_owned(), DEV_KEY.1.to_owned())]);
+    }
+
+    #[test]
+    fn a_key_error_names_the_entry_and_its_key_but_no_secret() {
+        let text = "a:topsecret, b:";
+        let err = parse_keys(text).unwrap_err();
+        let said = key_error(text, &err);
+        assert!(said.contains("entry 2") && said.contains("\"b\""), "{said}");
+        assert!(!said.contains("topsecret"), "{said}");
+        let text = "a:topsecret,b=hidden";
+        let said = key_error(text, &parse_keys(text).unwrap_err());
+        assert!(
+            said.contains("entry 2") && !said.contains("hidden"),
+            "{said}"
+        );
     }
 }
