@@ -16,11 +16,21 @@
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use clap::Parser;
 use lkagent::recovery::RedisCheckpointStore;
 use lkagent::{JobContext, JobError, JobHandler, Worker, WorkerOptions};
 use lkagent_devserver::{DevServer, DevServerConfig, DispatchRequest};
 
 type Error = Box<dyn std::error::Error>;
+
+/// What a fleet costs Redis, in commands per second
+///
+/// For fleets of W workers with J jobs each, read from Redis's own counters
+/// over a 5 s window. Needs redis-server on the PATH (each configuration
+/// gets a fresh one) and the `redis` feature.
+#[derive(Parser)]
+#[command(name = "fleet_ops")]
+struct Args {}
 
 const WINDOW: Duration = Duration::from_secs(5);
 const DEADLINE: Duration = Duration::from_secs(60);
@@ -183,6 +193,7 @@ const SENT: [&str; 5] = ["evalsha", "psetex", "hgetall", "exists", "hmget"];
 
 #[actix::main]
 async fn main() -> Result<(), Error> {
+    Args::parse();
     println!(
         "| workers | jobs per worker | jobs | commands sent/s | of which scripts/s | sent/s per worker | commands run inside scripts/s |"
     );

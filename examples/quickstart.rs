@@ -5,8 +5,13 @@
 //! succeed, one fails, one panics — prints their progress as it happens, and
 //! ends with a summary.
 //!
+//! It prints the dev server's dashboard link first: open it to watch the
+//! jobs move; `--stay` keeps the server and the worker up after the summary
+//! (until Ctrl-C) to look around and dispatch more from the page.
+//!
 //! ```text
 //! cargo run --example quickstart
+//! cargo run --example quickstart -- --stay        # keep the dashboard up
 //! RUST_LOG=info cargo run --example quickstart   # with the worker's logs
 //! ```
 
@@ -15,6 +20,7 @@ use std::collections::HashMap;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
+use clap::Parser;
 use lkagent::demo::DemoAgent;
 use lkagent::proto::JobStatus;
 use lkagent::{GetState, Worker, WorkerOptions};
@@ -30,8 +36,23 @@ const JOBS: [(&str, &str); 6] = [
     ("support-4", r#"{"duration_ms": 200}"#),
 ];
 
+/// The quickstart: a dev server and a worker in one process, no set-up
+///
+/// Dispatches a handful of jobs to the demo agent (some succeed, one fails,
+/// one panics), prints their progress and a summary. RUST_LOG=info shows the
+/// worker's logs.
+#[derive(Parser)]
+#[command(name = "quickstart")]
+struct Args {
+    /// Keep the dev server, its dashboard and the worker up after the
+    /// summary, until Ctrl-C
+    #[arg(long)]
+    stay: bool,
+}
+
 #[actix::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let args = Args::parse();
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
@@ -51,6 +72,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
 
     let server = DevServer::start(DevServerConfig::default()).await?;
     println!("dev server listening on {}", server.ws_url());
+    println!("watch the jobs move on its dashboard (--stay keeps it up after the summary):");
+    println!("  {}", server.dashboard_url());
     let (key, secret) = DevServerConfig::default().keys[0].clone();
     let worker = Worker::builder(WorkerOptions::new(server.ws_url(), key, secret))
         .max_jobs(4)
@@ -153,6 +176,13 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         },
         state.running_jobs.len()
     );
+    if args.stay {
+        println!(
+            "\nstill serving: the dashboard is at {} (Ctrl-C to stop)",
+            server.dashboard_url()
+        );
+        actix_rt::signal::ctrl_c().await?;
+    }
     worker.stop().await;
     server.stop().await;
     if dispatched < JOBS.len() || finals.len() < dispatched {

@@ -14,9 +14,19 @@
 
 use std::time::Duration;
 
+use clap::Parser;
 use lkagent::proto::JobStatus;
 use lkagent::{GetState, JobContext, JobError, JobHandler, Worker, WorkerOptions};
 use lkagent_devserver::{DevServer, DevServerConfig, DispatchRequest};
+
+/// A job crashes and resumes from its checkpoint
+///
+/// A transcriber panics at segment 4 of 10; the runtime runs it again from
+/// its last checkpoint, against an embedded dev server. RUST_LOG=info shows
+/// the worker's logs.
+#[derive(Parser)]
+#[command(name = "supervision")]
+struct Args {}
 
 const SEGMENTS: u32 = 10;
 const CRASH_AT: u32 = 4;
@@ -60,6 +70,7 @@ impl JobHandler for Transcriber {
 
 #[actix::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    Args::parse();
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()

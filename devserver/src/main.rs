@@ -450,6 +450,10 @@ async fn run(args: ServeArgs) -> ExitCode {
         "  LIVEKIT_URL={} LIVEKIT_API_KEY={key} LIVEKIT_API_SECRET={shown_secret} cargo run --example worker",
         server.ws_url()
     );
+    // The link carries a token: printed for whoever runs the server, never
+    // logged.
+    println!("watch it in a browser (the link logs you in for a day):");
+    println!("  dashboard: {}", server.dashboard_url());
     if let Err(e) = tokio::signal::ctrl_c().await {
         eprintln!("error: cannot wait for Ctrl-C: {e}");
     }

@@ -300,3 +300,53 @@ fn a_fault_seed_starts_fault_mode_and_logs_the_seed() {
     );
     assert!(line.contains("4242"), "{line}");
 }
+
+#[test]
+fn the_printed_dashboard_link_opens_the_dashboard() {
+    use std::io::Write as _;
+    let mut child = devserver(&["--port", "0"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let (said, heard) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines() {
+            let Ok(line) = line else { break };
+            if let Some(url) = line.trim().strip_prefix("dashboard: ") {
+                let _ = said.send(url.to_owned());
+                break;
+            }
+        }
+    });
+    let url = heard.recv_timeout(DEADLINE);
+    let answer = url.as_ref().ok().map(|url| {
+        // GET the link as a browser would, with a plain HTTP/1.1 request
+        let rest = url.strip_prefix("http://").expect("an http link");
+        let (host, path) = rest.split_at(rest.find('/').unwrap());
+        let mut socket = std::net::TcpStream::connect(host).unwrap();
+        socket.set_read_timeout(Some(DEADLINE)).unwrap();
+        write!(
+            socket,
+            "GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n"
+        )
+        .unwrap();
+        let mut answer = String::new();
+        let _ = socket.read_to_string(&mut answer);
+        answer
+    });
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let url = url.expect("the server prints a dashboard link");
+    assert!(url.contains("/dashboard?token="), "{url}");
+    let answer = answer.unwrap();
+    // traded for the session cookie, and sent on to the page
+    assert!(answer.starts_with("HTTP/1.1 303"), "{answer}");
+    assert!(
+        answer.contains("set-cookie: lkagent_dashboard="),
+        "{answer}"
+    );
+    assert!(answer.contains("location: /dashboard\r\n"), "{answer}");
+}

@@ -69,10 +69,7 @@ async fn the_page_loads_clean_and_a_new_worker_appears_within_a_second() {
         "no worker yet"
     );
 
-    let worker = common::worker(
-        common::options(&server).agent_name("greeter"),
-        DemoAgent,
-    );
+    let worker = common::worker(common::options(&server).agent_name("greeter"), DemoAgent);
     let worker_id = common::registered(&worker).await;
     // the server has it: the page must show it within a second
     server
@@ -102,19 +99,26 @@ async fn the_page_loads_clean_and_a_new_worker_appears_within_a_second() {
 #[actix_rt::test]
 async fn a_dispatch_made_on_the_page_runs_to_success() {
     let server = common::devserver().await;
-    let worker = common::worker(
-        common::options(&server).agent_name("greeter"),
-        DemoAgent,
-    );
+    let worker = common::worker(common::options(&server).agent_name("greeter"), DemoAgent);
     let worker_id = common::registered(&worker).await;
     let browser = open(&server).await;
 
     fill(&browser, "create-dispatch", "room", "from-the-page").await;
     fill(&browser, "create-dispatch", "agent_name", "greeter").await;
-    fill(&browser, "create-dispatch", "metadata", r#"{"duration_ms": 200}"#).await;
+    fill(
+        &browser,
+        "create-dispatch",
+        "metadata",
+        r#"{"duration_ms": 200}"#,
+    )
+    .await;
     click(&browser, "#create-dispatch button[type=submit]").await;
     browser
-        .wait_for_text_matching("#action-result", |t| t.starts_with("Dispatch AD_"), DEADLINE)
+        .wait_for_text_matching(
+            "#action-result",
+            |t| t.starts_with("Dispatch AD_"),
+            DEADLINE,
+        )
         .await
         .unwrap();
 
@@ -148,7 +152,9 @@ async fn a_dispatch_made_on_the_page_runs_to_success() {
     assert_eq!(whats, ["pending", "assigned", "running", "success"]);
     let assigned = browser
         .client()
-        .find(Locator::Css(&format!("{row} .timeline li[data-what=assigned]")))
+        .find(Locator::Css(&format!(
+            "{row} .timeline li[data-what=assigned]"
+        )))
         .await
         .unwrap()
         .text()
@@ -247,24 +253,26 @@ async fn a_wrong_key_opens_neither_the_page_nor_its_api() {
     fill(&browser, "login", "secret", "not-the-secret").await;
     click(&browser, "form#login button[type=submit]").await;
     browser
-        .wait_for_text_matching("#login-error", |t| t.contains("Wrong API key or secret"), DEADLINE)
+        .wait_for_text_matching(
+            "#login-error",
+            |t| t.contains("Wrong API key or secret"),
+            DEADLINE,
+        )
         .await
         .unwrap();
     assert!(browser.client().find(Locator::Css("#jobs")).await.is_err());
 
     // a link with a token signed by another secret
-    let forged = livekit_api::access_token::AccessToken::with_api_key(
-        common::KEY,
-        "not-the-secret",
-    )
-    .with_grants(livekit_api::access_token::VideoGrants {
-        room_admin: true,
-        room_create: true,
-        room_list: true,
-        ..Default::default()
-    })
-    .to_jwt()
-    .unwrap();
+    let forged =
+        livekit_api::access_token::AccessToken::with_api_key(common::KEY, "not-the-secret")
+            .with_grants(livekit_api::access_token::VideoGrants {
+                room_admin: true,
+                room_create: true,
+                room_list: true,
+                ..Default::default()
+            })
+            .to_jwt()
+            .unwrap();
     browser.goto(&format!("{dashboard}?token={forged}")).await;
     browser
         .wait_for_text_matching(

@@ -4,6 +4,7 @@
 "use strict";
 
 const LOAD_WINDOW_MS = 180000;
+const MIN_SPAN_MS = 30000;
 const SVG = "http://www.w3.org/2000/svg";
 
 // ---- small helpers ----------------------------------------------------------
@@ -82,10 +83,13 @@ function loadChart(worker, now) {
   svg.setAttribute("height", height);
   svg.setAttribute("class", "chart");
   svg.setAttribute("role", "img");
+  // the last three minutes, or the worker's whole life when shorter (but
+  // at least half a minute), so that a new worker's chart is not a dot
+  const spanMs = Math.min(LOAD_WINDOW_MS, Math.max(MIN_SPAN_MS, now - worker.registered_at));
   const points = worker.load_history
-    .filter(([at]) => now - at <= LOAD_WINDOW_MS)
+    .filter(([at]) => now - at <= spanMs)
     .map(([at, load]) => [
-      width - ((now - at) / LOAD_WINDOW_MS) * width,
+      width - ((now - at) / spanMs) * width,
       height - 2 - load * (height - 4),
     ]);
   if (points.length > 0 && worker.connected) {
@@ -93,7 +97,7 @@ function loadChart(worker, now) {
     points.push([width, points[points.length - 1][1]]);
   }
   const title = document.createElementNS(SVG, "title");
-  title.textContent = `load ${worker.load.toFixed(2)} (${points.length} samples)`;
+  title.textContent = `load ${worker.load.toFixed(2)}; the chart spans ${span(spanMs)}`;
   svg.append(title);
   const full = document.createElementNS(SVG, "line");
   for (const [k, v] of Object.entries({ x1: 0, x2: width, y1: 2, y2: 2, class: "full" })) {
