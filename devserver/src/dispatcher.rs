@@ -635,8 +635,6 @@ impl Dispatcher {
         record.info.worker_id = Some(worker_id.to_owned());
         record.info.participant_identity = identity;
         record.info.status = JobStatus::JsRunning;
-        record.info.assigned_at = Some(SystemTime::now());
-        record.info.assigned_to = Some(worker_id.to_owned());
         let assignment = JobAssignment {
             job: Some(record.proto.clone()),
             url: None,
@@ -647,6 +645,10 @@ impl Dispatcher {
         };
         if self.deliver(worker_id, msg) {
             tracing::info!(job_id, worker_id, "dispatch: assignment sent");
+            if let Some(record) = self.jobs.get_mut(job_id) {
+                record.info.assigned_at = Some(SystemTime::now());
+                record.info.assigned_to = Some(worker_id.to_owned());
+            }
             if let Some(faults) = self.faults.as_mut() {
                 faults.assigned(job_id);
             }
@@ -1250,8 +1252,15 @@ impl Handler<WorkerStatusUpdate> for Dispatcher {
         if let Some(status) = u.status.and_then(|s| WorkerStatus::try_from(s).ok()) {
             worker.info.status = status;
         }
-        worker.info.load = u.load;
-        worker.load_history.record(SystemTime::now(), u.load);
+        // a load the protocol cannot mean (NaN, infinite, out of 0..=1) is
+        // kept within bounds, as the server's balancer would read it
+        let load = if u.load.is_finite() {
+            u.load.clamp(0.0, 1.0)
+        } else {
+            0.0
+        };
+        worker.info.load = load;
+        worker.load_history.record(SystemTime::now(), load);
         worker.info.job_count = u.job_count;
         worker.info.update_count += 1;
         worker.info.last_update = Some(msg.update);
@@ -1446,7 +1455,31 @@ impl Handler<GetOverview> for Dispatcher {
         let skip = entries.len().saturating_sub(msg.max_workers);
         let workers = entries[skip..]
             .iter()
-            .map(|w| (w.info.clone(), w.load_history.samples().copied().collect()))
+            .map(|w| {
+                // what the dashboard shows, without the per-worker histories
+                // it does not
+                let i = &w.info;
+                let info = WorkerInfo {
+                    id: i.id.clone(),
+                    agent_name: i.agent_name.clone(),
+                    job_type: i.job_type,
+                    namespace: i.namespace.clone(),
+                    deployment: i.deployment.clone(),
+                    version: i.version.clone(),
+                    protocol: i.protocol,
+                    status: i.status,
+                    load: i.load,
+                    job_count: i.job_count,
+                    connected: i.connected,
+                    registered_at: i.registered_at,
+                    pings: i.pings,
+                    update_count: i.update_count,
+                    last_update: None,
+                    migrated_jobs: Vec::new(),
+                    availability_answers: Vec::new(),
+                };
+                (info, w.load_history.samples().copied().collect())
+            })
             .collect();
         let jobs = self
             .job_order
@@ -1454,7 +1487,7 @@ impl Handler<GetOverview> for Dispatcher {
             .rev()
             .filter_map(|id| self.jobs.get(id))
             .take(msg.max_jobs)
-            .map(|r| r.info.clone())
+            .map(|r| (r.info.clone(), r.abandoned))
             .collect();
         actix::MessageResult(Overview {
             workers,
@@ -1594,9 +1627,12 @@ impl Handler<TerminateAll> for Dispatcher {
             .filter(|(_, j)| !j.ended && j.assigned && j.info.agent_name == msg.agent_name)
             .map(|(id, _)| id.clone())
             .collect();
-        ids.into_iter()
+        let terminated: Vec<String> = ids
+            .into_iter()
             .filter(|id| self.terminate(id, "terminated by the benchmark").is_ok())
-            .collect()
+            .collect();
+        self.changed();
+        terminated
     }
 }
 

@@ -44,7 +44,6 @@ pub struct TerminateJob {
     pub job_id: String,
 }
 
-/// Abruptly close every worker socket; answers how many.
 /// Abruptly closes one worker's socket (no close frame), as fault mode's
 /// dropped connections do.
 #[derive(Message)]
@@ -69,12 +68,15 @@ pub struct GetOverview {
 /// The answer to [`GetOverview`].
 #[derive(Debug, Clone, Default)]
 pub struct Overview {
-    /// Workers with their load over the last minutes, in registration order.
+    /// Workers with their load over the last minutes, in registration order
+    /// (without their per-worker histories: `last_update`, migrated jobs,
+    /// availability answers).
     pub workers: Vec<(WorkerInfo, Vec<LoadSample>)>,
     /// Rooms, newest first.
     pub rooms: Vec<RoomSummary>,
-    /// Job records, newest first.
-    pub jobs: Vec<JobInfo>,
+    /// Job records, newest first, each with whether it was abandoned (its
+    /// worker left, nobody claimed it in time, and no restart follows).
+    pub jobs: Vec<(JobInfo, bool)>,
     /// Everything the server holds, counted (not only what is listed).
     pub counts: Counts,
     /// Whether fault mode is on.
@@ -107,6 +109,7 @@ pub struct DispatchSummary {
     pub job_ids: Vec<String>,
 }
 
+/// Abruptly close every worker socket; answers how many.
 #[derive(Message)]
 #[rtype(result = "usize")]
 pub struct DropConnections;

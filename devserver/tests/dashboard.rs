@@ -69,7 +69,7 @@ fn session_cookie(headers: &awc::http::header::HeaderMap) -> String {
         .to_str()
         .unwrap();
     assert!(set.contains("HttpOnly"), "{set}");
-    assert!(set.contains("SameSite=Strict"), "{set}");
+    assert!(set.contains("SameSite=Lax"), "{set}");
     set.split(';').next().unwrap().to_owned()
 }
 
@@ -516,4 +516,64 @@ async fn assets_are_embedded_and_unknown_ones_are_not_found() {
     // the health answer at / is unchanged
     let (status, _, body) = get(&server, "/", &[]).await;
     assert_eq!((status, body.as_str()), (StatusCode::OK, "OK"));
+}
+
+#[actix_rt::test]
+async fn the_event_stream_ends_when_the_server_stops() {
+    let server = server().await;
+    let mut resp = client()
+        .get(format!("{}/dashboard/api/events", server.http_url()))
+        .bearer_auth(server.dashboard_token())
+        .send()
+        .await
+        .unwrap();
+    let body = &mut resp;
+    let mut buffer = String::new();
+    next_state(body, &mut buffer, |_| true).await;
+    server.stop().await;
+    // whatever was still buffered, then the end
+    let ended = tokio::time::timeout(DEADLINE, async {
+        while let Some(Ok(_)) = body.next().await {}
+    })
+    .await;
+    assert!(ended.is_ok(), "the stream ends with the server");
+}
+
+#[actix_rt::test]
+async fn a_load_the_protocol_cannot_mean_is_shown_within_bounds() {
+    let server = server().await;
+    let (mut conn, worker_id) = worker(&server, "").await;
+    for load in [f32::NAN, 7.5] {
+        send(
+            &mut conn,
+            livekit_protocol::worker_message::Message::UpdateWorker(
+                livekit_protocol::UpdateWorkerStatus {
+                    load,
+                    ..Default::default()
+                },
+            ),
+        )
+        .await;
+    }
+    server
+        .wait_workers(DEADLINE, |ws| {
+            ws.iter().any(|w| w.id == worker_id && w.update_count == 2)
+        })
+        .await
+        .unwrap();
+    let (_, _, body) = get(
+        &server,
+        "/dashboard/api/state",
+        &[("authorization", &bearer(&server.dashboard_token()))],
+    )
+    .await;
+    let state: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(state["workers"][0]["load"], 1.0, "{body}");
+    let history = state["workers"][0]["load_history"].as_array().unwrap();
+    assert!(
+        history
+            .iter()
+            .all(|s| s[1].as_f64().is_some_and(|l| (0.0..=1.0).contains(&l))),
+        "{body}"
+    );
 }

@@ -1,13 +1,15 @@
 //! The dev server's dashboard in a real browser: it loads without a console
 //! error, shows a worker within a second of its registration, runs a
-//! dispatch made on the page to SUCCESS, ends a job and drops a worker from
-//! its buttons, and opens for nobody without a key of the server.
+//! dispatch made on the page to SUCCESS, has a participant join and publish,
+//! ends a job and drops a worker from its buttons, and opens for nobody
+//! without a key of the server.
 
 use std::time::{Duration, Instant};
 
 use fantoccini::Locator;
 use lkagent::demo::DemoAgent;
 use lkagent::proto::JobStatus;
+use lkagent_devserver::official_api::services::room::RoomClient;
 use lkagent_devserver::{DevServer, DispatchRequest};
 use serde_json::json;
 
@@ -46,14 +48,21 @@ async fn fill(browser: &Browser, form: &str, name: &str, value: &str) {
     input.send_keys(value).await.unwrap();
 }
 
+/// Clicks the element, looked up afresh until the click lands: a push may
+/// redraw it between the lookup and the click (a stale element).
 async fn click(browser: &Browser, selector: &str) {
-    browser
-        .wait_for(selector, DEADLINE)
-        .await
-        .unwrap_or_else(|e| panic!("{selector}: {e}"))
-        .click()
-        .await
-        .unwrap();
+    let deadline = Instant::now() + DEADLINE;
+    loop {
+        let clicked = match browser.wait_for(selector, DEADLINE).await {
+            Ok(element) => element.click().await.map(drop),
+            Err(e) => Err(e),
+        };
+        match clicked {
+            Ok(()) => return,
+            Err(e) if Instant::now() >= deadline => panic!("cannot click {selector}: {e}"),
+            Err(_) => {}
+        }
+    }
 }
 
 #[actix_rt::test]
@@ -161,6 +170,23 @@ async fn a_dispatch_made_on_the_page_runs_to_success() {
         .await
         .unwrap();
     assert!(assigned.contains(&worker_id), "{assigned}");
+
+    // a participant joins the room from the form, then publishes from its
+    // button: the server's room counts it as a publisher
+    fill(&browser, "join-participant", "room", "from-the-page").await;
+    fill(&browser, "join-participant", "identity", "alice").await;
+    click(&browser, "#join-participant button[type=submit]").await;
+    let alice = "#rooms article[data-room=from-the-page] .participant[data-identity=alice]";
+    click(&browser, &format!("{alice} button.publish")).await;
+    browser
+        .wait_for(&format!("{alice}[data-published=true]"), DEADLINE)
+        .await
+        .unwrap();
+    let rooms = RoomClient::with_api_key(&server.http_url(), common::KEY, common::SECRET)
+        .list_rooms(vec!["from-the-page".into()])
+        .await
+        .unwrap();
+    assert_eq!(rooms[0].num_publishers, 1);
     assert!(browser.console_errors().await.is_empty());
     browser.close().await;
     worker.stop().await;

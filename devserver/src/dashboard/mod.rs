@@ -10,10 +10,13 @@
 //!   server's keys (`auth::authorize_dashboard`). A person gets one by
 //!   logging in with a key and its secret, or from the link the binary prints
 //!   at start (`?token=…`, which is traded for the cookie and dropped from
-//!   the address at once). The cookie is `HttpOnly` and `SameSite=Strict`,
-//!   and every `POST` must be JSON, which a cross-site form cannot send
-//!   without a CORS preflight the server never grants. Scripts and tests may
-//!   send the token as `Authorization: Bearer` instead.
+//!   the address at once). A key and secret are taken only from a loopback
+//!   peer: over plain HTTP the secret would cross the network. The cookie is
+//!   `HttpOnly` and `SameSite=Lax` (so a link opened from another site's
+//!   page still logs in), and every `POST` must be JSON, which a cross-site
+//!   form cannot send without a CORS preflight the server never grants.
+//!   Scripts and tests may send the token as `Authorization: Bearer`
+//!   instead. An event stream ends when its token expires.
 //! - **Live:** `GET /dashboard/api/events` pushes the whole (bounded) state
 //!   at once, then again after each change the dispatcher signals, at most
 //!   every [`MIN_PUSH_INTERVAL`]; a comment every [`KEEPALIVE`] keeps
@@ -66,7 +69,7 @@ pub(crate) const LOGIN_TTL: Duration = Duration::from_secs(12 * 3600);
 pub(crate) const LINK_TTL: Duration = Duration::from_secs(24 * 3600);
 /// The least time between two pushes on one stream: a burst of changes is
 /// sent as one state.
-pub const MIN_PUSH_INTERVAL: Duration = Duration::from_millis(100);
+pub const MIN_PUSH_INTERVAL: Duration = Duration::from_millis(250);
 /// How long a stream may stay silent before a keep-alive comment.
 pub const KEEPALIVE: Duration = Duration::from_secs(15);
 /// Event streams open at once, all pages together; one more is refused
@@ -154,9 +157,15 @@ enum Refusal {
     BadToken,
 }
 
+/// A checked dashboard token.
+struct Session {
+    /// When it expires (its `exp`).
+    expires: SystemTime,
+}
+
 /// The request's dashboard token, checked: from `Authorization: Bearer`, else
-/// the cookie. The API key it was signed with on success.
-fn authenticate(req: &HttpRequest, state: &AppState) -> Result<String, Refusal> {
+/// the cookie.
+fn authenticate(req: &HttpRequest, state: &AppState) -> Result<Session, Refusal> {
     let authorization = req
         .headers()
         .get(header::AUTHORIZATION)
@@ -168,9 +177,11 @@ fn authenticate(req: &HttpRequest, state: &AppState) -> Result<String, Refusal> 
     check(req, token, state)
 }
 
-fn check(req: &HttpRequest, token: &str, state: &AppState) -> Result<String, Refusal> {
+fn check(req: &HttpRequest, token: &str, state: &AppState) -> Result<Session, Refusal> {
     match auth::authorize_dashboard(token, &state.keys) {
-        Ok((key, _)) => Ok(key),
+        Ok((_, claims)) => Ok(Session {
+            expires: std::time::UNIX_EPOCH + Duration::from_secs(claims.exp as u64),
+        }),
         Err(e) => {
             // the reason to the log only, never the token
             tracing::info!(peer = ?req.peer_addr(), reason = %e, "dashboard refused a token");
@@ -215,7 +226,7 @@ fn session_cookie(token: String, ttl: Duration) -> Cookie<'static> {
     Cookie::build(COOKIE, token)
         .path("/dashboard")
         .http_only(true)
-        .same_site(SameSite::Strict)
+        .same_site(SameSite::Lax)
         .max_age(actix_web::cookie::time::Duration::seconds(
             i64::try_from(ttl.as_secs()).unwrap_or(i64::MAX),
         ))
@@ -275,6 +286,16 @@ async fn login(
     state: web::Data<AppState>,
 ) -> HttpResponse {
     use actix_web::http::StatusCode;
+    // over plain HTTP the secret would cross the network in clear: from
+    // another machine, the printed link (a token, not the secret) opens
+    // the dashboard instead
+    if !req.peer_addr().is_some_and(|peer| peer.ip().is_loopback()) {
+        tracing::info!(peer = ?req.peer_addr(), "dashboard login refused: not from this machine");
+        return login_page(
+            StatusCode::FORBIDDEN,
+            "A key and secret are taken only from this machine (over plain HTTP the secret would cross the network): open the link the server printed at start.",
+        );
+    }
     let Ok(form) = form else {
         return login_page(StatusCode::BAD_REQUEST, "Give an API key and its secret.");
     };
@@ -368,6 +389,9 @@ struct Stream {
     version: watch::Receiver<u64>,
     /// Nothing sent yet: the first state goes at once.
     first: bool,
+    /// When the token that opened it expires: the stream ends then, and
+    /// the page's reconnection meets the login.
+    expires: SystemTime,
     last_push: tokio::time::Instant,
     /// Released when the stream is dropped (the page went away).
     _permit: OwnedSemaphorePermit,
@@ -376,6 +400,9 @@ struct Stream {
 /// One server-sent event, or `None` when the stream is over (the server
 /// stops).
 async fn next_event(mut s: Stream) -> Option<(Result<Bytes, actix_web::Error>, Stream)> {
+    if SystemTime::now() >= s.expires {
+        return None;
+    }
     if !s.first {
         match tokio::time::timeout(KEEPALIVE, s.version.changed()).await {
             Err(_) => return Some((Ok(Bytes::from_static(b": keep-alive\n\n")), s)),
@@ -399,9 +426,9 @@ async fn next_event(mut s: Stream) -> Option<(Result<Bytes, actix_web::Error>, S
 /// `GET /dashboard/api/events`: server-sent events, one `state` event with
 /// the whole view per change.
 async fn events(req: HttpRequest, state: web::Data<AppState>) -> HttpResponse {
-    if authenticate(&req, &state).is_err() {
+    let Ok(session) = authenticate(&req, &state) else {
         return api_refusal();
-    }
+    };
     let Ok(permit) = state.dashboard.streams.clone().try_acquire_owned() else {
         return error_response(&ApiError::resource_exhausted(format!(
             "too many dashboard pages open: at most {MAX_EVENT_STREAMS} at once"
@@ -411,6 +438,7 @@ async fn events(req: HttpRequest, state: web::Data<AppState>) -> HttpResponse {
         version: state.dashboard.version.clone(),
         state: state.clone(),
         first: true,
+        expires: session.expires,
         last_push: tokio::time::Instant::now(),
         _permit: permit,
     };

@@ -101,6 +101,10 @@ pub struct JobView {
     attempt: u32,
     restart_of: Option<String>,
     ended: bool,
+    /// Its worker left and nobody claimed it in time, and no restart
+    /// follows: the server no longer follows it (its status is the last
+    /// one known).
+    abandoned: bool,
     timeline: Vec<Event>,
 }
 
@@ -175,10 +179,11 @@ pub fn timeline(job: &JobInfo) -> Vec<Event> {
         worker_id: Some(u.worker_id.clone()),
         error: u.error.clone(),
     }));
+    // the end, when no worker reported it: the server ended the job
+    // (termination, a failed placement, a worker that never came back);
+    // updates that came after it are kept, in time order
     if let Some(at) = job.ended_at {
-        let last = events.last().map(|e| e.what);
-        let reported = last == Some(job_status(job.status))
-            && job.updates.last().is_some_and(|u| u.status == job.status);
+        let reported = job.updates.iter().any(|u| u.status == job.status);
         if !reported {
             events.push(Event {
                 at: millis(at),
@@ -186,6 +191,7 @@ pub fn timeline(job: &JobInfo) -> Vec<Event> {
                 worker_id: job.worker_id.clone(),
                 error: job.error.clone(),
             });
+            events.sort_by_key(|e| e.at);
         }
     }
     events
@@ -234,8 +240,9 @@ fn room_view(r: RoomSummary) -> RoomView {
     }
 }
 
-fn job_view(j: JobInfo) -> JobView {
+fn job_view((j, abandoned): (JobInfo, bool)) -> JobView {
     JobView {
+        abandoned,
         timeline: timeline(&j),
         ended: j.ended_at.is_some(),
         id: j.id,
@@ -437,5 +444,44 @@ mod tests {
             .map(|w| w.id)
             .collect();
         assert_eq!(ids, ["b", "d", "a", "c"]);
+    }
+
+    #[test]
+    fn a_report_after_the_servers_end_stays_after_it() {
+        // terminated (SUCCESS by the server), then the worker reports FAILED
+        let mut j = job();
+        j.worker_id = Some("AW_1".into());
+        j.assigned_at = Some(at(1100));
+        j.assigned_to = Some("AW_1".into());
+        j.updates = vec![
+            update(JobStatus::JsRunning, "AW_1", 1200, ""),
+            update(JobStatus::JsFailed, "AW_1", 3000, "cancelled"),
+        ];
+        j.status = JobStatus::JsSuccess;
+        j.ended_at = Some(at(2000));
+        let whats: Vec<_> = timeline(&j).iter().map(|e| (e.what, e.at)).collect();
+        assert_eq!(
+            whats,
+            vec![
+                ("pending", 1000),
+                ("assigned", 1100),
+                ("running", 1200),
+                ("success", 2000),
+                ("failed", 3000),
+            ]
+        );
+    }
+
+    #[test]
+    fn a_repeated_final_report_adds_no_second_end() {
+        let mut j = job();
+        j.updates = vec![
+            update(JobStatus::JsSuccess, "AW_1", 1500, ""),
+            update(JobStatus::JsSuccess, "AW_1", 1600, ""),
+        ];
+        j.status = JobStatus::JsSuccess;
+        j.ended_at = Some(at(1500));
+        let ends = timeline(&j).iter().filter(|e| e.what == "success").count();
+        assert_eq!(ends, 2, "the two reports, and no server end beside them");
     }
 }

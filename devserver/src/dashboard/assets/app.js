@@ -76,6 +76,7 @@ function syncRows(tbody, items, key, columns, decorate) {
 // ---- rendering -----------------------------------------------------------------
 
 function loadChart(worker, now) {
+  const load = Number.isFinite(worker.load) ? worker.load : 0;
   const width = 180, height = 34;
   const svg = document.createElementNS(SVG, "svg");
   svg.setAttribute("viewBox", `0 0 ${width} ${height}`);
@@ -88,16 +89,16 @@ function loadChart(worker, now) {
   const spanMs = Math.min(LOAD_WINDOW_MS, Math.max(MIN_SPAN_MS, now - worker.registered_at));
   const points = worker.load_history
     .filter(([at]) => now - at <= spanMs)
-    .map(([at, load]) => [
+    .map(([at, sample]) => [
       width - ((now - at) / spanMs) * width,
-      height - 2 - load * (height - 4),
+      height - 2 - (Number.isFinite(sample) ? sample : 0) * (height - 4),
     ]);
   if (points.length > 0 && worker.connected) {
-    // the last report holds until the next one
+    // drawn on to now: the last report stands until the next one
     points.push([width, points[points.length - 1][1]]);
   }
   const title = document.createElementNS(SVG, "title");
-  title.textContent = `load ${worker.load.toFixed(2)}; the chart spans ${span(spanMs)}`;
+  title.textContent = `load ${load.toFixed(2)}; the chart spans ${span(spanMs)}`;
   svg.append(title);
   const full = document.createElementNS(SVG, "line");
   for (const [k, v] of Object.entries({ x1: 0, x2: width, y1: 2, y2: 2, class: "full" })) {
@@ -109,7 +110,7 @@ function loadChart(worker, now) {
     line.setAttribute("points", points.map((p) => p.map((n) => n.toFixed(1)).join(",")).join(" "));
     svg.append(line);
   }
-  return el("span", { class: "load" }, svg, el("span", { class: "value" }, worker.load.toFixed(2)));
+  return el("span", { class: "load" }, svg, el("span", { class: "value" }, load.toFixed(2)));
 }
 
 function statusBadge(status) {
@@ -155,10 +156,35 @@ function renderWorkers(state) {
   document.getElementById("workers-empty").hidden = state.workers.length > 0;
 }
 
+// One card per room, rebuilt only when the room changed, so a button under
+// the pointer stays put while other rooms move.
 function renderRooms(state) {
   const box = document.getElementById("rooms");
-  box.replaceChildren(
-    ...state.rooms.map((room) =>
+  const existing = new Map();
+  for (const card of box.children) existing.set(card.dataset.room, card);
+  let previous = null;
+  for (const room of state.rooms) {
+    const sig = JSON.stringify(room);
+    let card = existing.get(room.name);
+    if (!card || card.sig !== sig) {
+      const fresh = roomCard(room);
+      fresh.sig = sig;
+      if (card) card.replaceWith(fresh);
+      card = fresh;
+    }
+    existing.delete(room.name);
+    const wanted = previous ? previous.nextSibling : box.firstChild;
+    if (wanted !== card) box.insertBefore(card, wanted);
+    previous = card;
+  }
+  for (const card of existing.values()) card.remove();
+  document.getElementById("rooms-empty").hidden = state.rooms.length > 0;
+  document.getElementById("rooms-cut").textContent =
+    state.counts.rooms > state.rooms.length ? `the newest ${state.rooms.length} of ${state.counts.rooms}` : "";
+}
+
+function roomCard(room) {
+  return (
       el(
         "article",
         { class: "room", "data-room": room.name },
@@ -169,7 +195,20 @@ function renderRooms(state) {
           "Participants: ",
           room.participants.length === 0
             ? el("em", {}, "none")
-            : room.participants.map((p) => `${p.identity}${p.published ? " (publishing)" : ""}`).join(", "),
+            : el(
+                "span",
+                { class: "participants" },
+                ...room.participants.map((p) =>
+                  el(
+                    "span",
+                    { class: "participant", "data-identity": p.identity, "data-published": String(p.published) },
+                    p.identity,
+                    p.published
+                      ? el("small", {}, " publishing")
+                      : el("button", { class: "publish", type: "button", "data-room": room.name, "data-identity": p.identity, title: "Publish a first track: publisher jobs start" }, "Publish"),
+                  ),
+                ),
+              ),
         ),
         room.dispatches.length === 0
           ? el("p", {}, el("em", {}, "No dispatch."))
@@ -188,10 +227,8 @@ function renderRooms(state) {
                 ),
               ),
             ),
-      ),
-    ),
+      )
   );
-  document.getElementById("rooms-empty").hidden = state.rooms.length > 0;
 }
 
 function timeline(job) {
@@ -225,13 +262,17 @@ function renderJobs(state) {
       { sig: (j) => j.room, render: (j) => j.room },
       { sig: (j) => j.agent_name, render: (j) => j.agent_name || el("em", {}, "default") },
       { sig: (j) => j.worker_id || "", render: (j) => (j.worker_id ? el("code", {}, j.worker_id) : "—") },
-      { sig: (j) => j.status, render: (j) => statusBadge(j.status) },
+      {
+        sig: (j) => `${j.status} ${j.abandoned}`,
+        render: (j) =>
+          el("span", {}, statusBadge(j.status), j.abandoned ? el("small", { title: "Its worker left and nobody claimed it in time; no restart follows" }, " abandoned") : ""),
+      },
       { sig: (j) => JSON.stringify(j.timeline), render: timeline },
       { sig: (j) => j.error, render: (j) => j.error, class: "error-text" },
       {
-        sig: (j) => `${j.ended} ${j.status}`,
+        sig: (j) => `${j.ended} ${j.status} ${j.abandoned}`,
         render: (j) =>
-          !j.ended && j.status !== "pending"
+          !j.ended && !j.abandoned && j.status !== "pending"
             ? el("button", { class: "terminate", type: "button", "data-job-id": j.id, title: "Send the worker a termination; the job ends as a success" }, "Terminate")
             : "",
       },
@@ -243,6 +284,8 @@ function renderJobs(state) {
     },
   );
   document.getElementById("jobs-empty").hidden = state.jobs.length > 0;
+  document.getElementById("jobs-cut").textContent =
+    state.counts.jobs > state.jobs.length ? `the newest ${state.jobs.length} of ${state.counts.jobs}` : "";
 }
 
 function render(state) {
@@ -269,31 +312,41 @@ function setLive(state, text) {
 // between pushes.
 let last = null;
 
+// Reconnection after the stream was refused (EventSource retries only a
+// dropped stream, not a refusal): doubling from 1 s, at most 30 s.
+let retry = 1000;
+
 function connect() {
   const events = new EventSource("/dashboard/api/events");
-  events.addEventListener("open", () => setLive("live", "live"));
   events.addEventListener("state", (e) => {
     last = { state: JSON.parse(e.data), received: Date.now() };
     render(last.state);
+    retry = 1000;
+    // "live" once a state is on the page
     setLive("live", "live");
   });
-  setInterval(() => {
-    if (last) renderWorkers({ ...last.state, now: last.state.now + (Date.now() - last.received) });
-  }, 5000);
   events.addEventListener("error", async () => {
     setLive("reconnecting", "reconnecting…");
-    // EventSource retries on its own; a session that ended goes to the login page
+    let status = 0;
     try {
-      const answer = await fetch("/dashboard/api/state", { credentials: "same-origin" });
-      if (answer.status === 401) {
-        events.close();
-        window.location.assign("/dashboard");
-      }
+      status = (await fetch("/dashboard/api/state", { credentials: "same-origin" })).status;
     } catch (_) {
-      // the server is away: EventSource keeps trying
+      // the server is away
+    }
+    if (status === 401) {
+      // the session ended: the login page
+      events.close();
+      window.location.assign("/dashboard");
+    } else if (events.readyState === EventSource.CLOSED) {
+      setTimeout(connect, retry);
+      retry = Math.min(retry * 2, 30000);
     }
   });
 }
+
+setInterval(() => {
+  if (last) renderWorkers({ ...last.state, now: last.state.now + (Date.now() - last.received) });
+}, 5000);
 
 // ---- actions -------------------------------------------------------------------
 
@@ -315,11 +368,12 @@ function report(ok, text) {
   result.textContent = text;
 }
 
-async function act(what, run) {
+async function act(what, run, button) {
   try {
     report(true, await run());
   } catch (e) {
     report(false, `${what} failed: ${e.message}`);
+    if (button) button.disabled = false;
   }
 }
 
@@ -370,7 +424,16 @@ function wire() {
       act("Terminating", async () => {
         await post(`/dashboard/api/jobs/${encodeURIComponent(id)}/terminate`);
         return `Job ${id} terminated.`;
-      });
+      }, terminate);
+    }
+    const publish = e.target.closest("button.publish");
+    if (publish) {
+      const { room, identity } = publish.dataset;
+      publish.disabled = true;
+      act("Publishing", async () => {
+        await post("/dashboard/api/participants/publish", { room, identity });
+        return `${identity} publishes in ${room}.`;
+      }, publish);
     }
     const drop = e.target.closest("button.drop");
     if (drop) {
@@ -379,7 +442,7 @@ function wire() {
       act("Dropping the connection", async () => {
         await post(`/dashboard/api/workers/${encodeURIComponent(id)}/drop`);
         return `Worker ${id}'s connection dropped.`;
-      });
+      }, drop);
     }
   });
 }
