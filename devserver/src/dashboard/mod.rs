@@ -102,6 +102,10 @@ pub(crate) struct Dashboard {
     pub(crate) version: watch::Receiver<u64>,
     /// Open event streams, bounded.
     pub(crate) streams: Arc<Semaphore>,
+    /// The last event made and the state version it was made at: every
+    /// stream woken by the same change sends it, so the state is gathered
+    /// and serialised once per change, not once per open page.
+    last_event: std::sync::Mutex<Option<(u64, Bytes)>>,
 }
 
 impl Dashboard {
@@ -109,7 +113,20 @@ impl Dashboard {
         Self {
             version,
             streams: Arc::new(Semaphore::new(MAX_EVENT_STREAMS)),
+            last_event: std::sync::Mutex::new(None),
         }
+    }
+
+    /// The event of state version `version`, if it was made already.
+    fn cached(&self, version: u64) -> Option<Bytes> {
+        let last = self.last_event.lock().unwrap_or_else(|e| e.into_inner());
+        last.as_ref()
+            .filter(|(v, _)| *v == version)
+            .map(|(_, event)| event.clone())
+    }
+
+    fn cache(&self, version: u64, event: Bytes) {
+        *self.last_event.lock().unwrap_or_else(|e| e.into_inner()) = Some((version, event));
     }
 }
 
@@ -412,15 +429,24 @@ async fn next_event(mut s: Stream) -> Option<(Result<Bytes, actix_web::Error>, S
         // a burst of changes goes as one state
         tokio::time::sleep_until(s.last_push + MIN_PUSH_INTERVAL).await;
     }
-    s.first = false;
-    s.version.borrow_and_update();
-    let view = overview(&s.state).await.ok()?;
-    let data = serde_json::to_string(&view).ok()?;
+    // a new page gets a fresh state (a cached one may be old when nothing
+    // changed for a while: its clock would be too); a change is sent as
+    // made by the first stream it woke
+    let cache = !std::mem::take(&mut s.first);
+    // the state gathered after this version was read is at least as new
+    let version = *s.version.borrow_and_update();
+    let event = match s.state.dashboard.cached(version).filter(|_| cache) {
+        Some(event) => event,
+        None => {
+            let view = overview(&s.state).await.ok()?;
+            let data = serde_json::to_string(&view).ok()?;
+            let event = Bytes::from(format!("event: state\ndata: {data}\n\n"));
+            s.state.dashboard.cache(version, event.clone());
+            event
+        }
+    };
     s.last_push = tokio::time::Instant::now();
-    Some((
-        Ok(Bytes::from(format!("event: state\ndata: {data}\n\n"))),
-        s,
-    ))
+    Some((Ok(event), s))
 }
 
 /// `GET /dashboard/api/events`: server-sent events, one `state` event with
