@@ -48,8 +48,9 @@ const DEFAULT_URL: &str = "http://127.0.0.1:7880";
 /// A local LiveKit-compatible agent dispatcher
 ///
 /// Serves the agent websocket (/agent), the Twirp services the official
-/// server SDKs call (rooms, agent dispatches) and development endpoints that
-/// stand in for room events. With no command it serves, and the server's
+/// server SDKs call (rooms, agent dispatches), development endpoints that
+/// stand in for room events, and a live dashboard at /dashboard (its link,
+/// which logs you in, is printed at start). With no command it serves, and the server's
 /// flags work with or without the word `serve`. The other commands are
 /// clients of a running server: they sign their requests with an API key
 /// and print the answer as JSON.
