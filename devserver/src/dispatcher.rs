@@ -862,6 +862,17 @@ impl Dispatcher {
             .count()
     }
 
+    /// The session of a connected worker: `UnknownWorker` for an id never
+    /// seen (or forgotten), `WorkerDisconnected` for a closed one.
+    fn open_session(&self, worker_id: &str) -> Result<&Addr<Session>, DevServerError> {
+        self.workers
+            .get(worker_id)
+            .ok_or_else(|| DevServerError::UnknownWorker(worker_id.to_owned()))?
+            .session
+            .as_ref()
+            .ok_or_else(|| DevServerError::WorkerDisconnected(worker_id.to_owned()))
+    }
+
     /// What the caps bound, counted from the state now.
     fn counts(&self) -> Counts {
         let (rooms, participants, dispatches) = self.rooms.counts();
@@ -1427,15 +1438,7 @@ impl Handler<DropWorker> for Dispatcher {
     type Result = Result<(), DevServerError>;
 
     fn handle(&mut self, msg: DropWorker, _: &mut Context<Self>) -> Self::Result {
-        let worker = self
-            .workers
-            .get(&msg.worker_id)
-            .ok_or_else(|| DevServerError::UnknownWorker(msg.worker_id.clone()))?;
-        let session = worker
-            .session
-            .as_ref()
-            .ok_or_else(|| DevServerError::WorkerDisconnected(msg.worker_id.clone()))?;
-        session
+        self.open_session(&msg.worker_id)?
             .try_send(Kill)
             .map_err(|_| DevServerError::WorkerDisconnected(msg.worker_id.clone()))?;
         tracing::info!(
@@ -1503,15 +1506,7 @@ impl Handler<InjectFrame> for Dispatcher {
     type Result = Result<(), DevServerError>;
 
     fn handle(&mut self, msg: InjectFrame, _: &mut Context<Self>) -> Self::Result {
-        let worker = self
-            .workers
-            .get(&msg.worker_id)
-            .ok_or_else(|| DevServerError::UnknownWorker(msg.worker_id.clone()))?;
-        let session = worker
-            .session
-            .as_ref()
-            .ok_or_else(|| DevServerError::WorkerDisconnected(msg.worker_id.clone()))?;
-        session
+        self.open_session(&msg.worker_id)?
             .try_send(Inject(msg.frame))
             .map_err(|_| DevServerError::WorkerDisconnected(msg.worker_id))
     }

@@ -38,6 +38,20 @@ async fn get(
     )
 }
 
+/// An admin token of every room (what opens the dashboard) signed with
+/// this pair.
+fn admin_token(key: &str, secret: &str) -> String {
+    lkagent_devserver::official_api::access_token::AccessToken::with_api_key(key, secret)
+        .with_grants(VideoGrants {
+            room_admin: true,
+            room_create: true,
+            room_list: true,
+            ..Default::default()
+        })
+        .to_jwt()
+        .unwrap()
+}
+
 fn bearer(token: &str) -> String {
     format!("Bearer {token}")
 }
@@ -124,18 +138,7 @@ async fn the_printed_link_is_traded_for_a_cookie_and_a_forged_one_is_refused() {
 
     // a token of an unknown key, of the right key with a wrong secret, and a
     // worker's token: none opens the page
-    let other_key = lkagent_devserver::official_api::access_token::AccessToken::with_api_key(
-        "devkey",
-        "not-the-secret",
-    )
-    .with_grants(VideoGrants {
-        room_admin: true,
-        room_create: true,
-        room_list: true,
-        ..Default::default()
-    })
-    .to_jwt()
-    .unwrap();
+    let other_key = admin_token("devkey", "not-the-secret");
     for token in [other_key, dev_token(), "not-a-jwt".to_owned()] {
         let (status, headers, body) = get(&server, &format!("/dashboard?token={token}"), &[]).await;
         assert_eq!(status, StatusCode::UNAUTHORIZED, "{token}");
@@ -159,17 +162,7 @@ async fn a_wrong_key_cannot_call_the_api() {
     .await;
     let (_conn, _) = worker_as(&server, &token("fleet", "fleet-secret", true), "").await;
     // the dev pair is not a key of this server
-    let devkey = lkagent_devserver::official_api::access_token::AccessToken::with_api_key(
-        "devkey", "secret",
-    )
-    .with_grants(VideoGrants {
-        room_admin: true,
-        room_create: true,
-        room_list: true,
-        ..Default::default()
-    })
-    .to_jwt()
-    .unwrap();
+    let devkey = admin_token("devkey", "secret");
     let (status, _, body) = get(
         &server,
         "/dashboard/api/state",
