@@ -10,6 +10,7 @@ use livekit_api::access_token::{
     AccessToken, AccessTokenError, Claims, TokenVerifier, VideoGrants,
 };
 use livekit_protocol::ParticipantPermission;
+use subtle::ConstantTimeEq;
 
 /// A participant attribute the server adds to every agent's room token.
 pub const AGENT_NAME_ATTRIBUTE: &str = "lk.agent_name";
@@ -167,13 +168,7 @@ pub fn authorize_dashboard(
 pub fn check_login(key: &str, secret: &str, keys: &[(String, String)]) -> bool {
     keys.iter()
         .find(|(k, _)| k == key)
-        .is_some_and(|(_, s)| same_bytes(s.as_bytes(), secret.as_bytes()))
-}
-
-/// Constant-time equality for equal lengths (a length difference is not a
-/// secret worth hiding: secrets of a key list are not chosen per guess).
-fn same_bytes(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+        .is_some_and(|(_, s)| bool::from(s.as_bytes().ct_eq(secret.as_bytes())))
 }
 
 /// What goes into an agent's room token.

@@ -32,7 +32,7 @@ use crate::auth::{self, RoomTokenSpec};
 use crate::balance;
 use crate::faults::{FaultConfig, FaultKind, FaultReport, Faults};
 use crate::ids;
-use crate::load_history::LoadHistory;
+use crate::load_history::{self, LoadHistory};
 use crate::messages::{
     AvailabilityAnswer, BenchTimings, Deliver, Dispatch, DropConnections, DropWorker, GetCounts,
     GetFaultReport, GetJob, GetOverview, Inject, InjectFrame, JobProgress, JobStatusUpdate, Kill,
@@ -98,8 +98,6 @@ struct JobRecord {
     info: JobInfo,
     /// The job as sent to workers; its `state` follows the job.
     proto: Job,
-    /// SUCCESS or FAILED reached: later updates go to history only.
-    ended: bool,
     /// Whether a failure after assignment launches the job again.
     policy: JobRestartPolicy,
     /// Any namespace may take it (`DispatchRequest` without a namespace).
@@ -127,16 +125,19 @@ struct JobRecord {
 impl JobRecord {
     /// Marks the job ended (SUCCESS or FAILED reached), once.
     fn end(&mut self) {
-        if !self.ended {
-            self.ended = true;
-            self.info.ended_at = Some(SystemTime::now());
-        }
+        self.info.ended_at.get_or_insert_with(SystemTime::now);
+    }
+
+    /// SUCCESS or FAILED reached (`ended_at` set): later updates go to
+    /// history only.
+    fn ended(&self) -> bool {
+        self.info.ended_at.is_some()
     }
 
     /// Whether the record may be evicted to make room: the job is over for
     /// the server. A live job's record is never evicted.
     fn evictable(&self) -> bool {
-        self.ended || self.abandoned
+        self.ended() || self.abandoned
     }
 }
 
@@ -284,7 +285,7 @@ impl Dispatcher {
             if let Some(id) = self.job_order.remove(at) {
                 let evicted = self.jobs.remove(&id);
                 if let (Some(faults), Some(record)) = (self.faults.as_mut(), evicted) {
-                    faults.evicted(&id, record.ended);
+                    faults.evicted(&id, record.ended());
                 }
             }
         }
@@ -364,7 +365,6 @@ impl Dispatcher {
             JobRecord {
                 info,
                 proto: job,
-                ended: false,
                 policy,
                 any_namespace: launch.any_namespace,
                 assigned: false,
@@ -670,7 +670,7 @@ impl Dispatcher {
             .jobs
             .get(job_id)
             .ok_or_else(|| DevServerError::UnknownJob(job_id.to_owned()))?;
-        let worker_id = match (&record.info.worker_id, record.ended) {
+        let worker_id = match (&record.info.worker_id, record.ended()) {
             (Some(w), false) => w.clone(),
             _ => return Err(DevServerError::JobNotRunning(job_id.to_owned())),
         };
@@ -721,7 +721,7 @@ impl Dispatcher {
         }
         if let Err(e) = self.terminate(job_id, why) {
             tracing::debug!(job_id, error = %e, "no termination sent");
-            if let Some(record) = self.jobs.get_mut(job_id).filter(|r| !r.ended) {
+            if let Some(record) = self.jobs.get_mut(job_id).filter(|r| !r.ended()) {
                 record.info.status = JobStatus::JsSuccess;
                 record.end();
             }
@@ -738,7 +738,7 @@ impl Dispatcher {
             return;
         };
         record.grace = None;
-        if record.ended {
+        if record.ended() {
             return;
         }
         if record.policy != JobRestartPolicy::JrpOnFailure {
@@ -950,7 +950,7 @@ impl Dispatcher {
                 let mut running: Vec<&String> = self
                     .jobs
                     .iter()
-                    .filter(|(_, j)| j.assigned && !j.ended && connected(&j.info.worker_id))
+                    .filter(|(_, j)| j.assigned && !j.ended() && connected(&j.info.worker_id))
                     .map(|(id, _)| id)
                     .collect();
                 running.sort();
@@ -1214,7 +1214,7 @@ impl Handler<WorkerGone> for Dispatcher {
             .jobs
             .values()
             .filter(|j| {
-                j.assigned && !j.ended && j.info.worker_id.as_deref() == Some(&*msg.worker_id)
+                j.assigned && !j.ended() && j.info.worker_id.as_deref() == Some(&*msg.worker_id)
             })
             .map(|j| j.info.id.clone())
             .collect();
@@ -1263,13 +1263,7 @@ impl Handler<WorkerStatusUpdate> for Dispatcher {
         if let Some(status) = u.status.and_then(|s| WorkerStatus::try_from(s).ok()) {
             worker.info.status = status;
         }
-        // a load the protocol cannot mean (NaN, infinite, out of 0..=1) is
-        // kept within bounds, as the server's balancer would read it
-        let load = if u.load.is_finite() {
-            u.load.clamp(0.0, 1.0)
-        } else {
-            0.0
-        };
+        let load = load_history::bounded(u.load);
         worker.info.load = load;
         worker.load_history.record(SystemTime::now(), load);
         worker.info.job_count = u.job_count;
@@ -1339,10 +1333,11 @@ impl Handler<JobStatusUpdate> for Dispatcher {
         // Like the server, an ended job no longer changes state; the
         // update is still kept in the history.
         let mut failed = false;
-        if !record.ended {
+        if !record.ended() {
             record.info.status = status;
             record.info.error = u.error.clone();
-            if matches!(status, JobStatus::JsSuccess | JobStatus::JsFailed) {
+            let ends = matches!(status, JobStatus::JsSuccess | JobStatus::JsFailed);
+            if ends {
                 record.end();
             }
             failed = status == JobStatus::JsFailed;
@@ -1352,7 +1347,7 @@ impl Handler<JobStatusUpdate> for Dispatcher {
                 state.error = u.error;
                 state.updated_at = now;
                 state.worker_id = msg.worker_id;
-                if record.ended {
+                if ends {
                     state.ended_at = now;
                 }
             }
@@ -1398,7 +1393,7 @@ impl Handler<MigrateJobs> for Dispatcher {
             tracing::info!(
                 job_id = id,
                 worker_id = msg.worker_id,
-                ended = record.ended,
+                ended = record.ended(),
                 "migrate_job: job re-associated with the claiming worker"
             );
             record.info.worker_id = Some(msg.worker_id.clone());
@@ -1461,25 +1456,11 @@ impl Handler<GetOverview> for Dispatcher {
             .map(|w| {
                 // what the dashboard shows, without the per-worker histories
                 // it does not
-                let i = &w.info;
                 let info = WorkerInfo {
-                    id: i.id.clone(),
-                    agent_name: i.agent_name.clone(),
-                    job_type: i.job_type,
-                    namespace: i.namespace.clone(),
-                    deployment: i.deployment.clone(),
-                    version: i.version.clone(),
-                    protocol: i.protocol,
-                    status: i.status,
-                    load: i.load,
-                    job_count: i.job_count,
-                    connected: i.connected,
-                    registered_at: i.registered_at,
-                    pings: i.pings,
-                    update_count: i.update_count,
                     last_update: None,
                     migrated_jobs: Vec::new(),
                     availability_answers: Vec::new(),
+                    ..w.info.clone()
                 };
                 (info, w.load_history.samples().copied().collect())
             })
@@ -1581,7 +1562,7 @@ impl Handler<JobProgress> for Dispatcher {
         let mut progress = Progress::default();
         for id in msg.0.iter() {
             match self.jobs.get(id) {
-                Some(job) if !job.ended => {
+                Some(job) if !job.ended() => {
                     // the worker said RUNNING (the record itself is RUNNING
                     // from the assignment on, as on the real server)
                     if job
@@ -1608,7 +1589,7 @@ impl Handler<GetFaultReport> for Dispatcher {
 
     fn handle(&mut self, _: GetFaultReport, _: &mut Context<Self>) -> Self::Result {
         let faults = self.faults.as_ref()?;
-        Some(faults.report(|id| self.jobs.get(id).map(|j| j.ended)))
+        Some(faults.report(|id| self.jobs.get(id).map(|j| j.ended())))
     }
 }
 
@@ -1619,7 +1600,7 @@ impl Handler<TerminateAll> for Dispatcher {
         let ids: Vec<String> = self
             .jobs
             .iter()
-            .filter(|(_, j)| !j.ended && j.assigned && j.info.agent_name == msg.agent_name)
+            .filter(|(_, j)| !j.ended() && j.assigned && j.info.agent_name == msg.agent_name)
             .map(|(id, _)| id.clone())
             .collect();
         let terminated: Vec<String> = ids

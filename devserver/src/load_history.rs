@@ -22,6 +22,17 @@ pub struct LoadSample {
     pub load: f32,
 }
 
+/// A reported load as the server takes it: within 0..=1, and 0 for one
+/// the protocol cannot mean (NaN, infinite), so that the balancer and the
+/// dashboard never read nonsense.
+pub fn bounded(load: f32) -> f32 {
+    if load.is_finite() {
+        load.clamp(0.0, 1.0)
+    } else {
+        0.0
+    }
+}
+
 /// The samples of one worker, oldest first.
 #[derive(Debug, Default, Clone)]
 pub struct LoadHistory {
@@ -29,15 +40,10 @@ pub struct LoadHistory {
 }
 
 impl LoadHistory {
-    /// Records a load reported at `at`: a new sample when the last one is at
-    /// least [`SAMPLE_PERIOD`] older, else it replaces the last one; samples
-    /// older than [`WINDOW`] go.
+    /// Records a load (already [`bounded`]) reported at `at`: a new sample
+    /// when the last one is at least [`SAMPLE_PERIOD`] older, else it
+    /// replaces the last one; samples older than [`WINDOW`] go.
     pub fn record(&mut self, at: SystemTime, load: f32) {
-        let load = if load.is_finite() {
-            load.clamp(0.0, 1.0)
-        } else {
-            0.0
-        };
         match self.samples.back_mut() {
             Some(last) if at.duration_since(last.at).unwrap_or_default() < SAMPLE_PERIOD => {
                 last.load = load;
@@ -109,9 +115,9 @@ mod tests {
     #[test]
     fn loads_out_of_range_are_clamped() {
         let mut h = LoadHistory::default();
-        h.record(t(0), 7.0);
-        h.record(t(2000), -1.0);
-        h.record(t(4000), f32::NAN);
+        h.record(t(0), bounded(7.0));
+        h.record(t(2000), bounded(-1.0));
+        h.record(t(4000), bounded(f32::NAN));
         assert_eq!(loads(&h), vec![(0, 1.0), (2000, 0.0), (4000, 0.0)]);
     }
 }

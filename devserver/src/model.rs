@@ -322,6 +322,15 @@ impl ApiError {
         }
     }
 
+    /// `failed_precondition` (HTTP 412): the call does not fit the state of
+    /// what it names (a job that is not running, a worker not connected).
+    pub fn failed_precondition(msg: impl Into<String>) -> Self {
+        Self {
+            code: "failed_precondition",
+            msg: msg.into(),
+        }
+    }
+
     /// `unauthenticated` (HTTP 401): what the server answers for a missing or
     /// bad token and for a token without the needed grant.
     pub fn unauthenticated(msg: impl Into<String>) -> Self {
@@ -383,6 +392,23 @@ pub enum DevServerError {
     /// The dev server has stopped.
     #[error("the dev server has stopped")]
     Stopped,
+}
+
+/// A control call's error as the APIs answer it (the dashboard's terminate
+/// and drop): an unknown id is `not_found`, a job or worker in no state for
+/// it `failed_precondition`.
+impl From<DevServerError> for ApiError {
+    fn from(e: DevServerError) -> Self {
+        match e {
+            DevServerError::UnknownJob(_) | DevServerError::UnknownWorker(_) => {
+                ApiError::not_found(e.to_string())
+            }
+            DevServerError::JobNotRunning(_) | DevServerError::WorkerDisconnected(_) => {
+                ApiError::failed_precondition(e.to_string())
+            }
+            DevServerError::Stopped => ApiError::internal(e.to_string()),
+        }
+    }
 }
 
 /// A `wait_*` condition was not met before its deadline.

@@ -59,7 +59,7 @@ const JSON: &str = "application/json";
 /// What a Twirp call is told about another Content-Type.
 const TWIRP_TYPES: &str = "unexpected Content-Type: use application/protobuf or application/json";
 /// What a development endpoint is told about another Content-Type.
-const JSON_ONLY: &str = "unexpected Content-Type: use application/json";
+pub(crate) const JSON_ONLY: &str = "unexpected Content-Type: use application/json";
 
 /// The largest request body taken, Twirp or development (256 KiB, actix-web's
 /// own default): far above any room, dispatch or participant request, and
@@ -147,7 +147,7 @@ pub enum Format {
 }
 
 impl Format {
-    fn of(req: &HttpRequest) -> Option<Self> {
+    pub(crate) fn of(req: &HttpRequest) -> Option<Self> {
         let ct = req
             .headers()
             .get(header::CONTENT_TYPE)

@@ -16,30 +16,6 @@ use livekit_api::access_token::VideoGrants;
 use livekit_protocol::{JobStatus, server_message};
 use lkagent_devserver::{Counts, DevServer, DevServerConfig, DispatchError, DispatchRequest};
 
-/// A Twirp or development call in JSON: (HTTP status, body as JSON).
-async fn call(
-    server: &DevServer,
-    path: &str,
-    token: &str,
-    body: serde_json::Value,
-) -> (u16, serde_json::Value) {
-    let (status, _, bytes) = post(
-        server,
-        path,
-        "application/json",
-        Some(token),
-        body.to_string().into_bytes(),
-    )
-    .await;
-    let json = serde_json::from_slice(&bytes).unwrap_or_else(|e| {
-        panic!(
-            "{path}: not JSON ({e}): {}",
-            String::from_utf8_lossy(&bytes)
-        )
-    });
-    (status, json)
-}
-
 /// Every grant the calls below need, for one room.
 fn token_for(room: &str) -> String {
     grant_token(VideoGrants {
@@ -142,15 +118,15 @@ async fn rooms_dispatches_and_participants_answer_resource_exhausted_over_their_
 
     // rooms: two, each with its default dispatch
     let (path, body) = create_room("a");
-    assert_eq!(call(&server, path, &a, body).await.0, 200);
+    assert_eq!(post_json(&server, path, &a, body).await.0, 200);
     let (path, body) = create_room("b");
-    assert_eq!(call(&server, path, &b, body).await.0, 200);
+    assert_eq!(post_json(&server, path, &b, body).await.0, 200);
     let (path, body) = create_room("c");
-    exhausted(&call(&server, path, &c, body).await, "--max-rooms");
+    exhausted(&post_json(&server, path, &c, body).await, "--max-rooms");
     // a dispatch or a participant for a missing room would create one too
     let (path, body) = create_dispatch("c", "bot");
-    exhausted(&call(&server, path, &c, body).await, "--max-rooms");
-    let joined = call(
+    exhausted(&post_json(&server, path, &c, body).await, "--max-rooms");
+    let joined = post_json(
         &server,
         "/dev/rooms/c/participants",
         &c,
@@ -161,30 +137,35 @@ async fn rooms_dispatches_and_participants_answer_resource_exhausted_over_their_
 
     // dispatches: two default ones, one more, then none
     let (path, body) = create_dispatch("a", "bot");
-    let (status, made) = call(&server, path, &a, body).await;
+    let (status, made) = post_json(&server, path, &a, body).await;
     assert_eq!(status, 200, "{made}");
     let (path, body) = create_dispatch("a", "bot");
-    exhausted(&call(&server, path, &a, body).await, "--max-dispatches");
+    exhausted(
+        &post_json(&server, path, &a, body).await,
+        "--max-dispatches",
+    );
     // a deleted dispatch is forgotten: its place is free again
     let id = made["id"].as_str().unwrap();
     let (path, body) = delete_dispatch("a", id);
-    assert_eq!(call(&server, path, &a, body).await.0, 200);
+    assert_eq!(post_json(&server, path, &a, body).await.0, 200);
     assert_eq!(server.counts().await.dispatches, 2);
     let (path, body) = create_dispatch("a", "bot");
-    assert_eq!(call(&server, path, &a, body).await.0, 200);
+    assert_eq!(post_json(&server, path, &a, body).await.0, 200);
 
     // participants, per room
     for who in ["alice", "bob"] {
         let body = serde_json::json!({ "identity": who });
-        let (status, answer) = call(&server, "/dev/rooms/a/participants", &a, body).await;
+        let (status, answer) = post_json(&server, "/dev/rooms/a/participants", &a, body).await;
         assert_eq!(status, 200, "{answer}");
     }
     let body = serde_json::json!({"identity": "carol"});
-    let answer = call(&server, "/dev/rooms/a/participants", &a, body).await;
+    let answer = post_json(&server, "/dev/rooms/a/participants", &a, body).await;
     exhausted(&answer, "--max-participants");
     let body = serde_json::json!({"identity": "carol"});
     assert_eq!(
-        call(&server, "/dev/rooms/b/participants", &b, body).await.0,
+        post_json(&server, "/dev/rooms/b/participants", &b, body)
+            .await
+            .0,
         200,
         "another room has its own places"
     );
@@ -238,7 +219,7 @@ async fn live_jobs_are_never_evicted_and_finished_ones_make_room() {
     );
     let (path, body) = create_dispatch("r", "bot");
     exhausted(
-        &call(&server, path, &token_for("r"), body).await,
+        &post_json(&server, path, &token_for("r"), body).await,
         "--max-jobs",
     );
     // refused whole: neither the room nor its dispatch was made
@@ -342,7 +323,7 @@ async fn memory_stays_bounded_under_a_flood_of_creates() {
             }
         };
         let token = &tokens[&room];
-        let (status, body) = call(&server, &path, token, body).await;
+        let (status, body) = post_json(&server, &path, token, body).await;
         match status {
             200 => {
                 served += 1;

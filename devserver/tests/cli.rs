@@ -7,7 +7,7 @@
 //! that hangs fails the test instead of stalling the suite.
 
 use std::io::{BufRead, BufReader, Read};
-use std::process::{Command, ExitStatus, Stdio};
+use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::mpsc;
 use std::time::Duration;
 
@@ -111,8 +111,9 @@ fn help(command: Command) -> String {
 }
 
 /// Starts `command` and waits, within [`DEADLINE`], for a line of its
-/// stdout containing `needle`; stops it and returns the line.
-fn line_containing(mut command: Command, needle: &'static str) -> String {
+/// stdout containing `needle`: the running process and the line, or the
+/// process and `None` when no such line came in time.
+fn spawn_until_line(mut command: Command, needle: &'static str) -> (Child, Option<String>) {
     let mut child = command
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
@@ -130,10 +131,17 @@ fn line_containing(mut command: Command, needle: &'static str) -> String {
             }
         }
     });
-    let line = heard.recv_timeout(DEADLINE);
+    (child, heard.recv_timeout(DEADLINE).ok())
+}
+
+/// Starts `command` and waits, within [`DEADLINE`], for a line of its
+/// stdout containing `needle`; stops it and returns the line.
+fn line_containing(command: Command, needle: &'static str) -> String {
+    let shown = format!("{command:?}");
+    let (mut child, line) = spawn_until_line(command, needle);
     child.kill().unwrap();
     child.wait().unwrap();
-    line.unwrap_or_else(|_| panic!("{command:?} printed no {needle:?} line"))
+    line.unwrap_or_else(|| panic!("{shown} printed no {needle:?} line"))
 }
 
 /// Whether `command` starts serving.
@@ -304,25 +312,9 @@ fn a_fault_seed_starts_fault_mode_and_logs_the_seed() {
 #[test]
 fn the_printed_dashboard_link_opens_the_dashboard() {
     use std::io::Write as _;
-    let mut child = devserver(&["--port", "0"])
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let stdout = child.stdout.take().unwrap();
-    let (said, heard) = mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines() {
-            let Ok(line) = line else { break };
-            if let Some(url) = line.trim().strip_prefix("dashboard: ") {
-                let _ = said.send(url.to_owned());
-                break;
-            }
-        }
-    });
-    let url = heard.recv_timeout(DEADLINE);
-    let answer = url.as_ref().ok().map(|url| {
+    let (mut child, line) = spawn_until_line(devserver(&["--port", "0"]), "dashboard: ");
+    let url = line.map(|l| l.trim().trim_start_matches("dashboard: ").to_owned());
+    let answer = url.as_ref().map(|url| {
         // GET the link as a browser would, with a plain HTTP/1.1 request
         let rest = url.strip_prefix("http://").expect("an http link");
         let (host, path) = rest.split_at(rest.find('/').unwrap());

@@ -56,25 +56,6 @@ fn bearer(token: &str) -> String {
     format!("Bearer {token}")
 }
 
-/// A call of the dashboard's JSON API with a bearer token.
-async fn act(
-    server: &DevServer,
-    path: &str,
-    token: &str,
-    body: serde_json::Value,
-) -> (u16, serde_json::Value) {
-    let (status, _, body) = post(
-        server,
-        path,
-        "application/json",
-        Some(token),
-        body.to_string().into_bytes(),
-    )
-    .await;
-    let json = serde_json::from_slice(&body).unwrap_or(serde_json::Value::Null);
-    (status, json)
-}
-
 /// The `lkagent_dashboard=…` pair of a `set-cookie` header.
 fn session_cookie(headers: &awc::http::header::HeaderMap) -> String {
     let set = headers
@@ -179,7 +160,7 @@ async fn a_wrong_key_cannot_call_the_api() {
     )
     .await;
     assert_eq!(status, StatusCode::UNAUTHORIZED);
-    let (status, json) = act(
+    let (status, json) = post_json(
         &server,
         "/dashboard/api/rooms",
         &devkey,
@@ -208,7 +189,7 @@ async fn the_state_lists_workers_rooms_and_job_timelines() {
     let server = server().await;
     let (mut conn, worker_id) = worker(&server, "greeter").await;
     let token = server.dashboard_token();
-    let (status, _) = act(
+    let (status, _) = post_json(
         &server,
         "/dashboard/api/dispatches",
         &token,
@@ -283,7 +264,7 @@ async fn terminate_and_drop_act_on_the_server() {
     let _assignment = next_msg(&mut conn).await;
 
     let path = format!("/dashboard/api/jobs/{}/terminate", job.id);
-    let (status, _) = act(&server, &path, &token, serde_json::json!({})).await;
+    let (status, _) = post_json(&server, &path, &token, serde_json::json!({})).await;
     assert_eq!(status, 200);
     match next_msg(&mut conn).await {
         livekit_protocol::server_message::Message::Termination(t) => assert_eq!(t.job_id, job.id),
@@ -292,12 +273,12 @@ async fn terminate_and_drop_act_on_the_server() {
     let ended = server.job(&job.id).await.unwrap();
     assert_eq!(ended.status, JobStatus::JsSuccess);
     // a second time: the job is not running any more
-    let (status, json) = act(&server, &path, &token, serde_json::json!({})).await;
+    let (status, json) = post_json(&server, &path, &token, serde_json::json!({})).await;
     assert_eq!(
         (status, json["code"].as_str()),
         (412, Some("failed_precondition"))
     );
-    let (status, json) = act(
+    let (status, json) = post_json(
         &server,
         "/dashboard/api/jobs/AJ_nope/terminate",
         &token,
@@ -307,7 +288,7 @@ async fn terminate_and_drop_act_on_the_server() {
     assert_eq!((status, json["code"].as_str()), (404, Some("not_found")));
 
     let path = format!("/dashboard/api/workers/{worker_id}/drop");
-    let (status, _) = act(&server, &path, &token, serde_json::json!({})).await;
+    let (status, _) = post_json(&server, &path, &token, serde_json::json!({})).await;
     assert_eq!(status, 200);
     assert!(closed(&mut conn).await, "the socket is dropped");
     server
@@ -343,7 +324,7 @@ async fn actions_must_be_json_and_are_checked_like_the_apis() {
     assert_eq!(status, 400);
     assert!(String::from_utf8_lossy(&body).contains("malformed"));
     // a participant joins and publishes through the same code as /dev
-    let (status, _) = act(
+    let (status, _) = post_json(
         &server,
         "/dashboard/api/participants",
         &token,
@@ -351,7 +332,7 @@ async fn actions_must_be_json_and_are_checked_like_the_apis() {
     )
     .await;
     assert_eq!(status, 200);
-    let (status, json) = act(
+    let (status, json) = post_json(
         &server,
         "/dashboard/api/participants/publish",
         &token,
@@ -359,7 +340,7 @@ async fn actions_must_be_json_and_are_checked_like_the_apis() {
     )
     .await;
     assert_eq!((status, json["code"].as_str()), (404, Some("not_found")));
-    let (status, _) = act(
+    let (status, _) = post_json(
         &server,
         "/dashboard/api/participants/publish",
         &token,
@@ -376,7 +357,7 @@ async fn actions_must_be_json_and_are_checked_like_the_apis() {
     .await;
     let token = capped.dashboard_token();
     for (name, expected) in [("a", 200), ("b", 429)] {
-        let (status, _) = act(
+        let (status, _) = post_json(
             &capped,
             "/dashboard/api/rooms",
             &token,
@@ -569,4 +550,71 @@ async fn a_load_the_protocol_cannot_mean_is_shown_within_bounds() {
             .all(|s| s[1].as_f64().is_some_and(|l| (0.0..=1.0).contains(&l))),
         "{body}"
     );
+}
+
+#[actix_rt::test]
+async fn terminate_of_a_job_still_offered_is_refused_and_its_placement_goes_on() {
+    let server = server().await;
+    let (mut conn, worker_id) = worker(&server, "").await;
+    let token = server.dashboard_token();
+    let dispatching = {
+        let server = server.clone();
+        actix_rt::spawn(async move { server.dispatch(DispatchRequest::room("r")).await })
+    };
+    // offered: asked for availability, not answered yet
+    let job = expect_availability(&mut conn).await;
+    let path = format!("/dashboard/api/jobs/{}/terminate", job.id);
+    let (status, json) = post_json(&server, &path, &token, serde_json::json!({})).await;
+    assert_eq!(
+        (status, json["code"].as_str()),
+        (412, Some("failed_precondition"))
+    );
+    answer(&mut conn, &job.id, true, "agent").await;
+    let placed = dispatching.await.unwrap().expect("assigned all the same");
+    assert_eq!(placed.worker_id.as_deref(), Some(worker_id.as_str()));
+}
+
+#[actix_rt::test]
+async fn a_worker_dropped_from_the_dashboard_keeps_its_running_job_to_claim() {
+    let server = server().await;
+    let (mut conn, worker_id) = worker(&server, "").await;
+    let dispatching = {
+        let server = server.clone();
+        actix_rt::spawn(async move { server.dispatch(DispatchRequest::room("r")).await })
+    };
+    let job = expect_availability(&mut conn).await;
+    answer(&mut conn, &job.id, true, "agent").await;
+    dispatching.await.unwrap().expect("assigned");
+    let _assignment = next_msg(&mut conn).await;
+    update_job(&mut conn, &job.id, JobStatus::JsRunning, "").await;
+
+    let path = format!("/dashboard/api/workers/{worker_id}/drop");
+    let (status, _) = post_json(
+        &server,
+        &path,
+        &server.dashboard_token(),
+        serde_json::json!({}),
+    )
+    .await;
+    assert_eq!(status, 200);
+    assert!(closed(&mut conn).await, "the socket is dropped");
+    // the job is not failed: the worker, back on a new connection, claims it
+    let (mut again, new_id) = worker(&server, "").await;
+    send(
+        &mut again,
+        livekit_protocol::worker_message::Message::MigrateJob(
+            livekit_protocol::MigrateJobRequest {
+                job_ids: vec![job.id.clone()],
+            },
+        ),
+    )
+    .await;
+    let claimed = server
+        .wait_job(&job.id, DEADLINE, |j| {
+            j.worker_id.as_deref() == Some(new_id.as_str())
+        })
+        .await
+        .expect("the reconnected worker claims its job");
+    assert_eq!(claimed.status, JobStatus::JsRunning);
+    assert!(claimed.ended_at.is_none());
 }

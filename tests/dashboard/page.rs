@@ -7,6 +7,7 @@
 use std::time::{Duration, Instant};
 
 use fantoccini::Locator;
+use lkagent::Worker;
 use lkagent::demo::DemoAgent;
 use lkagent::proto::JobStatus;
 use lkagent_devserver::official_api::services::room::RoomClient;
@@ -35,6 +36,14 @@ async fn open(server: &DevServer) -> Browser {
         .expect("the page connects to its event stream");
     assert_eq!(browser.console_errors().await, Vec::<String>::new());
     browser
+}
+
+/// Ends a test: the page logged no error all along, the browser and the
+/// worker stop.
+async fn clean_end(browser: Browser, worker: Worker) {
+    assert_eq!(browser.console_errors().await, Vec::<String>::new());
+    browser.close().await;
+    worker.stop().await;
 }
 
 /// Types `value` into the form's input `name`.
@@ -100,9 +109,7 @@ async fn the_page_loads_clean_and_a_new_worker_appears_within_a_second() {
         .wait_for_text(&format!("{row} .status"), "available", DEADLINE)
         .await
         .unwrap();
-    assert!(browser.console_errors().await.is_empty());
-    browser.close().await;
-    worker.stop().await;
+    clean_end(browser, worker).await;
 }
 
 #[actix_rt::test]
@@ -187,9 +194,7 @@ async fn a_dispatch_made_on_the_page_runs_to_success() {
         .await
         .unwrap();
     assert_eq!(rooms[0].num_publishers, 1);
-    assert!(browser.console_errors().await.is_empty());
-    browser.close().await;
-    worker.stop().await;
+    clean_end(browser, worker).await;
 }
 
 #[actix_rt::test]
@@ -255,9 +260,7 @@ async fn terminate_and_drop_from_the_page() {
         .wait_for(&format!("#workers tr[data-worker-id={again}]"), DEADLINE)
         .await
         .unwrap();
-    assert!(browser.console_errors().await.is_empty());
-    browser.close().await;
-    worker.stop().await;
+    clean_end(browser, worker).await;
 }
 
 #[actix_rt::test]

@@ -38,10 +38,10 @@
 
 pub(crate) mod view;
 
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
+use actix::Addr;
 use actix_web::cookie::{Cookie, SameSite};
 use actix_web::http::header;
 use actix_web::{HttpRequest, HttpResponse, web};
@@ -53,13 +53,14 @@ use serde::Deserialize;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
 
 use crate::auth;
+use crate::dispatcher::Dispatcher;
 use crate::messages::{
     CreateDispatch, CreateRoom, DropWorker, GetOverview, JoinParticipant, PublishTrack,
     TerminateJob,
 };
 use crate::model::{ApiError, DevServerError};
 use crate::server::AppState;
-use crate::twirp::{self, ask, endpoint, error_response};
+use crate::twirp::{self, Format, JSON_ONLY, ask, endpoint, error_response};
 
 /// The cookie holding the dashboard token.
 const COOKIE: &str = "lkagent_dashboard";
@@ -476,37 +477,40 @@ async fn events(req: HttpRequest, state: web::Data<AppState>) -> HttpResponse {
 
 // ---- actions ------------------------------------------------------------------
 
-/// Checks an action call: the token, then a JSON body (which a cross-site
-/// form cannot send) decoded as `T`.
-async fn action<T: serde::de::DeserializeOwned>(
+/// Runs an action: checks the token, then takes the body as JSON only (which
+/// a cross-site form cannot send), decodes it as `B` (an empty body is `{}`)
+/// and answers what `run` makes of it with the dispatcher, as JSON or as a
+/// Twirp error.
+async fn act<B, T, Fut>(
     req: &HttpRequest,
     body: web::Payload,
     state: &AppState,
-) -> Result<T, ApiError> {
-    if authenticate(req, state).is_err() {
-        return Err(ApiError::unauthenticated("permissions denied"));
+    run: impl FnOnce(B, Addr<Dispatcher>) -> Fut,
+) -> HttpResponse
+where
+    B: serde::de::DeserializeOwned,
+    T: serde::Serialize,
+    Fut: std::future::Future<Output = Result<T, ApiError>>,
+{
+    let result = async {
+        if authenticate(req, state).is_err() {
+            return Err(ApiError::unauthenticated("permissions denied"));
+        }
+        if Format::of(req) != Some(Format::Json) {
+            return Err(ApiError::bad_route(JSON_ONLY));
+        }
+        let body = twirp::read_body(body).await?;
+        let body: &[u8] = if body.iter().all(u8::is_ascii_whitespace) {
+            b"{}"
+        } else {
+            &body
+        };
+        let decoded = serde_json::from_slice(body).map_err(|e| {
+            ApiError::malformed(format!("the request body could not be decoded: {e}"))
+        })?;
+        run(decoded, state.dispatcher.clone()).await
     }
-    let content_type = req
-        .headers()
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or_default();
-    if content_type.split(';').next().map(str::trim) != Some("application/json") {
-        return Err(ApiError::bad_route(
-            "unexpected Content-Type: use application/json",
-        ));
-    }
-    let body = twirp::read_body(body).await?;
-    let body: &[u8] = if body.iter().all(u8::is_ascii_whitespace) {
-        b"{}"
-    } else {
-        &body
-    };
-    serde_json::from_slice(body)
-        .map_err(|e| ApiError::malformed(format!("the request body could not be decoded: {e}")))
-}
-
-fn answer<T: serde::Serialize>(result: Result<T, ApiError>) -> HttpResponse {
+    .await;
     match result {
         Ok(value) => json(&value),
         Err(e) => {
@@ -516,19 +520,23 @@ fn answer<T: serde::Serialize>(result: Result<T, ApiError>) -> HttpResponse {
     }
 }
 
-/// A control call's error, as the APIs answer it.
-fn control_error(e: DevServerError) -> ApiError {
-    match e {
-        DevServerError::UnknownJob(_) | DevServerError::UnknownWorker(_) => {
-            ApiError::not_found(e.to_string())
-        }
-        DevServerError::JobNotRunning(_) | DevServerError::WorkerDisconnected(_) => ApiError {
-            code: "failed_precondition",
-            msg: e.to_string(),
-        },
-        DevServerError::Stopped => ApiError::internal(e.to_string()),
-    }
+/// An action without a body that sends the dispatcher one control message
+/// (terminate a job, drop a worker), as the [`DevServer`](crate::DevServer)
+/// handle does.
+async fn control<M>(req: &HttpRequest, body: web::Payload, state: &AppState, msg: M) -> HttpResponse
+where
+    M: actix::Message<Result = Result<(), DevServerError>> + Send + 'static,
+    Dispatcher: actix::Handler<M>,
+{
+    act(req, body, state, |Empty {}, dispatcher| async move {
+        ask(&dispatcher, msg).await??;
+        Ok(serde_json::json!({}))
+    })
+    .await
 }
+
+#[derive(Deserialize)]
+struct Empty {}
 
 #[derive(Deserialize)]
 struct RoomBody {
@@ -540,17 +548,14 @@ async fn create_room(
     body: web::Payload,
     state: web::Data<AppState>,
 ) -> HttpResponse {
-    answer(
-        async {
-            let b: RoomBody = action(&req, body, &state).await?;
-            let request = CreateRoomRequest {
-                name: b.name,
-                ..Default::default()
-            };
-            ask(&state.dispatcher, CreateRoom(request)).await?
-        }
-        .await,
-    )
+    act(&req, body, &state, |b: RoomBody, dispatcher| async move {
+        let request = CreateRoomRequest {
+            name: b.name,
+            ..Default::default()
+        };
+        ask(&dispatcher, CreateRoom(request)).await?
+    })
+    .await
 }
 
 #[derive(Deserialize)]
@@ -567,19 +572,21 @@ async fn create_dispatch(
     body: web::Payload,
     state: web::Data<AppState>,
 ) -> HttpResponse {
-    answer(
-        async {
-            let b: DispatchBody = action(&req, body, &state).await?;
+    act(
+        &req,
+        body,
+        &state,
+        |b: DispatchBody, dispatcher| async move {
             let request = CreateAgentDispatchRequest {
                 room: b.room,
                 agent_name: b.agent_name,
                 metadata: b.metadata,
                 ..Default::default()
             };
-            ask(&state.dispatcher, CreateDispatch(request)).await?
-        }
-        .await,
+            ask(&dispatcher, CreateDispatch(request)).await?
+        },
     )
+    .await
 }
 
 #[derive(Deserialize)]
@@ -595,9 +602,11 @@ async fn join_participant(
     body: web::Payload,
     state: web::Data<AppState>,
 ) -> HttpResponse {
-    answer(
-        async {
-            let b: ParticipantBody = action(&req, body, &state).await?;
+    act(
+        &req,
+        body,
+        &state,
+        |b: ParticipantBody, dispatcher| async move {
             if b.identity.is_empty() {
                 return Err(ApiError::invalid_argument(
                     "a participant needs an identity",
@@ -606,7 +615,6 @@ async fn join_participant(
             let participant = ParticipantInfo {
                 identity: b.identity,
                 kind: participant_info::Kind::Standard as i32,
-                attributes: HashMap::new(),
                 ..Default::default()
             };
             let msg = JoinParticipant {
@@ -614,10 +622,10 @@ async fn join_participant(
                 participant,
                 publish: b.publish,
             };
-            ask(&state.dispatcher, msg).await?
-        }
-        .await,
+            ask(&dispatcher, msg).await?
+        },
     )
+    .await
 }
 
 async fn publish_track(
@@ -625,21 +633,20 @@ async fn publish_track(
     body: web::Payload,
     state: web::Data<AppState>,
 ) -> HttpResponse {
-    answer(
-        async {
-            let b: ParticipantBody = action(&req, body, &state).await?;
+    act(
+        &req,
+        body,
+        &state,
+        |b: ParticipantBody, dispatcher| async move {
             let msg = PublishTrack {
                 room: b.room,
                 identity: b.identity,
             };
-            ask(&state.dispatcher, msg).await?
-        }
-        .await,
+            ask(&dispatcher, msg).await?
+        },
     )
+    .await
 }
-
-#[derive(Deserialize)]
-struct Empty {}
 
 async fn terminate_job(
     req: HttpRequest,
@@ -647,17 +654,8 @@ async fn terminate_job(
     body: web::Payload,
     state: web::Data<AppState>,
 ) -> HttpResponse {
-    answer(
-        async {
-            let Empty {} = action(&req, body, &state).await?;
-            let job_id = id.into_inner();
-            ask(&state.dispatcher, TerminateJob { job_id })
-                .await?
-                .map_err(control_error)?;
-            Ok(serde_json::json!({}))
-        }
-        .await,
-    )
+    let job_id = id.into_inner();
+    control(&req, body, &state, TerminateJob { job_id }).await
 }
 
 async fn drop_worker(
@@ -666,15 +664,6 @@ async fn drop_worker(
     body: web::Payload,
     state: web::Data<AppState>,
 ) -> HttpResponse {
-    answer(
-        async {
-            let Empty {} = action(&req, body, &state).await?;
-            let worker_id = id.into_inner();
-            ask(&state.dispatcher, DropWorker { worker_id })
-                .await?
-                .map_err(control_error)?;
-            Ok(serde_json::json!({}))
-        }
-        .await,
-    )
+    let worker_id = id.into_inner();
+    control(&req, body, &state, DropWorker { worker_id }).await
 }

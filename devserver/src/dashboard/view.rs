@@ -322,6 +322,16 @@ mod tests {
         }
     }
 
+    /// A job assigned to `AW_1` at 1100 ms.
+    fn assigned_job() -> JobInfo {
+        JobInfo {
+            worker_id: Some("AW_1".into()),
+            assigned_at: Some(at(1100)),
+            assigned_to: Some("AW_1".into()),
+            ..job()
+        }
+    }
+
     fn update(status: JobStatus, worker: &str, ms: u64, error: &str) -> StatusUpdate {
         StatusUpdate {
             status,
@@ -345,10 +355,7 @@ mod tests {
 
     #[test]
     fn a_job_that_ran_to_success_shows_each_step_once() {
-        let mut j = job();
-        j.worker_id = Some("AW_1".into());
-        j.assigned_at = Some(at(1100));
-        j.assigned_to = Some("AW_1".into());
+        let mut j = assigned_job();
         j.updates = vec![
             update(JobStatus::JsRunning, "AW_1", 1200, ""),
             update(JobStatus::JsSuccess, "AW_1", 1900, ""),
@@ -368,10 +375,7 @@ mod tests {
 
     #[test]
     fn an_end_the_worker_did_not_report_is_added_with_its_error() {
-        let mut j = job();
-        j.worker_id = Some("AW_1".into());
-        j.assigned_at = Some(at(1100));
-        j.assigned_to = Some("AW_1".into());
+        let mut j = assigned_job();
         j.updates = vec![update(JobStatus::JsRunning, "AW_1", 1200, "")];
         j.status = JobStatus::JsFailed;
         j.error = "the worker disconnected and did not claim the job in time".into();
@@ -449,10 +453,7 @@ mod tests {
     #[test]
     fn a_report_after_the_servers_end_stays_after_it() {
         // terminated (SUCCESS by the server), then the worker reports FAILED
-        let mut j = job();
-        j.worker_id = Some("AW_1".into());
-        j.assigned_at = Some(at(1100));
-        j.assigned_to = Some("AW_1".into());
+        let mut j = assigned_job();
         j.updates = vec![
             update(JobStatus::JsRunning, "AW_1", 1200, ""),
             update(JobStatus::JsFailed, "AW_1", 3000, "cancelled"),

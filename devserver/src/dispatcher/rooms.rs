@@ -465,7 +465,7 @@ impl Dispatcher {
         let mut jobs: Vec<_> = self
             .jobs
             .values()
-            .filter(|j| j.assigned && !j.ended && j.info.room == room)
+            .filter(|j| j.assigned && !j.ended() && j.info.room == room)
             .collect();
         jobs.sort_by_key(|j| j.proto.state.as_ref().map(|s| s.started_at));
         jobs.into_iter()
@@ -559,7 +559,7 @@ impl Handler<DeleteRoom> for Dispatcher {
         let job_ids: Vec<String> = self
             .jobs
             .values()
-            .filter(|j| j.info.room == name && !j.ended)
+            .filter(|j| j.info.room == name && !j.ended())
             .map(|j| j.info.id.clone())
             .collect();
         for job_id in job_ids {
@@ -640,7 +640,7 @@ impl Handler<DeleteDispatch> for Dispatcher {
             "dispatch deleted: terminating its jobs"
         );
         for job_id in &job_ids {
-            if self.jobs.get(job_id).is_some_and(|j| !j.ended) {
+            if self.jobs.get(job_id).is_some_and(|j| !j.ended()) {
                 self.end_for_deletion(job_id, "dispatch deleted", ctx);
             }
         }

@@ -283,6 +283,30 @@ pub async fn post(
     (resp.status().as_u16(), ct, body)
 }
 
+/// A Twirp or development call in JSON: (HTTP status, body as JSON).
+pub async fn post_json(
+    server: &DevServer,
+    path: &str,
+    token: &str,
+    body: serde_json::Value,
+) -> (u16, serde_json::Value) {
+    let (status, _, bytes) = post(
+        server,
+        path,
+        "application/json",
+        Some(token),
+        body.to_string().into_bytes(),
+    )
+    .await;
+    let json = serde_json::from_slice(&bytes).unwrap_or_else(|e| {
+        panic!(
+            "{path}: not JSON ({e}): {}",
+            String::from_utf8_lossy(&bytes)
+        )
+    });
+    (status, json)
+}
+
 /// Simulates a participant joining through the development endpoint.
 pub async fn join(server: &DevServer, room: &str, body: serde_json::Value) -> (u16, Vec<u8>) {
     let token = grant_token(VideoGrants {
